@@ -1,0 +1,432 @@
+//! Delivery of one subscription: which stream serves which partition, what each stream may
+//! still receive (credits), and the ack window of every owned partition.
+//!
+//! Core module: no I/O; time is passed in. The gRPC adapter drives it: it opens and closes
+//! streams, asks for batches, and feeds acks and nacks back.
+//!
+//! Ordering is `partition`: a partition is bound to one stream at a time, so its first
+//! deliveries reach the subscription in offset order. Partitions are spread evenly over the
+//! subscription's streams; a stream gives up a partition it holds beyond its fair share once
+//! nothing of that partition is in flight on it.
+
+mod window;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::log::PartitionLog;
+use crate::model::{Offset, Partition, Record};
+
+pub use window::{AckWindow, Due, OffsetRange, Released};
+
+/// Identifies one live stream within a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId(pub u64);
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
+/// Why an ack or nack was refused. Nothing was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    #[error("range {first}..={last} is inverted")]
+    InvertedRange { first: Offset, last: Offset },
+    #[error("ranges overlap at offsets {first}..={last}")]
+    OverlappingRanges { first: Offset, last: Offset },
+    #[error("offset {offset} was never delivered")]
+    NotDelivered { offset: Offset },
+    #[error("offset {offset} is already acked")]
+    AlreadyAcked { offset: Offset },
+    #[error("offset {offset} is in flight on another stream")]
+    OtherStream { offset: Offset },
+    #[error("offset {offset} is not in flight (it is waiting to be delivered again)")]
+    NotInFlight { offset: Offset },
+}
+
+/// An ack or nack refused, with the partition it concerned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("partition {partition}: {error}")]
+pub struct PartitionAckError {
+    pub partition: Partition,
+    pub error: AckError,
+}
+
+/// Credits of one stream and what it has in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credits {
+    pub max_records: usize,
+    pub max_bytes: usize,
+}
+
+#[derive(Debug)]
+struct StreamState {
+    credits: Credits,
+    in_flight_records: usize,
+    in_flight_bytes: usize,
+}
+
+impl StreamState {
+    fn release(&mut self, r: Released) {
+        self.in_flight_records -= r.records;
+        self.in_flight_bytes -= r.bytes;
+    }
+}
+
+#[derive(Debug)]
+struct PartitionState {
+    /// The shared window of records of this partition.
+    log: Arc<PartitionLog>,
+    /// Ack tracking of this subscription on this partition.
+    window: AckWindow,
+    /// The stream this partition is bound to (ordering=partition).
+    bound: Option<StreamId>,
+}
+
+/// One record handed to a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub record: Record,
+    pub attempt: u32,
+}
+
+/// What [`SubscriptionDelivery::take`] found.
+#[derive(Debug, Default)]
+pub struct Take {
+    /// Records to send now, each already counted in flight.
+    pub deliveries: Vec<Delivery>,
+    /// Partitions whose next record is below the shared window: the window must be moved
+    /// back there before they can go on.
+    pub behind_window: Vec<(Partition, Offset)>,
+}
+
+/// Limits applied by [`SubscriptionDelivery::take`].
+#[derive(Debug, Clone, Copy)]
+pub struct TakeLimits {
+    /// Most records in one batch sent to a stream.
+    pub batch_records: usize,
+    /// Most bytes in one batch (at least one record is always taken).
+    pub batch_bytes: usize,
+    /// Most offsets between a partition's cursor and its next first delivery.
+    pub max_unacked_span: i64,
+}
+
+/// Delivery state of one subscription on this shard.
+#[derive(Debug, Default)]
+pub struct SubscriptionDelivery {
+    /// Owned partitions of the subscription's topic.
+    partitions: BTreeMap<Partition, PartitionState>,
+    /// Live streams and their credits.
+    streams: BTreeMap<StreamId, StreamState>,
+}
+
+impl SubscriptionDelivery {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts tracking an owned partition at `cursor`.
+    pub fn add_partition(&mut self, partition: Partition, log: Arc<PartitionLog>, cursor: Offset) {
+        self.partitions.insert(
+            partition,
+            PartitionState {
+                log,
+                window: AckWindow::new(cursor),
+                bound: None,
+            },
+        );
+    }
+
+    /// Stops tracking a partition (no longer owned). Its in-flight records are forgotten
+    /// here (their streams get the credits back); the cursor flushed last is where the next
+    /// owner starts.
+    pub fn remove_partition(&mut self, partition: Partition, now: Instant) {
+        let Some(mut p) = self.partitions.remove(&partition) else {
+            return;
+        };
+        for (&s, st) in self.streams.iter_mut() {
+            st.release(p.window.release_stream(s, now));
+        }
+    }
+
+    pub fn has_partition(&self, partition: Partition) -> bool {
+        self.partitions.contains_key(&partition)
+    }
+
+    /// Cursor of every owned partition.
+    pub fn cursors(&self) -> impl Iterator<Item = (Partition, Offset)> + '_ {
+        self.partitions.iter().map(|(&p, s)| (p, s.window.cursor()))
+    }
+
+    pub fn cursor(&self, partition: Partition) -> Option<Offset> {
+        self.partitions.get(&partition).map(|p| p.window.cursor())
+    }
+
+    /// Records delivered and not yet acked, over all partitions.
+    pub fn unacked(&self) -> usize {
+        self.partitions.values().map(|p| p.window.unacked()).sum()
+    }
+
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    pub fn open_stream(&mut self, stream: StreamId, credits: Credits) {
+        self.streams.insert(
+            stream,
+            StreamState {
+                credits,
+                in_flight_records: 0,
+                in_flight_bytes: 0,
+            },
+        );
+    }
+
+    pub fn set_credits(&mut self, stream: StreamId, credits: Credits) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.credits = credits;
+        }
+    }
+
+    /// The stream ended: its in-flight records become due again at once, its partitions
+    /// are free for the other streams. Returns how many records were given back.
+    pub fn close_stream(&mut self, stream: StreamId, now: Instant) -> usize {
+        let mut given_back = 0;
+        for p in self.partitions.values_mut() {
+            given_back += p.window.release_stream(stream, now).records;
+            if p.bound == Some(stream) {
+                p.bound = None;
+            }
+        }
+        self.streams.remove(&stream);
+        given_back
+    }
+
+    /// Takes the next records for `stream` within its credits and `limits`: on each of its
+    /// partitions, records due for redelivery first, then first deliveries in offset order.
+    pub fn take(&mut self, stream: StreamId, now: Instant, limits: TakeLimits) -> Take {
+        let mut take = Take::default();
+        let Some(st) = self.streams.get(&stream) else {
+            return take;
+        };
+        let mut records_left = st
+            .credits
+            .max_records
+            .saturating_sub(st.in_flight_records)
+            .min(limits.batch_records);
+        // Byte credits: a stream with nothing in flight may always take one record.
+        let mut bytes_left = st.credits.max_bytes.saturating_sub(st.in_flight_bytes);
+        let mut batch_bytes_left = limits.batch_bytes;
+        let idle = st.in_flight_records == 0;
+        if records_left == 0 || (bytes_left == 0 && !idle) {
+            return take;
+        }
+        let draining = self.rebind(stream);
+
+        let mut taken_bytes = 0;
+        let mut taken_records = 0;
+        for (&partition, p) in self.partitions.iter_mut() {
+            if p.bound != Some(stream) || draining.contains(&partition) {
+                continue;
+            }
+            // Redeliveries first, in offset order.
+            while records_left > 0 {
+                let Some(due) = p.window.first_due(now) else {
+                    break;
+                };
+                let Some(mut recs) = p.log.read(due.offset, 1, usize::MAX) else {
+                    take.behind_window.push((partition, due.offset));
+                    break;
+                };
+                let Some(record) = recs.pop().filter(|r| r.offset == due.offset) else {
+                    // Not back in the window yet (it is being read again from Kafka).
+                    break;
+                };
+                let size = record.size();
+                if !fits(size, bytes_left, batch_bytes_left, taken_records, idle) {
+                    records_left = 0;
+                    break;
+                }
+                p.window.deliver_again(due.offset, stream);
+                take.deliveries.push(Delivery {
+                    record,
+                    attempt: due.attempt,
+                });
+                records_left -= 1;
+                taken_records += 1;
+                taken_bytes += size;
+                bytes_left = bytes_left.saturating_sub(size);
+                batch_bytes_left = batch_bytes_left.saturating_sub(size);
+            }
+            if records_left == 0 {
+                break;
+            }
+            // First deliveries, bounded by the unacked span.
+            let span_left = limits.max_unacked_span - p.window.unacked_span();
+            if span_left <= 0 {
+                continue;
+            }
+            let want = records_left.min(usize::try_from(span_left).unwrap_or(usize::MAX));
+            let Some(recs) = p.log.read(p.window.next(), want, batch_bytes_left) else {
+                take.behind_window.push((partition, p.window.next()));
+                continue;
+            };
+            for record in recs {
+                if record.offset - p.window.cursor() >= limits.max_unacked_span {
+                    break;
+                }
+                let size = record.size();
+                if !fits(size, bytes_left, batch_bytes_left, taken_records, idle) {
+                    records_left = 0;
+                    break;
+                }
+                p.window.deliver_first(record.offset, size, stream);
+                take.deliveries.push(Delivery { record, attempt: 1 });
+                records_left -= 1;
+                taken_records += 1;
+                taken_bytes += size;
+                bytes_left = bytes_left.saturating_sub(size);
+                batch_bytes_left = batch_bytes_left.saturating_sub(size);
+            }
+            if records_left == 0 {
+                break;
+            }
+        }
+        if let Some(st) = self.streams.get_mut(&stream) {
+            st.in_flight_records += taken_records;
+            st.in_flight_bytes += taken_bytes;
+        }
+        take
+    }
+
+    /// When `stream` should look again for a delayed redelivery, if any is pending.
+    pub fn next_due_at(&self, stream: StreamId, now: Instant) -> Option<Instant> {
+        self.partitions
+            .values()
+            .filter(|p| p.bound.is_none() || p.bound == Some(stream))
+            .filter_map(|p| p.window.next_due_at(now))
+            .min()
+    }
+
+    /// Acks ranges per partition on behalf of `stream`. All or nothing: if any range is
+    /// refused, nothing is applied. Partitions this shard does not own (any more) are
+    /// skipped: their records went back to Kafka's side with the ownership.
+    pub fn ack(
+        &mut self,
+        stream: StreamId,
+        ranges: &[(Partition, Vec<OffsetRange>)],
+    ) -> Result<Released, PartitionAckError> {
+        self.check(stream, ranges)?;
+        let mut released = Released::default();
+        for (partition, rs) in ranges {
+            if let Some(p) = self.partitions.get_mut(partition) {
+                released += p.window.ack(stream, rs);
+            }
+        }
+        if let Some(st) = self.streams.get_mut(&stream) {
+            st.release(released);
+        }
+        Ok(released)
+    }
+
+    /// Gives ranges back for redelivery at `not_before`. All or nothing, like [`Self::ack`].
+    pub fn nack(
+        &mut self,
+        stream: StreamId,
+        ranges: &[(Partition, Vec<OffsetRange>)],
+        not_before: Instant,
+    ) -> Result<Released, PartitionAckError> {
+        self.check(stream, ranges)?;
+        let mut released = Released::default();
+        for (partition, rs) in ranges {
+            if let Some(p) = self.partitions.get_mut(partition) {
+                released += p.window.nack(stream, rs, not_before);
+            }
+        }
+        if let Some(st) = self.streams.get_mut(&stream) {
+            st.release(released);
+        }
+        Ok(released)
+    }
+
+    fn check(
+        &self,
+        stream: StreamId,
+        ranges: &[(Partition, Vec<OffsetRange>)],
+    ) -> Result<(), PartitionAckError> {
+        let mut seen = Vec::with_capacity(ranges.len());
+        for (partition, rs) in ranges {
+            if seen.contains(partition) {
+                // The same partition twice in one message: treat as overlapping input.
+                let first = rs.first().map_or(0, |r| r.first);
+                return Err(PartitionAckError {
+                    partition: *partition,
+                    error: AckError::OverlappingRanges { first, last: first },
+                });
+            }
+            seen.push(*partition);
+            if let Some(p) = self.partitions.get(partition) {
+                p.window
+                    .check_in_flight(stream, rs)
+                    .map_err(|error| PartitionAckError {
+                        partition: *partition,
+                        error,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Spreads partitions over streams: `stream` claims free partitions up to its fair share
+    /// and lets go of the ones it holds above it as soon as nothing of them is in flight.
+    /// Returns the partitions it holds above its share: no new deliveries on those, so they
+    /// drain and move to a stream that has fewer.
+    fn rebind(&mut self, stream: StreamId) -> Vec<Partition> {
+        let streams = self.streams.len().max(1);
+        let fair = self.partitions.len().div_ceil(streams);
+        let mut held = self
+            .partitions
+            .values()
+            .filter(|p| p.bound == Some(stream))
+            .count();
+        let mut draining = Vec::new();
+        for (&partition, p) in self.partitions.iter_mut().rev() {
+            if held <= fair {
+                break;
+            }
+            if p.bound == Some(stream) {
+                held -= 1;
+                if p.window.in_flight() == 0 {
+                    p.bound = None;
+                } else {
+                    draining.push(partition);
+                }
+            }
+        }
+        for p in self.partitions.values_mut() {
+            if held >= fair {
+                break;
+            }
+            if p.bound.is_none() {
+                p.bound = Some(stream);
+                held += 1;
+            }
+        }
+        draining
+    }
+}
+
+fn fits(size: usize, bytes_left: usize, batch_left: usize, taken: usize, idle: bool) -> bool {
+    // The first record of a batch always fits the batch; the first record of an idle
+    // stream always fits its byte credits, so a record larger than the credits still moves.
+    let batch_ok = taken == 0 || size <= batch_left;
+    let credit_ok = size <= bytes_left || (idle && taken == 0);
+    batch_ok && credit_ok
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,422 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::*;
+use crate::log::Batch;
+
+const S1: StreamId = StreamId(1);
+const S2: StreamId = StreamId(2);
+
+fn rec(partition: Partition, offset: Offset) -> Record {
+    Record {
+        partition,
+        offset,
+        key: None,
+        value: Some(Bytes::from_static(b"0123456789")),
+        headers: Arc::new([]),
+        timestamp: None,
+    }
+}
+
+fn log_with(partition: Partition, offsets: &[Offset]) -> Arc<PartitionLog> {
+    let log = PartitionLog::new(offsets[0], 1 << 20);
+    log.append(Batch::new(offsets.iter().map(|&o| rec(partition, o)).collect()).unwrap())
+        .unwrap();
+    Arc::new(log)
+}
+
+fn range(first: Offset, last: Offset) -> OffsetRange {
+    OffsetRange { first, last }
+}
+
+const LIMITS: TakeLimits = TakeLimits {
+    batch_records: 1000,
+    batch_bytes: 1 << 20,
+    max_unacked_span: 10_000,
+};
+
+fn credits(records: usize) -> Credits {
+    Credits {
+        max_records: records,
+        max_bytes: usize::MAX,
+    }
+}
+
+fn offsets(take: &Take) -> Vec<(Partition, Offset, u32)> {
+    take.deliveries
+        .iter()
+        .map(|d| (d.record.partition, d.record.offset, d.attempt))
+        .collect()
+}
+
+#[test]
+fn window_cursor_follows_contiguous_acks_across_gaps() {
+    let mut w = AckWindow::new(5);
+    // 6 and 8 are not records (e.g. transaction markers).
+    for o in [5, 7, 9] {
+        w.deliver_first(o, 10, S1);
+    }
+    w.check_in_flight(S1, &[range(7, 7)]).unwrap();
+    w.ack(S1, &[range(7, 7)]);
+    assert_eq!(w.cursor(), 5, "5 is still unacked");
+    w.ack(S1, &[range(5, 5)]);
+    assert_eq!(w.cursor(), 8, "next fetch position after 7");
+    w.ack(S1, &[range(9, 9)]);
+    assert_eq!(w.cursor(), 10);
+    assert_eq!(w.unacked(), 0);
+}
+
+#[test]
+fn window_refuses_bad_acks_precisely() {
+    let mut w = AckWindow::new(0);
+    for o in [0, 1, 3] {
+        w.deliver_first(o, 10, S1);
+    }
+    w.ack(S1, &[range(0, 0)]);
+    assert_eq!(
+        w.check_in_flight(S1, &[range(0, 1)]),
+        Err(AckError::AlreadyAcked { offset: 0 })
+    );
+    assert_eq!(
+        w.check_in_flight(S1, &[range(3, 4)]),
+        Err(AckError::NotDelivered { offset: 4 })
+    );
+    assert_eq!(
+        w.check_in_flight(S1, &[range(2, 2)]),
+        Err(AckError::NotDelivered { offset: 2 }),
+        "a gap alone is nothing to ack"
+    );
+    assert_eq!(
+        w.check_in_flight(S2, &[range(1, 1)]),
+        Err(AckError::OtherStream { offset: 1 })
+    );
+    assert_eq!(
+        w.check_in_flight(S1, &[range(3, 1)]),
+        Err(AckError::InvertedRange { first: 3, last: 1 })
+    );
+    assert_eq!(
+        w.check_in_flight(S1, &[range(1, 3), range(3, 3)]),
+        Err(AckError::OverlappingRanges { first: 3, last: 3 })
+    );
+    // A range spanning a gap is fine.
+    w.check_in_flight(S1, &[range(1, 3)]).unwrap();
+}
+
+#[test]
+fn nack_makes_records_due_after_the_delay_with_a_higher_attempt() {
+    let t0 = Instant::now();
+    let mut w = AckWindow::new(0);
+    w.deliver_first(0, 10, S1);
+    w.nack(S1, &[range(0, 0)], t0 + Duration::from_secs(2));
+    assert_eq!(w.first_due(t0), None);
+    assert_eq!(w.next_due_at(t0), Some(t0 + Duration::from_secs(2)));
+    assert_eq!(
+        w.check_in_flight(S1, &[range(0, 0)]),
+        Err(AckError::NotInFlight { offset: 0 })
+    );
+    let due = w.first_due(t0 + Duration::from_secs(2)).unwrap();
+    assert_eq!(
+        due,
+        Due {
+            offset: 0,
+            attempt: 2
+        }
+    );
+    assert_eq!(w.deliver_again(0, S2), Some(2));
+    assert_eq!(w.cursor(), 0);
+}
+
+#[test]
+fn one_stream_gets_partitions_in_offset_order_within_credits() {
+    let now = Instant::now();
+    let mut d = SubscriptionDelivery::new();
+    d.add_partition(0, log_with(0, &[0, 1, 2, 3]), 1);
+    d.add_partition(1, log_with(1, &[10, 11]), 10);
+    d.open_stream(S1, credits(3));
+    let t = d.take(S1, now, LIMITS);
+    assert_eq!(offsets(&t), vec![(0, 1, 1), (0, 2, 1), (0, 3, 1)]);
+    assert!(
+        d.take(S1, now, LIMITS).deliveries.is_empty(),
+        "credits spent"
+    );
+    d.ack(S1, &[(0, vec![range(1, 2)])]).unwrap();
+    assert_eq!(
+        offsets(&d.take(S1, now, LIMITS)),
+        vec![(1, 10, 1), (1, 11, 1)]
+    );
+    assert_eq!(d.cursor(0), Some(3));
+}
+
+#[test]
+fn a_closed_stream_gives_its_records_back_to_the_next_one() {
+    let now = Instant::now();
+    let mut d = SubscriptionDelivery::new();
+    d.add_partition(0, log_with(0, &[0, 1, 2]), 0);
+    d.open_stream(S1, credits(2));
+    assert_eq!(d.take(S1, now, LIMITS).deliveries.len(), 2);
+    d.open_stream(S2, credits(10));
+    assert!(
+        d.take(S2, now, LIMITS).deliveries.is_empty(),
+        "partition 0 is bound to S1"
+    );
+    assert_eq!(d.close_stream(S1, now), 2);
+    // Redeliveries first, then the first delivery of 2, in offset order.
+    assert_eq!(
+        offsets(&d.take(S2, now, LIMITS)),
+        vec![(0, 0, 2), (0, 1, 2), (0, 2, 1)]
+    );
+    assert!(d.ack(S2, &[(0, vec![range(0, 2)])]).is_ok());
+    assert_eq!(d.cursor(0), Some(3));
+}
+
+#[test]
+fn acks_are_all_or_nothing() {
+    let now = Instant::now();
+    let mut d = SubscriptionDelivery::new();
+    d.add_partition(0, log_with(0, &[0, 1]), 0);
+    d.add_partition(1, log_with(1, &[0, 1]), 0);
+    d.open_stream(S1, credits(10));
+    assert_eq!(d.take(S1, now, LIMITS).deliveries.len(), 4);
+    let err = d
+        .ack(S1, &[(0, vec![range(0, 1)]), (1, vec![range(0, 5)])])
+        .unwrap_err();
+    assert_eq!(
+        err,
+        PartitionAckError {
+            partition: 1,
+            error: AckError::NotDelivered { offset: 2 }
+        }
+    );
+    assert_eq!(d.cursor(0), Some(0), "partition 0 was not acked either");
+    assert_eq!(d.unacked(), 4);
+}
+
+#[test]
+fn partitions_spread_over_streams_and_drain_before_moving() {
+    let now = Instant::now();
+    let mut d = SubscriptionDelivery::new();
+    for p in 0..4 {
+        d.add_partition(p, log_with(p, &[0, 1]), 0);
+    }
+    d.open_stream(S1, credits(1));
+    // S1 alone: it may hold all four, but has credit for one record.
+    assert_eq!(offsets(&d.take(S1, now, LIMITS)), vec![(0, 0, 1)]);
+    d.open_stream(S2, credits(100));
+    // S1 holds 4 > fair share 2; the idle ones (2, 3... then 1) are let go on its next take.
+    d.ack(S1, &[(0, vec![range(0, 0)])]).unwrap();
+    let _ = d.take(S1, now, LIMITS);
+    let t2 = d.take(S2, now, LIMITS);
+    let s2_parts: std::collections::BTreeSet<Partition> =
+        t2.deliveries.iter().map(|x| x.record.partition).collect();
+    assert_eq!(s2_parts.len(), 2, "S2 got its fair share: {s2_parts:?}");
+    assert!(!s2_parts.contains(&0));
+}
+
+#[test]
+fn unacked_span_is_bounded() {
+    let now = Instant::now();
+    let mut d = SubscriptionDelivery::new();
+    d.add_partition(0, log_with(0, &[0, 1, 2, 3, 4, 5]), 0);
+    d.open_stream(S1, credits(100));
+    let limits = TakeLimits {
+        max_unacked_span: 3,
+        ..LIMITS
+    };
+    assert_eq!(d.take(S1, now, limits).deliveries.len(), 3);
+    d.ack(S1, &[(0, vec![range(1, 2)])]).unwrap();
+    assert!(
+        d.take(S1, now, limits).deliveries.is_empty(),
+        "offset 0 unacked pins the span"
+    );
+    d.ack(S1, &[(0, vec![range(0, 0)])]).unwrap();
+    assert_eq!(d.take(S1, now, limits).deliveries.len(), 3);
+}
+
+#[test]
+fn byte_credits_bound_flight_but_one_record_always_moves() {
+    let now = Instant::now();
+    let mut d = SubscriptionDelivery::new();
+    d.add_partition(0, log_with(0, &[0, 1, 2]), 0);
+    let size = rec(0, 0).size();
+    d.open_stream(
+        S1,
+        Credits {
+            max_records: 100,
+            max_bytes: size + 1,
+        },
+    );
+    assert_eq!(d.take(S1, now, LIMITS).deliveries.len(), 1);
+    assert!(d.take(S1, now, LIMITS).deliveries.is_empty());
+    d.set_credits(
+        S1,
+        Credits {
+            max_records: 100,
+            max_bytes: 1,
+        },
+    );
+    d.ack(S1, &[(0, vec![range(0, 0)])]).unwrap();
+    assert_eq!(
+        d.take(S1, now, LIMITS).deliveries.len(),
+        1,
+        "idle stream takes one record even above its byte credits"
+    );
+}
+
+#[test]
+fn a_cursor_below_the_window_is_reported() {
+    let now = Instant::now();
+    let mut d = SubscriptionDelivery::new();
+    d.add_partition(0, log_with(0, &[5, 6]), 2);
+    d.open_stream(S1, credits(10));
+    let t = d.take(S1, now, LIMITS);
+    assert!(t.deliveries.is_empty());
+    assert_eq!(t.behind_window, vec![(0, 2)]);
+}
+
+// ---- property test: the ack window against a simple model ----
+
+#[derive(Debug, Clone)]
+enum Op {
+    Deliver {
+        stream: u8,
+        count: usize,
+    },
+    Ack {
+        stream: u8,
+        pick: usize,
+        len: usize,
+    },
+    Nack {
+        stream: u8,
+        pick: usize,
+        delay_ms: u64,
+    },
+    Close {
+        stream: u8,
+    },
+    Redeliver {
+        stream: u8,
+    },
+    Tick {
+        ms: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..3, 1usize..6).prop_map(|(stream, count)| Op::Deliver { stream, count }),
+        (0u8..3, 0usize..64, 1usize..4).prop_map(|(stream, pick, len)| Op::Ack {
+            stream,
+            pick,
+            len
+        }),
+        (0u8..3, 0usize..64, 0u64..50).prop_map(|(stream, pick, delay_ms)| Op::Nack {
+            stream,
+            pick,
+            delay_ms
+        }),
+        (0u8..3).prop_map(|stream| Op::Close { stream }),
+        (0u8..3).prop_map(|stream| Op::Redeliver { stream }),
+        (0u64..60).prop_map(|ms| Op::Tick { ms }),
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum M {
+    InFlight(StreamId),
+    Waiting,
+    Acked,
+}
+
+proptest! {
+    #[test]
+    fn window_never_passes_unacked_and_never_forgets(
+        gaps in proptest::collection::vec(0i64..3, 64),
+        ops in proptest::collection::vec(op(), 1..120),
+    ) {
+        // The partition's record offsets, with random gaps between them.
+        let mut log = Vec::new();
+        let mut o = 100;
+        for g in gaps { o += 1 + g; log.push(o); }
+        let mut w = AckWindow::new(log[0]);
+        let mut model: BTreeMap<Offset, M> = BTreeMap::new();
+        let mut now = Instant::now();
+        for op in ops {
+            match op {
+                Op::Deliver { stream, count } => {
+                    let s = StreamId(u64::from(stream));
+                    let next = w.next();
+                    for &off in log.iter().filter(|&&x| x >= next).take(count) {
+                        w.deliver_first(off, 1, s);
+                        model.insert(off, M::InFlight(s));
+                    }
+                }
+                Op::Ack { stream, pick, len } => {
+                    let s = StreamId(u64::from(stream));
+                    let first = log[pick % log.len()];
+                    let last = log[(pick + len - 1).min(log.len() - 1)];
+                    let r = [range(first, last)];
+                    let ok = model.range(first..=last).next().is_some()
+                        && first >= w.cursor()
+                        && last < w.next()
+                        && model.range(first..=last).all(|(_, m)| *m == M::InFlight(s));
+                    prop_assert_eq!(w.check_in_flight(s, &r).is_ok(), ok);
+                    if ok {
+                        let released = w.ack(s, &r);
+                        let n = model.range(first..=last).count();
+                        prop_assert_eq!(released.records, n);
+                        for (_, m) in model.range_mut(first..=last) { *m = M::Acked; }
+                    }
+                }
+                Op::Nack { stream, pick, delay_ms } => {
+                    let s = StreamId(u64::from(stream));
+                    let off = log[pick % log.len()];
+                    let r = [range(off, off)];
+                    let ok = model.get(&off) == Some(&M::InFlight(s)) && off >= w.cursor();
+                    prop_assert_eq!(w.check_in_flight(s, &r).is_ok(), ok);
+                    if ok {
+                        w.nack(s, &r, now + Duration::from_millis(delay_ms));
+                        model.insert(off, M::Waiting);
+                    }
+                }
+                Op::Close { stream } => {
+                    let s = StreamId(u64::from(stream));
+                    w.release_stream(s, now);
+                    for m in model.values_mut() {
+                        if *m == M::InFlight(s) { *m = M::Waiting; }
+                    }
+                }
+                Op::Redeliver { stream } => {
+                    let s = StreamId(u64::from(stream));
+                    if let Some(due) = w.first_due(now) {
+                        prop_assert_eq!(model.get(&due.offset), Some(&M::Waiting));
+                        prop_assert!(due.attempt >= 2);
+                        w.deliver_again(due.offset, s);
+                        model.insert(due.offset, M::InFlight(s));
+                    }
+                }
+                Op::Tick { ms } => now += Duration::from_millis(ms),
+            }
+            // Commit safety: the cursor never passes a delivered record that is not acked.
+            let lowest_unacked = model.iter().find(|(_, m)| **m != M::Acked).map(|(o, _)| *o);
+            if let Some(u) = lowest_unacked {
+                prop_assert!(w.cursor() <= u, "cursor {} passed unacked {}", w.cursor(), u);
+            }
+            // The cursor is exactly past the acked prefix.
+            let expect = match lowest_unacked {
+                Some(u) => model.range(..u).next_back().map_or(log[0], |(o, _)| (o + 1).min(u)),
+                None => model.keys().next_back().map_or(log[0], |o| o + 1),
+            };
+            prop_assert_eq!(w.cursor(), expect.max(log[0]));
+            // Nothing delivered is forgotten.
+            prop_assert_eq!(w.unacked(), model.values().filter(|m| **m != M::Acked).count());
+            prop_assert_eq!(
+                w.in_flight(),
+                model.values().filter(|m| matches!(m, M::InFlight(_))).count()
+            );
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Ack tracking of one subscription on one partition.
+//!
+//! The window remembers every record delivered at least once and not yet below the cursor:
+//! whether it is in flight (on which stream, which attempt), waiting to be delivered again,
+//! or acked. Acks may arrive out of order; the cursor is the next fetch position after the
+//! contiguously acked prefix of *delivered* records, so offsets that are not records
+//! (transaction markers, aborted or compacted records) never stall it.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::model::Offset;
+
+use super::{AckError, StreamId};
+
+/// An inclusive range of offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetRange {
+    pub first: Offset,
+    pub last: Offset,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    InFlight {
+        stream: StreamId,
+        attempt: u32,
+    },
+    /// Given back; delivered again (as `attempt`) once `not_before` has passed.
+    Waiting {
+        attempt: u32,
+        not_before: Instant,
+    },
+    Acked,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    offset: Offset,
+    size: usize,
+    state: SlotState,
+}
+
+/// Records and bytes released from flight by an operation: credits handed back.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    pub records: usize,
+    pub bytes: usize,
+}
+
+impl std::ops::AddAssign for Released {
+    fn add_assign(&mut self, o: Self) {
+        self.records += o.records;
+        self.bytes += o.bytes;
+    }
+}
+
+/// A record due for another delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    pub offset: Offset,
+    pub attempt: u32,
+}
+
+/// Delivery state of one (subscription, partition).
+#[derive(Debug, Clone)]
+pub struct AckWindow {
+    /// Lowest offset not known to be done: everything below it is acked (or not a record).
+    cursor: Offset,
+    /// Next offset to take from the log for a first delivery.
+    next: Offset,
+    /// Delivered records at or above the cursor, ascending by offset.
+    slots: VecDeque<Slot>,
+    /// Number of slots in flight, for credit and binding decisions.
+    in_flight: usize,
+}
+
+impl AckWindow {
+    /// A window with nothing delivered, whose cursor (and first delivery) is `cursor`.
+    pub fn new(cursor: Offset) -> Self {
+        Self {
+            cursor,
+            next: cursor,
+            slots: VecDeque::new(),
+            in_flight: 0,
+        }
+    }
+
+    pub fn cursor(&self) -> Offset {
+        self.cursor
+    }
+
+    pub fn next(&self) -> Offset {
+        self.next
+    }
+
+    /// Offsets between the cursor and the next first delivery: bounded by the caller.
+    pub fn unacked_span(&self) -> i64 {
+        self.next - self.cursor
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Records delivered and not yet acked (in flight or waiting).
+    pub fn unacked(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.state != SlotState::Acked)
+            .count()
+    }
+
+    /// Records a first delivery of `offset` to `stream`. Offsets must ascend.
+    pub fn deliver_first(&mut self, offset: Offset, size: usize, stream: StreamId) {
+        debug_assert!(offset >= self.next, "first deliveries ascend");
+        self.slots.push_back(Slot {
+            offset,
+            size,
+            state: SlotState::InFlight { stream, attempt: 1 },
+        });
+        self.next = offset + 1;
+        self.in_flight += 1;
+    }
+
+    /// The lowest-offset record waiting for redelivery whose delay has passed.
+    pub fn first_due(&self, now: Instant) -> Option<Due> {
+        self.slots.iter().find_map(|s| match s.state {
+            SlotState::Waiting {
+                attempt,
+                not_before,
+            } if not_before <= now => Some(Due {
+                offset: s.offset,
+                attempt,
+            }),
+            _ => None,
+        })
+    }
+
+    /// When the next waiting record becomes due, if one is waiting for a future time.
+    pub fn next_due_at(&self, now: Instant) -> Option<Instant> {
+        self.slots
+            .iter()
+            .filter_map(|s| match s.state {
+                SlotState::Waiting { not_before, .. } if not_before > now => Some(not_before),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Records the redelivery of a waiting record to `stream`.
+    pub fn deliver_again(&mut self, offset: Offset, stream: StreamId) -> Option<u32> {
+        let slot = self.slot_mut(offset)?;
+        let SlotState::Waiting { attempt, .. } = slot.state else {
+            return None;
+        };
+        slot.state = SlotState::InFlight { stream, attempt };
+        self.in_flight += 1;
+        Some(attempt)
+    }
+
+    /// Checks that every record in `ranges` is in flight on `stream`, changing nothing.
+    pub fn check_in_flight(
+        &self,
+        stream: StreamId,
+        ranges: &[OffsetRange],
+    ) -> Result<(), AckError> {
+        let mut sorted: Vec<OffsetRange> = ranges.to_vec();
+        sorted.sort_by_key(|r| r.first);
+        for r in &sorted {
+            if r.first > r.last {
+                return Err(AckError::InvertedRange {
+                    first: r.first,
+                    last: r.last,
+                });
+            }
+        }
+        for w in sorted.windows(2) {
+            if w[1].first <= w[0].last {
+                return Err(AckError::OverlappingRanges {
+                    first: w[1].first,
+                    last: w[0].last,
+                });
+            }
+        }
+        for r in &sorted {
+            if r.first < self.cursor {
+                return Err(AckError::AlreadyAcked { offset: r.first });
+            }
+            if r.last >= self.next {
+                return Err(AckError::NotDelivered {
+                    offset: r.first.max(self.next),
+                });
+            }
+            let mut any = false;
+            for s in self.slots_in(*r) {
+                any = true;
+                match s.state {
+                    SlotState::InFlight { stream: st, .. } if st == stream => {}
+                    SlotState::InFlight { .. } => {
+                        return Err(AckError::OtherStream { offset: s.offset });
+                    }
+                    SlotState::Waiting { .. } => {
+                        return Err(AckError::NotInFlight { offset: s.offset });
+                    }
+                    SlotState::Acked => return Err(AckError::AlreadyAcked { offset: s.offset }),
+                }
+            }
+            if !any {
+                return Err(AckError::NotDelivered { offset: r.first });
+            }
+        }
+        Ok(())
+    }
+
+    /// Acks the records of `ranges` (checked with [`Self::check_in_flight`] first) and moves
+    /// the cursor over the acked prefix.
+    pub fn ack(&mut self, stream: StreamId, ranges: &[OffsetRange]) -> Released {
+        let released = self.transition(stream, ranges, SlotState::Acked);
+        while let Some(front) = self.slots.front() {
+            if front.state != SlotState::Acked {
+                break;
+            }
+            self.cursor = front.offset + 1;
+            self.slots.pop_front();
+        }
+        released
+    }
+
+    /// Gives the records of `ranges` (checked first) back, due again at `not_before`.
+    pub fn nack(
+        &mut self,
+        stream: StreamId,
+        ranges: &[OffsetRange],
+        not_before: Instant,
+    ) -> Released {
+        let mut released = Released::default();
+        for r in ranges {
+            let (lo, hi) = self.index_range(*r);
+            for s in self.slots.range_mut(lo..hi) {
+                if let SlotState::InFlight {
+                    stream: st,
+                    attempt,
+                } = s.state
+                    && st == stream
+                {
+                    s.state = SlotState::Waiting {
+                        attempt: attempt.saturating_add(1),
+                        not_before,
+                    };
+                    released.records += 1;
+                    released.bytes += s.size;
+                }
+            }
+        }
+        self.in_flight -= released.records;
+        released
+    }
+
+    /// Gives back everything in flight on `stream` (it ended), due again at `now`.
+    pub fn release_stream(&mut self, stream: StreamId, now: Instant) -> Released {
+        let all = OffsetRange {
+            first: Offset::MIN,
+            last: Offset::MAX,
+        };
+        self.nack(stream, &[all], now)
+    }
+
+    fn transition(&mut self, stream: StreamId, ranges: &[OffsetRange], to: SlotState) -> Released {
+        let mut released = Released::default();
+        for r in ranges {
+            let (lo, hi) = self.index_range(*r);
+            for s in self.slots.range_mut(lo..hi) {
+                if matches!(s.state, SlotState::InFlight { stream: st, .. } if st == stream) {
+                    s.state = to;
+                    released.records += 1;
+                    released.bytes += s.size;
+                }
+            }
+        }
+        self.in_flight -= released.records;
+        released
+    }
+
+    fn index_range(&self, r: OffsetRange) -> (usize, usize) {
+        let lo = self.slots.partition_point(|s| s.offset < r.first);
+        let hi = self.slots.partition_point(|s| s.offset <= r.last);
+        (lo, hi.max(lo))
+    }
+
+    fn slots_in(&self, r: OffsetRange) -> impl Iterator<Item = &Slot> {
+        let (lo, hi) = self.index_range(r);
+        self.slots.range(lo..hi)
+    }
+
+    fn slot_mut(&mut self, offset: Offset) -> Option<&mut Slot> {
+        let i = self
+            .slots
+            .binary_search_by_key(&offset, |s| s.offset)
+            .ok()?;
+        self.slots.get_mut(i)
+    }
+}

@@ -1,0 +1,12 @@
+//! fanout-server: reads each registered Kafka topic once and pushes its records over gRPC
+//! streams to every subscription, tracking each subscription's acks and cursors.
+//!
+//! Layout (see docs/ARCHITECTURE.md): core modules without I/O (`model`, `log`, `delivery`,
+//! `registry`, `shard`) and adapters around them (`ingest`, `grpc`, `admin`, `store`,
+//! `telemetry`); `app` wires everything and owns every long-lived task.
+
+pub mod delivery;
+pub mod log;
+pub mod model;
+pub mod registry;
+pub mod shard;

@@ -1,0 +1,234 @@
+//! Domain types shared by every module: validated names, records, start positions.
+//!
+//! Core module: no I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Longest topic name Kafka accepts.
+pub const MAX_TOPIC_NAME_LEN: usize = 249;
+/// Longest subscription name fanout accepts.
+pub const MAX_SUBSCRIPTION_NAME_LEN: usize = 128;
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("{what} name must not be empty")]
+    Empty { what: &'static str },
+    #[error("{what} name is {len} characters long; the limit is {max}")]
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error(
+        "{what} name {name:?} contains {ch:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"
+    )]
+    BadChar {
+        what: &'static str,
+        name: String,
+        ch: char,
+    },
+    #[error("{what} name must not be \".\" or \"..\"")]
+    Dots { what: &'static str },
+    #[error("topic {name:?} is internal (names starting with \"__\" belong to Kafka and fanout)")]
+    Internal { name: String },
+}
+
+fn check_name(what: &'static str, name: &str, max: usize) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty { what });
+    }
+    let len = name.chars().count();
+    if len > max {
+        return Err(NameError::TooLong { what, len, max });
+    }
+    if let Some(ch) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(NameError::BadChar {
+            what,
+            name: name.to_owned(),
+            ch,
+        });
+    }
+    if name == "." || name == ".." {
+        return Err(NameError::Dots { what });
+    }
+    Ok(())
+}
+
+/// A Kafka topic name that fanout may read (Kafka's rules, and not an internal topic).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TopicName(Arc<str>);
+
+impl TopicName {
+    pub fn new(name: &str) -> Result<Self, NameError> {
+        check_name("topic", name, MAX_TOPIC_NAME_LEN)?;
+        if name.starts_with("__") {
+            return Err(NameError::Internal {
+                name: name.to_owned(),
+            });
+        }
+        Ok(Self(name.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The name of a subscription, unique within its topic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SubscriptionName(Arc<str>);
+
+impl SubscriptionName {
+    pub fn new(name: &str) -> Result<Self, NameError> {
+        check_name("subscription", name, MAX_SUBSCRIPTION_NAME_LEN)?;
+        Ok(Self(name.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+macro_rules! name_impls {
+    ($t:ty) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl TryFrom<String> for $t {
+            type Error = NameError;
+            fn try_from(s: String) -> Result<Self, NameError> {
+                Self::new(&s)
+            }
+        }
+        impl From<$t> for String {
+            fn from(n: $t) -> String {
+                n.0.to_string()
+            }
+        }
+    };
+}
+name_impls!(TopicName);
+name_impls!(SubscriptionName);
+
+/// Identifies one subscription: a subscription name is unique within its topic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SubscriptionKey {
+    pub topic: TopicName,
+    pub name: SubscriptionName,
+}
+
+impl fmt::Display for SubscriptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.name)
+    }
+}
+
+/// Kafka partition number.
+pub type Partition = i32;
+/// Kafka offset.
+pub type Offset = i64;
+
+/// Where a new subscription starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartPosition {
+    /// The oldest record Kafka still holds.
+    Earliest,
+    /// Only records produced after the subscription was created.
+    Latest,
+}
+
+/// How Kafka stamped a record's timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampKind {
+    CreateTime,
+    LogAppendTime,
+}
+
+/// One Kafka record as fanout keeps it: payloads are reference-counted, never copied again
+/// after they leave librdkafka.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub partition: Partition,
+    pub offset: Offset,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Arc<[Header]>,
+    pub timestamp: Option<(i64, TimestampKind)>,
+}
+
+impl Record {
+    /// Payload size counted against byte budgets and credits.
+    pub fn size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Bytes::len))
+            .sum();
+        self.key.as_ref().map_or(0, Bytes::len)
+            + self.value.as_ref().map_or(0, Bytes::len)
+            + headers
+            // Fixed per-record overhead (offsets, timestamp, framing), so empty records count.
+            + 32
+    }
+}
+
+/// A Kafka record header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    pub key: String,
+    pub value: Option<Bytes>,
+}
+
+/// Start offsets of a subscription, resolved when it was created, per partition. Partitions
+/// that did not exist then start at their beginning: every record in them is newer than the
+/// subscription.
+///
+/// Stored as a JSON object keyed by partition number (as text).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    try_from = "BTreeMap<String, Offset>",
+    into = "BTreeMap<String, Offset>"
+)]
+pub struct StartOffsets(pub BTreeMap<Partition, Offset>);
+
+impl TryFrom<BTreeMap<String, Offset>> for StartOffsets {
+    type Error = String;
+    fn try_from(m: BTreeMap<String, Offset>) -> Result<Self, String> {
+        m.into_iter()
+            .map(|(k, v)| match k.parse::<Partition>() {
+                Ok(p) if p >= 0 && v >= 0 => Ok((p, v)),
+                _ => Err(format!("bad start offset {k:?}: {v}")),
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
+impl From<StartOffsets> for BTreeMap<String, Offset> {
+    fn from(s: StartOffsets) -> Self {
+        s.0.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+}
+
+impl StartOffsets {
+    pub fn get(&self, partition: Partition) -> Option<Offset> {
+        self.0.get(&partition).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests;

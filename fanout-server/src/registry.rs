@@ -1,0 +1,240 @@
+//! The registry: which topics fanout reads and which subscriptions each has.
+//!
+//! It lives in the compacted topic `__<cluster>_registry`, one record per entry (key
+//! `topic:<name>` or `subscription:<topic>:<name>`, JSON value with a schema version, a null
+//! value deletes). Every shard loads the topic at start and tails it, applying records here in
+//! offset order; the admin API writes records and waits until its own shard applied them.
+//!
+//! Core module: no I/O.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    NameError, StartOffsets, StartPosition, SubscriptionKey, SubscriptionName, TopicName,
+};
+
+/// Version written into every registry value; readers skip newer versions they cannot read.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A registered topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicSpec {
+    pub name: TopicName,
+    /// When it was registered, milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+}
+
+/// A subscription and where it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionSpec {
+    pub topic: TopicName,
+    pub name: SubscriptionName,
+    pub start: StartPosition,
+    /// `start` resolved to offsets when the subscription was created.
+    pub start_offsets: StartOffsets,
+    pub created_at_ms: i64,
+}
+
+impl SubscriptionSpec {
+    pub fn key(&self) -> SubscriptionKey {
+        SubscriptionKey {
+            topic: self.topic.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// One registry entry, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Entry {
+    Topic(TopicSpec),
+    Subscription(SubscriptionSpec),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    version: u32,
+    #[serde(flatten)]
+    entry: Entry,
+}
+
+/// The key of a registry record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    Topic(TopicName),
+    Subscription(SubscriptionKey),
+}
+
+impl Key {
+    pub fn encode(&self) -> String {
+        match self {
+            Key::Topic(t) => format!("topic:{t}"),
+            Key::Subscription(s) => format!("subscription:{}:{}", s.topic, s.name),
+        }
+    }
+
+    pub fn decode(raw: &[u8]) -> Result<Self, DecodeError> {
+        let s = std::str::from_utf8(raw).map_err(|_| DecodeError::Key(lossy(raw)))?;
+        let bad = |_: NameError| DecodeError::Key(s.to_owned());
+        match s.split(':').collect::<Vec<_>>().as_slice() {
+            ["topic", t] => Ok(Key::Topic(TopicName::new(t).map_err(bad)?)),
+            ["subscription", t, n] => Ok(Key::Subscription(SubscriptionKey {
+                topic: TopicName::new(t).map_err(bad)?,
+                name: SubscriptionName::new(n).map_err(bad)?,
+            })),
+            _ => Err(DecodeError::Key(s.to_owned())),
+        }
+    }
+}
+
+impl Entry {
+    pub fn key(&self) -> Key {
+        match self {
+            Entry::Topic(t) => Key::Topic(t.name.clone()),
+            Entry::Subscription(s) => Key::Subscription(s.key()),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct StoredRef<'a> {
+            version: u32,
+            #[serde(flatten)]
+            entry: &'a Entry,
+        }
+        // Serializing these plain structs cannot fail.
+        serde_json::to_vec(&StoredRef {
+            version: SCHEMA_VERSION,
+            entry: self,
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// A registry record that could not be read. The record is skipped (and logged).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unreadable registry key {0:?}")]
+    Key(String),
+    #[error(
+        "registry record {key:?} has schema version {version}; this build reads up to {SCHEMA_VERSION}"
+    )]
+    NewerVersion { key: String, version: u32 },
+    #[error("registry record {key:?} is not valid: {reason}")]
+    Value { key: String, reason: String },
+    #[error("registry record key {key:?} does not match its value")]
+    KeyMismatch { key: String },
+}
+
+fn lossy(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw).into_owned()
+}
+
+/// What applying a record changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    TopicAdded(TopicSpec),
+    TopicRemoved(TopicName),
+    SubscriptionAdded(SubscriptionSpec),
+    SubscriptionRemoved(SubscriptionKey),
+}
+
+/// The registry as of some offset of the registry topic.
+#[derive(Debug, Default, Clone)]
+pub struct Registry {
+    topics: BTreeMap<TopicName, TopicSpec>,
+    /// Subscriptions by topic, then by name.
+    subscriptions: BTreeMap<TopicName, BTreeMap<SubscriptionName, SubscriptionSpec>>,
+}
+
+impl Registry {
+    pub fn topic(&self, name: &TopicName) -> Option<&TopicSpec> {
+        self.topics.get(name)
+    }
+
+    pub fn topics(&self) -> impl Iterator<Item = &TopicSpec> {
+        self.topics.values()
+    }
+
+    pub fn subscription(&self, key: &SubscriptionKey) -> Option<&SubscriptionSpec> {
+        self.subscriptions.get(&key.topic)?.get(&key.name)
+    }
+
+    /// Subscriptions of one topic, by name.
+    pub fn subscriptions_of(&self, topic: &TopicName) -> impl Iterator<Item = &SubscriptionSpec> {
+        self.subscriptions
+            .get(topic)
+            .into_iter()
+            .flat_map(BTreeMap::values)
+    }
+
+    /// Applies one record of the registry topic. A record that cannot be read changes
+    /// nothing and is returned as an error for the caller to log. Re-applying a record
+    /// that changes nothing returns `Ok(None)`.
+    pub fn apply(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<Option<Change>, DecodeError> {
+        let k = Key::decode(key)?;
+        let Some(value) = value else {
+            return Ok(match k {
+                Key::Topic(t) => self.topics.remove(&t).map(|_| Change::TopicRemoved(t)),
+                Key::Subscription(s) => {
+                    let subs = self.subscriptions.get_mut(&s.topic);
+                    let removed = subs.and_then(|m| m.remove(&s.name));
+                    if self
+                        .subscriptions
+                        .get(&s.topic)
+                        .is_some_and(BTreeMap::is_empty)
+                    {
+                        self.subscriptions.remove(&s.topic);
+                    }
+                    removed.map(|_| Change::SubscriptionRemoved(s))
+                }
+            });
+        };
+        let raw_key = k.encode();
+        let version = serde_json::from_slice::<serde_json::Value>(value)
+            .ok()
+            .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64));
+        if let Some(v) = version
+            && v > u64::from(SCHEMA_VERSION)
+        {
+            return Err(DecodeError::NewerVersion {
+                key: raw_key,
+                version: u32::try_from(v).unwrap_or(u32::MAX),
+            });
+        }
+        let stored: Stored = serde_json::from_slice(value).map_err(|e| DecodeError::Value {
+            key: raw_key.clone(),
+            reason: e.to_string(),
+        })?;
+        if stored.entry.key() != k {
+            return Err(DecodeError::KeyMismatch { key: raw_key });
+        }
+        Ok(match stored.entry {
+            Entry::Topic(t) => match self.topics.insert(t.name.clone(), t.clone()) {
+                None => Some(Change::TopicAdded(t)),
+                Some(old) if old == t => None,
+                // A topic has no settings yet that a shard must react to.
+                Some(_) => None,
+            },
+            Entry::Subscription(s) => match self
+                .subscriptions
+                .entry(s.topic.clone())
+                .or_default()
+                .insert(s.name.clone(), s.clone())
+            {
+                None => Some(Change::SubscriptionAdded(s)),
+                Some(_) => None,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,111 @@
+use super::*;
+
+fn topic(name: &str) -> Entry {
+    Entry::Topic(TopicSpec {
+        name: TopicName::new(name).unwrap(),
+        created_at_ms: 1,
+    })
+}
+
+fn sub(t: &str, n: &str) -> Entry {
+    Entry::Subscription(SubscriptionSpec {
+        topic: TopicName::new(t).unwrap(),
+        name: SubscriptionName::new(n).unwrap(),
+        start: StartPosition::Latest,
+        start_offsets: StartOffsets([(0, 10), (1, 12)].into_iter().collect()),
+        created_at_ms: 2,
+    })
+}
+
+fn put(r: &mut Registry, e: &Entry) -> Result<Option<Change>, DecodeError> {
+    r.apply(e.key().encode().as_bytes(), Some(&e.encode()))
+}
+
+#[test]
+fn entries_round_trip_and_report_changes() {
+    let mut r = Registry::default();
+    assert!(matches!(
+        put(&mut r, &topic("orders")),
+        Ok(Some(Change::TopicAdded(_)))
+    ));
+    assert_eq!(
+        put(&mut r, &topic("orders")),
+        Ok(None),
+        "re-applying changes nothing"
+    );
+    let s = sub("orders", "billing");
+    assert!(matches!(
+        put(&mut r, &s),
+        Ok(Some(Change::SubscriptionAdded(_)))
+    ));
+    put(&mut r, &sub("orders", "audit")).unwrap();
+    put(&mut r, &topic("payments")).unwrap();
+    put(&mut r, &sub("payments", "billing")).unwrap();
+    let orders = TopicName::new("orders").unwrap();
+    let names: Vec<_> = r
+        .subscriptions_of(&orders)
+        .map(|s| s.name.to_string())
+        .collect();
+    assert_eq!(names, ["audit", "billing"]);
+    let Entry::Subscription(spec) = s else {
+        unreachable!()
+    };
+    assert_eq!(r.subscription(&spec.key()), Some(&spec));
+}
+
+#[test]
+fn tombstones_delete() {
+    let mut r = Registry::default();
+    put(&mut r, &topic("orders")).unwrap();
+    let change = r.apply(b"topic:orders", None).unwrap();
+    assert_eq!(
+        change,
+        Some(Change::TopicRemoved(TopicName::new("orders").unwrap()))
+    );
+    assert_eq!(r.apply(b"topic:orders", None), Ok(None));
+}
+
+#[test]
+fn unreadable_records_change_nothing() {
+    let mut r = Registry::default();
+    assert!(matches!(
+        r.apply(b"bogus", Some(b"{}")),
+        Err(DecodeError::Key(_))
+    ));
+    assert!(matches!(
+        r.apply(b"topic:a/b", Some(b"{}")),
+        Err(DecodeError::Key(_))
+    ));
+    assert!(matches!(
+        r.apply(b"topic:orders", Some(b"{\"version\":1,\"kind\":\"topic\"}")),
+        Err(DecodeError::Value { .. })
+    ));
+    assert!(matches!(
+        r.apply(b"topic:orders", Some(b"{\"version\":9,\"kind\":\"topic\"}")),
+        Err(DecodeError::NewerVersion { version: 9, .. })
+    ));
+    let other = topic("payments").encode();
+    assert!(matches!(
+        r.apply(b"topic:orders", Some(&other)),
+        Err(DecodeError::KeyMismatch { .. })
+    ));
+    assert_eq!(r.topics().count(), 0);
+}
+
+#[test]
+fn stored_format_is_stable() {
+    let json: serde_json::Value =
+        serde_json::from_slice(&sub("orders", "billing").encode()).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "version": 1,
+            "kind": "subscription",
+            "topic": "orders",
+            "name": "billing",
+            "start": "latest",
+            "start_offsets": {"0": 10, "1": 12},
+            "created_at_ms": 2
+        })
+    );
+}

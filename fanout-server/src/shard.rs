@@ -1,0 +1,662 @@
+//! The in-memory state of one shard: the registry it applied, the partitions it owns with
+//! their shared windows, and every subscription's delivery state.
+//!
+//! Core module: no I/O. The adapters call in: the registry tailer applies records, the
+//! ingest applies assignments and appends records, the gRPC service runs streams, the cursor
+//! flusher reads cursors out. Wake-ups go out through `tokio::sync` channels (no I/O).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{Notify, watch};
+
+use crate::delivery::{
+    Credits, OffsetRange, PartitionAckError, Released, StreamId, SubscriptionDelivery, Take,
+    TakeLimits,
+};
+use crate::log::PartitionLog;
+use crate::model::{Offset, Partition, SubscriptionKey, SubscriptionName, TopicName};
+use crate::registry::{Change, DecodeError, Registry, SubscriptionSpec, TopicSpec};
+
+/// Limits the shard applies to every partition and stream.
+#[derive(Debug, Clone, Copy)]
+pub struct ShardLimits {
+    /// Byte budget of each owned partition's shared window.
+    pub partition_window_bytes: usize,
+    /// Batch and span limits of deliveries.
+    pub take: TakeLimits,
+}
+
+/// Why a subscription could not be found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("topic {0:?} is not registered with fanout")]
+    UnknownTopic(TopicName),
+    #[error("subscription {name:?} does not exist on topic {topic:?}")]
+    UnknownSubscription {
+        topic: TopicName,
+        name: SubscriptionName,
+    },
+}
+
+/// Records a subscription can no longer get because Kafka's retention deleted them before
+/// they were acked. Reported loudly by the caller; the cursor moves to the log start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loss {
+    pub subscription: SubscriptionKey,
+    pub partition: Partition,
+    pub cursor: Offset,
+    pub log_start: Offset,
+}
+
+/// A cursor that changed since it was last stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorUpdate {
+    pub subscription: SubscriptionKey,
+    pub partition: Partition,
+    pub cursor: Offset,
+}
+
+/// What the shard decided when it was given a partition.
+#[derive(Debug)]
+pub struct Assigned {
+    /// Where the partition's reader starts: the lowest cursor of its subscriptions.
+    pub start: Offset,
+    pub partition: Arc<OwnedPartition>,
+    pub losses: Vec<Loss>,
+}
+
+/// One partition this shard owns.
+#[derive(Debug)]
+pub struct OwnedPartition {
+    pub topic: TopicName,
+    pub partition: Partition,
+    /// The shared window every subscription reads.
+    pub log: Arc<PartitionLog>,
+    /// Bumped when a subscription needs records below the window start.
+    rewind: watch::Sender<u64>,
+    /// Set when the partition was revoked: no new deliveries.
+    revoked: AtomicBool,
+}
+
+impl OwnedPartition {
+    /// Asks the partition's reader to move back to the lowest cursor.
+    pub fn request_rewind(&self) {
+        self.rewind.send_modify(|g| *g += 1);
+    }
+
+    /// Wakes when a rewind is requested.
+    pub fn rewind_requests(&self) -> watch::Receiver<u64> {
+        self.rewind.subscribe()
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+}
+
+/// A registered topic on this shard.
+#[derive(Debug)]
+pub struct TopicRuntime {
+    pub name: TopicName,
+    /// Partitions of this topic owned by the shard.
+    partitions: RwLock<BTreeMap<Partition, Arc<OwnedPartition>>>,
+    /// Subscriptions of this topic.
+    subscriptions: RwLock<BTreeMap<SubscriptionName, Arc<SubscriptionRuntime>>>,
+    /// Bumped when records arrive or ownership changes: streams look again.
+    wake: watch::Sender<u64>,
+}
+
+impl TopicRuntime {
+    fn new(name: TopicName) -> Self {
+        Self {
+            name,
+            partitions: RwLock::new(BTreeMap::new()),
+            subscriptions: RwLock::new(BTreeMap::new()),
+            wake: watch::Sender::new(0),
+        }
+    }
+
+    pub fn wake(&self) {
+        self.wake.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    pub fn wakes(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+
+    pub fn partition(&self, partition: Partition) -> Option<Arc<OwnedPartition>> {
+        self.partitions.read().get(&partition).cloned()
+    }
+
+    pub fn owned_partitions(&self) -> Vec<Arc<OwnedPartition>> {
+        self.partitions.read().values().cloned().collect()
+    }
+
+    pub fn subscriptions(&self) -> Vec<Arc<SubscriptionRuntime>> {
+        self.subscriptions.read().values().cloned().collect()
+    }
+
+    /// The lowest cursor of the partition over all subscriptions; with none, the window head
+    /// (nothing is needed).
+    pub fn min_cursor(&self, partition: Partition) -> Option<Offset> {
+        let owned = self.partition(partition)?;
+        let subs = self.subscriptions.read();
+        let min = subs
+            .values()
+            .filter_map(|s| s.delivery.lock().cursor(partition))
+            .min();
+        Some(min.unwrap_or_else(|| owned.log.head()))
+    }
+
+    /// Drops what every subscription is done with from a partition's window.
+    pub fn trim(&self, partition: Partition) -> usize {
+        match (self.min_cursor(partition), self.partition(partition)) {
+            (Some(min), Some(owned)) => owned.log.trim(min),
+            _ => 0,
+        }
+    }
+}
+
+/// A subscription on this shard.
+#[derive(Debug)]
+pub struct SubscriptionRuntime {
+    pub spec: SubscriptionSpec,
+    /// Its delivery state: short critical sections only, never held across an await.
+    delivery: Mutex<SubscriptionDelivery>,
+    /// Bumped when records come back or partitions are freed: its streams look again.
+    wake: watch::Sender<u64>,
+    /// Set when the subscription was deleted: its streams end.
+    removed: AtomicBool,
+}
+
+impl SubscriptionRuntime {
+    fn new(spec: SubscriptionSpec) -> Self {
+        Self {
+            spec,
+            delivery: Mutex::new(SubscriptionDelivery::new()),
+            wake: watch::Sender::new(0),
+            removed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn key(&self) -> SubscriptionKey {
+        self.spec.key()
+    }
+
+    pub fn wake(&self) {
+        self.wake.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    pub fn wakes(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    pub fn open_stream(&self, stream: StreamId, credits: Credits) {
+        self.delivery.lock().open_stream(stream, credits);
+    }
+
+    pub fn set_credits(&self, stream: StreamId, credits: Credits) {
+        self.delivery.lock().set_credits(stream, credits);
+        self.wake();
+    }
+
+    /// Ends a stream; its in-flight records go back to the subscription at once.
+    pub fn close_stream(&self, stream: StreamId, now: Instant) -> usize {
+        let n = self.delivery.lock().close_stream(stream, now);
+        self.wake();
+        n
+    }
+
+    pub fn take(&self, stream: StreamId, now: Instant, limits: TakeLimits) -> Take {
+        self.delivery.lock().take(stream, now, limits)
+    }
+
+    pub fn next_due_at(&self, stream: StreamId, now: Instant) -> Option<Instant> {
+        self.delivery.lock().next_due_at(stream, now)
+    }
+
+    pub fn ack(
+        &self,
+        stream: StreamId,
+        ranges: &[(Partition, Vec<OffsetRange>)],
+    ) -> Result<Released, PartitionAckError> {
+        let r = self.delivery.lock().ack(stream, ranges);
+        self.wake();
+        r
+    }
+
+    pub fn nack(
+        &self,
+        stream: StreamId,
+        ranges: &[(Partition, Vec<OffsetRange>)],
+        not_before: Instant,
+    ) -> Result<Released, PartitionAckError> {
+        let r = self.delivery.lock().nack(stream, ranges, not_before);
+        self.wake();
+        r
+    }
+
+    pub fn cursors(&self) -> Vec<(Partition, Offset)> {
+        self.delivery.lock().cursors().collect()
+    }
+
+    pub fn unacked(&self) -> usize {
+        self.delivery.lock().unacked()
+    }
+
+    pub fn stream_count(&self) -> usize {
+        self.delivery.lock().stream_count()
+    }
+}
+
+/// The shard's state.
+#[derive(Debug)]
+pub struct Shard {
+    /// Limits applied to partitions and streams.
+    limits: ShardLimits,
+    /// The registry as applied so far.
+    registry: RwLock<Registry>,
+    /// Offset of the next registry record to apply: admin writes wait on it.
+    registry_next: watch::Sender<i64>,
+    /// Registered topics with their owned partitions and subscriptions.
+    topics: RwLock<BTreeMap<TopicName, Arc<TopicRuntime>>>,
+    /// Per (subscription, partition): the cursor a restart would begin from (stored in Kafka,
+    /// or derivable from the subscription's start).
+    stored: Mutex<HashMap<(SubscriptionKey, Partition), Offset>>,
+    /// Source of stream ids.
+    next_stream: AtomicU64,
+    /// The registered topics the ingest should subscribe to.
+    wanted_topics: watch::Sender<Vec<TopicName>>,
+    /// Wakes the committer when something may need flushing (revokes, shutdown).
+    pub flush_hint: Notify,
+}
+
+impl Shard {
+    pub fn new(limits: ShardLimits) -> Self {
+        Self {
+            limits,
+            registry: RwLock::new(Registry::default()),
+            registry_next: watch::Sender::new(0),
+            topics: RwLock::new(BTreeMap::new()),
+            stored: Mutex::new(HashMap::new()),
+            next_stream: AtomicU64::new(1),
+            wanted_topics: watch::Sender::new(Vec::new()),
+            flush_hint: Notify::new(),
+        }
+    }
+
+    pub fn limits(&self) -> ShardLimits {
+        self.limits
+    }
+
+    // ---- registry ----
+
+    /// A copy of the registry as applied so far.
+    pub fn registry(&self) -> Registry {
+        self.registry.read().clone()
+    }
+
+    /// Reads the applied registry without copying it.
+    pub fn with_registry<R>(&self, f: impl FnOnce(&Registry) -> R) -> R {
+        f(&self.registry.read())
+    }
+
+    /// Watches the offset of the next registry record to apply.
+    pub fn registry_progress(&self) -> watch::Receiver<i64> {
+        self.registry_next.subscribe()
+    }
+
+    /// Applies the registry record at `offset` and acts on what changed. Returns the
+    /// change, and the partitions that must be read again from an earlier offset.
+    pub fn apply_registry(
+        &self,
+        offset: i64,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<Option<Change>, DecodeError> {
+        let result = self.registry.write().apply(key, value);
+        if let Ok(Some(change)) = &result {
+            match change {
+                Change::TopicAdded(spec) => self.add_topic(spec),
+                Change::TopicRemoved(name) => self.remove_topic(name),
+                Change::SubscriptionAdded(spec) => self.add_subscription(spec),
+                Change::SubscriptionRemoved(key) => self.remove_subscription(key),
+            }
+        }
+        self.registry_next
+            .send_modify(|n| *n = (*n).max(offset + 1));
+        result
+    }
+
+    fn add_topic(&self, spec: &TopicSpec) {
+        self.topics
+            .write()
+            .entry(spec.name.clone())
+            .or_insert_with(|| Arc::new(TopicRuntime::new(spec.name.clone())));
+        self.publish_wanted_topics();
+    }
+
+    fn remove_topic(&self, name: &TopicName) {
+        if let Some(t) = self.topics.write().remove(name) {
+            for s in t.subscriptions() {
+                s.removed.store(true, Ordering::Release);
+                s.wake();
+            }
+        }
+        self.publish_wanted_topics();
+    }
+
+    fn publish_wanted_topics(&self) {
+        let names: Vec<TopicName> = self.topics.read().keys().cloned().collect();
+        self.wanted_topics.send_if_modified(|w| {
+            let changed = *w != names;
+            *w = names;
+            changed
+        });
+    }
+
+    /// Watches the registered topics the ingest should read.
+    pub fn wanted_topics(&self) -> watch::Receiver<Vec<TopicName>> {
+        self.wanted_topics.subscribe()
+    }
+
+    fn add_subscription(&self, spec: &SubscriptionSpec) {
+        let Some(topic) = self.topic(&spec.topic) else {
+            return;
+        };
+        let rt = Arc::new(SubscriptionRuntime::new(spec.clone()));
+        let key = spec.key();
+        // Lock order everywhere: partitions, subscriptions, stored cursors, a delivery. The
+        // partition map stays locked until the subscription is listed, so an assignment
+        // cannot slip in between and miss it.
+        let partitions = topic.partitions.read();
+        let mut subscriptions = topic.subscriptions.write();
+        let mut cursors = Vec::with_capacity(partitions.len());
+        {
+            let mut stored = self.stored.lock();
+            for (&p, owned) in partitions.iter() {
+                let cursor = match stored.get(&(key.clone(), p)).copied() {
+                    Some(c) => c,
+                    None => {
+                        let c = spec.start_offsets.get(p).unwrap_or_else(|| {
+                            tracing::warn!(
+                                topic = %spec.topic, partition = p, subscription = %spec.name,
+                                "partition appeared while the subscription was created; \
+                                 starting it at the live position"
+                            );
+                            owned.log.head()
+                        });
+                        stored.insert((key.clone(), p), c);
+                        c
+                    }
+                };
+                cursors.push((p, owned.clone(), cursor));
+            }
+        }
+        {
+            let mut delivery = rt.delivery.lock();
+            for (p, owned, cursor) in &cursors {
+                delivery.add_partition(*p, owned.log.clone(), *cursor);
+            }
+        }
+        subscriptions.insert(spec.name.clone(), rt);
+        drop((subscriptions, partitions));
+        for (_, owned, cursor) in cursors {
+            if cursor < owned.log.start() {
+                owned.request_rewind();
+            }
+        }
+        topic.wake();
+    }
+
+    fn remove_subscription(&self, key: &SubscriptionKey) {
+        let Some(topic) = self.topic(&key.topic) else {
+            return;
+        };
+        if let Some(s) = topic.subscriptions.write().remove(&key.name) {
+            s.removed.store(true, Ordering::Release);
+            s.wake();
+        }
+        self.stored.lock().retain(|(k, _), _| k != key);
+        topic.wake();
+    }
+
+    // ---- lookups ----
+
+    pub fn topic(&self, name: &TopicName) -> Option<Arc<TopicRuntime>> {
+        self.topics.read().get(name).cloned()
+    }
+
+    pub fn topics(&self) -> Vec<Arc<TopicRuntime>> {
+        self.topics.read().values().cloned().collect()
+    }
+
+    pub fn subscription(
+        &self,
+        topic: &TopicName,
+        name: &SubscriptionName,
+    ) -> Result<(Arc<TopicRuntime>, Arc<SubscriptionRuntime>), LookupError> {
+        let t = self
+            .topic(topic)
+            .ok_or_else(|| LookupError::UnknownTopic(topic.clone()))?;
+        let s = t.subscriptions.read().get(name).cloned().ok_or_else(|| {
+            LookupError::UnknownSubscription {
+                topic: topic.clone(),
+                name: name.clone(),
+            }
+        })?;
+        Ok((t, s))
+    }
+
+    pub fn new_stream_id(&self) -> StreamId {
+        StreamId(self.next_stream.fetch_add(1, Ordering::Relaxed))
+    }
+
+    // ---- ownership ----
+
+    /// Takes ownership of a partition whose log runs from `low` to `high` (watermarks). Each
+    /// subscription starts at its stored cursor, else at its resolved start, else (a
+    /// partition newer than the subscription) at `low`. A cursor below `low` means retention
+    /// deleted unacked records: it is reported and moved to `low`.
+    pub fn assign(
+        &self,
+        topic: &TopicName,
+        partition: Partition,
+        low: Offset,
+        high: Offset,
+    ) -> Assigned {
+        let rt = {
+            let mut topics = self.topics.write();
+            topics
+                .entry(topic.clone())
+                .or_insert_with(|| Arc::new(TopicRuntime::new(topic.clone())))
+                .clone()
+        };
+        let mut partitions = rt.partitions.write();
+        let subs = rt.subscriptions.read();
+        let mut losses = Vec::new();
+        let mut cursors = Vec::with_capacity(subs.len());
+        {
+            let mut stored = self.stored.lock();
+            for s in subs.values() {
+                let key = s.key();
+                let mut cursor = stored
+                    .get(&(key.clone(), partition))
+                    .copied()
+                    .or_else(|| s.spec.start_offsets.get(partition))
+                    .unwrap_or(low);
+                if cursor < low {
+                    losses.push(Loss {
+                        subscription: key.clone(),
+                        partition,
+                        cursor,
+                        log_start: low,
+                    });
+                    cursor = low;
+                }
+                stored.insert((key, partition), cursor);
+                cursors.push((s.clone(), cursor));
+            }
+        }
+        let start = cursors.iter().map(|(_, c)| *c).min().unwrap_or(high);
+        let owned = Arc::new(OwnedPartition {
+            topic: topic.clone(),
+            partition,
+            log: Arc::new(PartitionLog::new(start, self.limits.partition_window_bytes)),
+            rewind: watch::Sender::new(0),
+            revoked: AtomicBool::new(false),
+        });
+        for (s, cursor) in cursors {
+            s.delivery
+                .lock()
+                .add_partition(partition, owned.log.clone(), cursor);
+        }
+        partitions.insert(partition, owned.clone());
+        drop((partitions, subs));
+        rt.wake();
+        Assigned {
+            start,
+            partition: owned,
+            losses,
+        }
+    }
+
+    /// Stops new deliveries of a partition that is being revoked.
+    pub fn stop_partition(&self, topic: &TopicName, partition: Partition) {
+        if let Some(owned) = self.topic(topic).and_then(|t| t.partition(partition)) {
+            owned.revoked.store(true, Ordering::Release);
+        }
+    }
+
+    /// Gives up a partition: every subscription forgets it.
+    pub fn revoke(&self, topic: &TopicName, partition: Partition, now: Instant) {
+        let Some(rt) = self.topic(topic) else {
+            return;
+        };
+        if let Some(owned) = rt.partitions.write().remove(&partition) {
+            owned.revoked.store(true, Ordering::Release);
+        }
+        for s in rt.subscriptions() {
+            s.delivery.lock().remove_partition(partition, now);
+            s.wake();
+        }
+        self.stored
+            .lock()
+            .retain(|(k, p), _| !(k.topic == *topic && *p == partition));
+        rt.wake();
+    }
+
+    /// Moves subscriptions whose cursor is below `low` (retention deleted their unacked
+    /// records) up to it, and returns what they lost.
+    pub fn skip_deleted(
+        &self,
+        topic: &TopicName,
+        partition: Partition,
+        low: Offset,
+        now: Instant,
+    ) -> Vec<Loss> {
+        let Some(rt) = self.topic(topic) else {
+            return Vec::new();
+        };
+        let Some(owned) = rt.partition(partition) else {
+            return Vec::new();
+        };
+        let mut losses = Vec::new();
+        for s in rt.subscriptions() {
+            let lost = {
+                let mut d = s.delivery.lock();
+                match d.cursor(partition) {
+                    Some(cursor) if cursor < low => {
+                        d.remove_partition(partition, now);
+                        d.add_partition(partition, owned.log.clone(), low);
+                        Some(cursor)
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(cursor) = lost {
+                self.stored.lock().insert((s.key(), partition), low);
+                losses.push(Loss {
+                    subscription: s.key(),
+                    partition,
+                    cursor,
+                    log_start: low,
+                });
+                s.wake();
+            }
+        }
+        losses
+    }
+
+    // ---- cursors ----
+
+    /// Cursors that moved since they were last stored, of owned partitions.
+    pub fn cursor_updates(&self) -> Vec<CursorUpdate> {
+        let stored = self.stored.lock().clone();
+        let mut out = Vec::new();
+        for t in self.topics() {
+            for s in t.subscriptions() {
+                let key = s.key();
+                for (partition, cursor) in s.cursors() {
+                    if stored.get(&(key.clone(), partition)) != Some(&cursor) {
+                        out.push(CursorUpdate {
+                            subscription: key.clone(),
+                            partition,
+                            cursor,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Records that these cursors are now stored in Kafka.
+    pub fn mark_stored(&self, updates: &[CursorUpdate]) {
+        let mut stored = self.stored.lock();
+        for u in updates {
+            stored.insert((u.subscription.clone(), u.partition), u.cursor);
+        }
+    }
+
+    /// Cursors loaded from Kafka at start.
+    pub fn load_stored(
+        &self,
+        cursors: impl IntoIterator<Item = ((SubscriptionKey, Partition), Offset)>,
+    ) {
+        self.stored.lock().extend(cursors);
+    }
+
+    /// Per owned partition, the offset the shard group may commit: the lowest *stored*
+    /// cursor of its subscriptions (a restart begins there), or the window head with none.
+    pub fn commit_positions(&self) -> Vec<(TopicName, Partition, Offset)> {
+        let stored = self.stored.lock().clone();
+        let mut out = Vec::new();
+        for t in self.topics() {
+            let subs = t.subscriptions();
+            for owned in t.owned_partitions() {
+                let min = subs
+                    .iter()
+                    .filter_map(|s| stored.get(&(s.key(), owned.partition)).copied())
+                    .min();
+                out.push((
+                    t.name.clone(),
+                    owned.partition,
+                    min.unwrap_or_else(|| owned.log.head()),
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,221 @@
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::log::Batch;
+use crate::model::{Record, StartOffsets, StartPosition};
+use crate::registry::Entry;
+
+const LIMITS: ShardLimits = ShardLimits {
+    partition_window_bytes: 1 << 20,
+    take: TakeLimits {
+        batch_records: 100,
+        batch_bytes: 1 << 20,
+        max_unacked_span: 1000,
+    },
+};
+
+fn t(name: &str) -> TopicName {
+    TopicName::new(name).unwrap()
+}
+
+fn register(shard: &Shard, offset: i64, entry: Entry) -> Option<Change> {
+    shard
+        .apply_registry(
+            offset,
+            entry.key().encode().as_bytes(),
+            Some(&entry.encode()),
+        )
+        .unwrap()
+}
+
+fn topic_entry(name: &str) -> Entry {
+    Entry::Topic(TopicSpec {
+        name: t(name),
+        created_at_ms: 0,
+    })
+}
+
+fn sub_entry(topic: &str, name: &str, starts: &[(Partition, Offset)]) -> Entry {
+    Entry::Subscription(SubscriptionSpec {
+        topic: t(topic),
+        name: SubscriptionName::new(name).unwrap(),
+        start: StartPosition::Earliest,
+        start_offsets: StartOffsets(starts.iter().copied().collect::<BTreeMap<_, _>>()),
+        created_at_ms: 0,
+    })
+}
+
+fn append(owned: &OwnedPartition, offsets: std::ops::Range<Offset>) {
+    let recs = offsets
+        .map(|offset| Record {
+            partition: owned.partition,
+            offset,
+            key: None,
+            value: Some(Bytes::from_static(b"v")),
+            headers: Arc::new([]),
+            timestamp: None,
+        })
+        .collect();
+    owned.log.append(Batch::new(recs).unwrap()).unwrap();
+}
+
+#[test]
+fn registry_progress_and_wanted_topics_follow_applied_records() {
+    let shard = Shard::new(LIMITS);
+    let wanted = shard.wanted_topics();
+    register(&shard, 0, topic_entry("orders"));
+    assert_eq!(*wanted.borrow(), vec![t("orders")]);
+    assert_eq!(*shard.registry_progress().borrow(), 1);
+    register(&shard, 7, sub_entry("orders", "a", &[]));
+    assert_eq!(*shard.registry_progress().borrow(), 8);
+    assert!(
+        shard
+            .subscription(&t("orders"), &SubscriptionName::new("a").unwrap())
+            .is_ok()
+    );
+    assert_eq!(
+        shard
+            .subscription(&t("orders"), &SubscriptionName::new("b").unwrap())
+            .unwrap_err(),
+        LookupError::UnknownSubscription {
+            topic: t("orders"),
+            name: SubscriptionName::new("b").unwrap()
+        }
+    );
+    assert_eq!(
+        shard
+            .subscription(&t("nope"), &SubscriptionName::new("a").unwrap())
+            .unwrap_err(),
+        LookupError::UnknownTopic(t("nope"))
+    );
+}
+
+#[test]
+fn assignment_starts_at_the_lowest_cursor_and_commits_the_lowest_stored() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, topic_entry("orders"));
+    register(&shard, 1, sub_entry("orders", "a", &[(0, 5)]));
+    register(&shard, 2, sub_entry("orders", "b", &[(0, 8)]));
+    let a = SubscriptionKey {
+        topic: t("orders"),
+        name: SubscriptionName::new("a").unwrap(),
+    };
+    shard.load_stored([((a.clone(), 0), 6)]);
+    let assigned = shard.assign(&t("orders"), 0, 2, 100);
+    assert_eq!(
+        assigned.start, 6,
+        "a's stored cursor 6 is below b's start 8"
+    );
+    assert!(assigned.losses.is_empty());
+    assert_eq!(shard.commit_positions(), vec![(t("orders"), 0, 6)]);
+    assert!(shard.cursor_updates().is_empty(), "nothing moved yet");
+
+    // a acks 6..=9: its cursor moves to 10, b (at 8) now gates the commit once stored.
+    append(&assigned.partition, 6..12);
+    let (_, sa) = shard.subscription(&t("orders"), &a.name).unwrap();
+    let s1 = shard.new_stream_id();
+    sa.open_stream(
+        s1,
+        Credits {
+            max_records: 4,
+            max_bytes: usize::MAX,
+        },
+    );
+    assert_eq!(sa.take(s1, Instant::now(), LIMITS.take).deliveries.len(), 4);
+    sa.ack(s1, &[(0, vec![OffsetRange { first: 6, last: 9 }])])
+        .unwrap();
+    let updates = shard.cursor_updates();
+    assert_eq!(
+        updates,
+        vec![CursorUpdate {
+            subscription: a.clone(),
+            partition: 0,
+            cursor: 10
+        }]
+    );
+    assert_eq!(
+        shard.commit_positions(),
+        vec![(t("orders"), 0, 6)],
+        "not stored yet"
+    );
+    shard.mark_stored(&updates);
+    assert_eq!(shard.commit_positions(), vec![(t("orders"), 0, 8)]);
+    assert_eq!(shard.topic(&t("orders")).unwrap().min_cursor(0), Some(8));
+}
+
+#[test]
+fn cursors_below_the_log_start_are_reported_as_losses() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, topic_entry("orders"));
+    register(&shard, 1, sub_entry("orders", "a", &[(0, 3)]));
+    let assigned = shard.assign(&t("orders"), 0, 10, 20);
+    assert_eq!(assigned.start, 10);
+    assert_eq!(
+        assigned.losses,
+        vec![Loss {
+            subscription: SubscriptionKey {
+                topic: t("orders"),
+                name: SubscriptionName::new("a").unwrap()
+            },
+            partition: 0,
+            cursor: 3,
+            log_start: 10
+        }]
+    );
+}
+
+#[test]
+fn no_subscription_means_start_at_the_end_and_commit_the_head() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, topic_entry("orders"));
+    let assigned = shard.assign(&t("orders"), 0, 0, 42);
+    assert_eq!(assigned.start, 42);
+    append(&assigned.partition, 42..45);
+    assert_eq!(shard.commit_positions(), vec![(t("orders"), 0, 45)]);
+    assert_eq!(shard.topic(&t("orders")).unwrap().trim(0), 3 * (1 + 32));
+}
+
+#[test]
+fn a_new_subscription_below_the_window_asks_for_a_rewind() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, topic_entry("orders"));
+    let assigned = shard.assign(&t("orders"), 0, 0, 50);
+    let mut rewinds = assigned.partition.rewind_requests();
+    rewinds.mark_unchanged();
+    register(&shard, 1, sub_entry("orders", "late", &[(0, 10)]));
+    assert!(rewinds.has_changed().unwrap());
+    assert_eq!(shard.topic(&t("orders")).unwrap().min_cursor(0), Some(10));
+}
+
+#[test]
+fn revoke_forgets_the_partition_everywhere() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, topic_entry("orders"));
+    register(&shard, 1, sub_entry("orders", "a", &[(0, 0)]));
+    let assigned = shard.assign(&t("orders"), 0, 0, 0);
+    shard.stop_partition(&t("orders"), 0);
+    assert!(assigned.partition.is_revoked());
+    shard.revoke(&t("orders"), 0, Instant::now());
+    assert!(shard.commit_positions().is_empty());
+    let (_, a) = shard
+        .subscription(&t("orders"), &SubscriptionName::new("a").unwrap())
+        .unwrap();
+    assert!(a.cursors().is_empty());
+}
+
+#[test]
+fn deleting_a_subscription_ends_it() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, topic_entry("orders"));
+    register(&shard, 1, sub_entry("orders", "a", &[]));
+    let (_, a) = shard
+        .subscription(&t("orders"), &SubscriptionName::new("a").unwrap())
+        .unwrap();
+    let change = shard
+        .apply_registry(2, b"subscription:orders:a", None)
+        .unwrap();
+    assert!(matches!(change, Some(Change::SubscriptionRemoved(_))));
+    assert!(a.is_removed());
+}
