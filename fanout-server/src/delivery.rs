@@ -324,7 +324,11 @@ impl SubscriptionDelivery {
         let mut released = Released::default();
         for (partition, rs) in ranges {
             if let Some(p) = self.partitions.get_mut(partition) {
+                let before = p.window.cursor();
                 released += p.window.ack(stream, rs);
+                if p.window.cursor() != before {
+                    p.log.notify_progress();
+                }
             }
         }
         if let Some(st) = self.streams.get_mut(&stream) {

@@ -3,10 +3,23 @@
 //!
 //! Layout (see docs/ARCHITECTURE.md): core modules without I/O (`model`, `log`, `delivery`,
 //! `registry`, `shard`) and adapters around them (`ingest`, `grpc`, `admin`, `store`,
-//! `telemetry`); `app` wires everything and owns every long-lived task.
+//! `kafka`, `telemetry`); `app` wires everything and owns every long-lived task.
 
+// Core: no I/O (checked by tests/layering.rs).
 pub mod delivery;
 pub mod log;
 pub mod model;
 pub mod registry;
 pub mod shard;
+
+// Adapters.
+pub mod admin;
+pub mod grpc;
+pub mod ingest;
+pub mod kafka;
+pub mod store;
+pub mod telemetry;
+
+// Wiring.
+pub mod app;
+pub mod config;

@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
+use tokio::sync::Notify;
 
 use crate::model::{Offset, Record};
 
@@ -79,6 +80,8 @@ pub struct PartitionLog {
     budget: usize,
     /// The window itself.
     window: RwLock<Window>,
+    /// Signalled when a reader acked something, so a waiting writer trims and looks again.
+    progress: Notify,
 }
 
 impl PartitionLog {
@@ -92,7 +95,18 @@ impl PartitionLog {
                 batches: VecDeque::new(),
                 bytes: 0,
             }),
+            progress: Notify::new(),
         }
+    }
+
+    /// Tells the writer that readers made progress (room may be freed by trimming).
+    pub fn notify_progress(&self) {
+        self.progress.notify_one();
+    }
+
+    /// Completes after the next [`Self::notify_progress`] (or at once if one is pending).
+    pub async fn progressed(&self) {
+        self.progress.notified().await;
     }
 
     /// First offset covered.

@@ -76,20 +76,27 @@ pub struct OwnedPartition {
     pub partition: Partition,
     /// The shared window every subscription reads.
     pub log: Arc<PartitionLog>,
-    /// Bumped when a subscription needs records below the window start.
-    rewind: watch::Sender<u64>,
+    /// The lowest offset the window was asked to move back to, until the reader does.
+    rewind: watch::Sender<Option<Offset>>,
     /// Set when the partition was revoked: no new deliveries.
     revoked: AtomicBool,
 }
 
 impl OwnedPartition {
-    /// Asks the partition's reader to move back to the lowest cursor.
-    pub fn request_rewind(&self) {
-        self.rewind.send_modify(|g| *g += 1);
+    /// Asks the partition's reader to read again from `offset` (or from the lowest cursor,
+    /// if that is lower).
+    pub fn request_rewind(&self, offset: Offset) {
+        self.rewind
+            .send_modify(|r| *r = Some(r.map_or(offset, |o| o.min(offset))));
     }
 
-    /// Wakes when a rewind is requested.
-    pub fn rewind_requests(&self) -> watch::Receiver<u64> {
+    /// Takes the pending rewind request.
+    pub fn take_rewind(&self) -> Option<Offset> {
+        self.rewind.send_replace(None)
+    }
+
+    /// Wakes when a rewind is requested (or taken).
+    pub fn rewind_requests(&self) -> watch::Receiver<Option<Offset>> {
         self.rewind.subscribe()
     }
 
@@ -411,7 +418,7 @@ impl Shard {
         drop((subscriptions, partitions));
         for (_, owned, cursor) in cursors {
             if cursor < owned.log.start() {
-                owned.request_rewind();
+                owned.request_rewind(cursor);
             }
         }
         topic.wake();
@@ -426,6 +433,10 @@ impl Shard {
             s.wake();
         }
         self.stored.lock().retain(|(k, _), _| k != key);
+        // The lowest cursor may have moved up: let the readers trim.
+        for owned in topic.owned_partitions() {
+            owned.log.notify_progress();
+        }
         topic.wake();
     }
 
@@ -511,7 +522,7 @@ impl Shard {
             topic: topic.clone(),
             partition,
             log: Arc::new(PartitionLog::new(start, self.limits.partition_window_bytes)),
-            rewind: watch::Sender::new(0),
+            rewind: watch::Sender::new(None),
             revoked: AtomicBool::new(false),
         });
         for (s, cursor) in cursors {

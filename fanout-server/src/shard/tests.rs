@@ -186,6 +186,8 @@ fn a_new_subscription_below_the_window_asks_for_a_rewind() {
     rewinds.mark_unchanged();
     register(&shard, 1, sub_entry("orders", "late", &[(0, 10)]));
     assert!(rewinds.has_changed().unwrap());
+    assert_eq!(assigned.partition.take_rewind(), Some(10));
+    assert_eq!(assigned.partition.take_rewind(), None);
     assert_eq!(shard.topic(&t("orders")).unwrap().min_cursor(0), Some(10));
 }
 

@@ -1,0 +1,268 @@
+//! The composition root: builds every part, owns every long-lived task, and runs the
+//! shutdown sequence (not ready → stop new deliveries → drain acks → close streams → flush
+//! cursors and commit → leave the group).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminState};
+use crate::config::{Config, ConfigError};
+use crate::delivery::TakeLimits;
+use crate::grpc::{FanoutServer, FanoutService, StreamControl, StreamLimits};
+use crate::ingest::{Committer, Ingest};
+use crate::kafka;
+use crate::model::{Offset, Partition, TopicName};
+use crate::shard::{Shard, ShardLimits};
+use crate::store::cursors::{CursorWriter, Flusher};
+use crate::store::registry::RegistryWriter;
+use crate::store::{self, StoreError};
+
+/// Largest gRPC message a subscriber may send (acks are ranges: this is plenty).
+const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// The sockets the server answers on, bound by the caller (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses, with an error naming the one that failed.
+    pub async fn bind(grpc: SocketAddr, admin: SocketAddr) -> Result<Self, AppError> {
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr).await.map_err(|source| AppError::Bind {
+                what,
+                addr,
+                source,
+            })
+        };
+        Ok(Self {
+            grpc: bind(grpc, "gRPC").await?,
+            admin: bind(admin, "admin").await?,
+        })
+    }
+}
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the {0} server failed: {1}")]
+    Serve(&'static str, String),
+}
+
+fn shard_limits(cfg: &Config) -> ShardLimits {
+    ShardLimits {
+        partition_window_bytes: cfg.partition_window_bytes,
+        take: TakeLimits {
+            batch_records: cfg.batch_records,
+            batch_bytes: cfg.batch_bytes,
+            max_unacked_span: cfg.max_unacked_span,
+        },
+    }
+}
+
+fn stream_limits(cfg: &Config) -> StreamLimits {
+    StreamLimits {
+        max_credits: cfg.max_stream_credits,
+        default_bytes: cfg.default_stream_bytes,
+        take: shard_limits(cfg).take,
+        open_timeout: Duration::from_secs(10),
+        max_nack_delay: Duration::from_secs(24 * 3600),
+        max_ranges: 100_000,
+    }
+}
+
+/// Runs a shard until `shutdown` is cancelled, then shuts it down in order.
+pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), AppError> {
+    cfg.validate()?;
+    let grpc_addr = listeners.grpc.local_addr().ok();
+    let admin_addr = listeners.admin.local_addr().ok();
+    tracing::info!(cluster = %cfg.cluster, kafka = %cfg.kafka_bootstrap, "fanout-server starting");
+
+    // 1. Durable state: internal topics, stored cursors, the registry.
+    store::topics::ensure(&cfg).await?;
+    let shard = Arc::new(Shard::new(shard_limits(&cfg)));
+    shard.load_stored(store::cursors::load(&cfg, Duration::from_secs(120)).await?);
+    let background = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let (loaded_tx, mut loaded) = watch::channel(false);
+    tasks.spawn(store::registry::tail(
+        store::registry::open_reader(&cfg)?,
+        shard.clone(),
+        loaded_tx,
+        background.clone(),
+    ));
+    let load_timeout = Duration::from_secs(120);
+    tokio::select! {
+        r = tokio::time::timeout(load_timeout, loaded.wait_for(|l| *l)) => {
+            if !matches!(r, Ok(Ok(_))) {
+                background.cancel();
+                return Err(StoreError::Timeout { what: "loading the registry".into(), after: load_timeout }.into());
+            }
+        }
+        _ = shutdown.cancelled() => {
+            background.cancel();
+            return Ok(());
+        }
+    }
+    let writer = Arc::new(RegistryWriter::new(&cfg, shard.clone())?);
+    let flusher = Arc::new(Flusher::new(shard.clone(), CursorWriter::new(&cfg)?));
+
+    // 2. Reading Kafka and committing.
+    let ingest = Ingest::start(&cfg, shard.clone(), flusher.clone())?;
+    let committer = ingest.committer();
+    tasks.spawn(commit_loop(
+        shard.clone(),
+        flusher.clone(),
+        committer.clone(),
+        cfg.cursor_flush_interval,
+        background.clone(),
+    ));
+
+    // 3. The front doors.
+    let control = StreamControl::default();
+    let streams = TaskTracker::new();
+    let service = FanoutService::new(shard.clone(), stream_limits(&cfg), control.clone(), streams.clone());
+    let grpc_stop = CancellationToken::new();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_concurrent_streams(Some(1024))
+            .tcp_nodelay(true)
+            .add_service(FanoutServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listeners.grpc),
+                grpc_stop.clone().cancelled_owned(),
+            ),
+    );
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let admin_state = AdminState {
+        shard: shard.clone(),
+        writer,
+        kafka: Arc::new(kafka::metadata_client(&cfg).map_err(StoreError::kafka("metadata client"))?),
+        ready: ready_rx,
+    };
+    let admin_stop = CancellationToken::new();
+    let admin = tokio::spawn(
+        axum::serve(listeners.admin, admin::router(admin_state))
+            .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    ready_tx.send_replace(true);
+    tracing::info!(grpc = ?grpc_addr, admin = ?admin_addr, "fanout-server ready");
+
+    // 4. Run until told to stop (or a front door fails).
+    let mut grpc = grpc;
+    let mut admin = admin;
+    let failure = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        r = &mut grpc => Some(AppError::Serve("gRPC", format!("{r:?}"))),
+        r = &mut admin => Some(AppError::Serve("admin", format!("{r:?}"))),
+    };
+
+    // 5. Shut down in order.
+    tracing::info!("shutting down: draining streams");
+    ready_tx.send_replace(false);
+    control.drain.cancel();
+    let left = drain(&shard, cfg.drain_timeout).await;
+    if left > 0 {
+        tracing::warn!(unacked = left, "records still unacked at the drain deadline; they will be delivered again");
+    }
+    control.close.cancel();
+    grpc_stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), &mut grpc).await.is_err() {
+        tracing::warn!("gRPC server did not stop within 5s");
+        grpc.abort();
+    }
+    streams.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), streams.wait()).await;
+    match flusher.flush(None).await {
+        Ok(n) => tracing::info!(cursors = n, "final cursors written"),
+        Err(e) => tracing::error!(error = %e, "final cursor flush failed"),
+    }
+    if let Err(e) = committer.commit(shard.commit_positions()).await {
+        tracing::warn!(error = %e, "final offset commit failed");
+    }
+    ingest.stop(Duration::from_secs(60)).await;
+    background.cancel();
+    tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await;
+    admin_stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), &mut admin).await.is_err() {
+        admin.abort();
+    }
+    tracing::info!("fanout-server stopped");
+    failure.map_or(Ok(()), Err)
+}
+
+/// Waits until nothing is in flight or the deadline passes; returns what is still unacked.
+async fn drain(shard: &Shard, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let unacked: usize = shard
+            .topics()
+            .iter()
+            .flat_map(|t| t.subscriptions())
+            .map(|s| s.unacked())
+            .sum();
+        if unacked == 0 || Instant::now() >= deadline {
+            return unacked;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every interval: write moved cursors, then commit the group's offsets if they changed.
+async fn commit_loop(
+    shard: Arc<Shard>,
+    flusher: Arc<Flusher>,
+    committer: Committer,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut committed: Vec<(TopicName, Partition, Offset)> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let started = Instant::now();
+        match flusher.flush(None).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(cursors = n, elapsed = ?started.elapsed(), "cursors flushed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cursor flush failed; retrying next interval");
+                continue;
+            }
+        }
+        let positions = shard.commit_positions();
+        if positions != committed {
+            match committer.commit(positions.clone()).await {
+                Ok(()) => committed = positions,
+                Err(e) => tracing::warn!(error = %e, "offset commit failed; retrying next interval"),
+            }
+        }
+    }
+}

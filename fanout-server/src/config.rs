@@ -1,0 +1,223 @@
+//! Server configuration: one typed struct, every flag also settable from the environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// fanout-server: consume each registered Kafka topic once, push it to every subscription.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "fanout-server", version, about, long_about = None)]
+pub struct Config {
+    /// Kafka bootstrap servers (host:port, comma-separated).
+    #[arg(long, env = "FANOUT_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    pub kafka_bootstrap: String,
+
+    /// Cluster name. Shards with the same name form one cluster: it names the shards'
+    /// consumer group and the internal topics `__<cluster>_registry` and `__<cluster>_cursors`.
+    #[arg(long, env = "FANOUT_CLUSTER", default_value = "fanout")]
+    pub cluster: String,
+
+    /// Address of the gRPC endpoint subscribers connect to.
+    #[arg(long, env = "FANOUT_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    pub grpc_listen: SocketAddr,
+
+    /// Address of the admin HTTP API (/v1, /healthz).
+    #[arg(long, env = "FANOUT_ADMIN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub admin_listen: SocketAddr,
+
+    /// Replication factor of the internal topics when fanout creates them.
+    #[arg(long, env = "FANOUT_INTERNAL_REPLICATION_FACTOR", default_value_t = 3)]
+    pub internal_replication_factor: i32,
+
+    /// `min.insync.replicas` of the internal topics.
+    #[arg(long, env = "FANOUT_INTERNAL_MIN_INSYNC_REPLICAS", default_value_t = 2)]
+    pub internal_min_insync_replicas: i32,
+
+    /// How often moved cursors are written to Kafka and the shard group's offsets committed.
+    #[arg(long, env = "FANOUT_CURSOR_FLUSH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub cursor_flush_interval: Duration,
+
+    /// On shutdown, how long streams may still ack what is in flight before they are closed.
+    #[arg(long, env = "FANOUT_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Byte budget of each owned partition's shared window of records.
+    #[arg(long, env = "FANOUT_PARTITION_WINDOW_BYTES", default_value_t = 32 << 20)]
+    pub partition_window_bytes: usize,
+
+    /// Most records a stream may ask to have in flight (its credits).
+    #[arg(long, env = "FANOUT_MAX_STREAM_CREDITS", default_value_t = 100_000)]
+    pub max_stream_credits: u32,
+
+    /// Byte credits of a stream that does not ask for any.
+    #[arg(long, env = "FANOUT_DEFAULT_STREAM_BYTES", default_value_t = 16 << 20)]
+    pub default_stream_bytes: u64,
+
+    /// Most offsets between a partition's cursor and its next first delivery, per
+    /// subscription: bounds what one unacked record can hold back.
+    #[arg(long, env = "FANOUT_MAX_UNACKED_SPAN", default_value_t = 100_000)]
+    pub max_unacked_span: i64,
+
+    /// Most records in one batch sent to a stream.
+    #[arg(long, env = "FANOUT_BATCH_RECORDS", default_value_t = 500)]
+    pub batch_records: usize,
+
+    /// Most bytes in one batch sent to a stream (at least one record is always sent).
+    #[arg(long, env = "FANOUT_BATCH_BYTES", default_value_t = 64 << 10)]
+    pub batch_bytes: usize,
+
+    /// Extra librdkafka settings for every Kafka client (repeatable `key=value`), e.g.
+    /// `--kafka-option security.protocol=ssl`.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_kafka_option)]
+    pub kafka_options: Vec<(String, String)>,
+
+    /// Log format.
+    #[arg(long, env = "FANOUT_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    if k.trim().is_empty() {
+        return Err(format!("empty key in {s:?}"));
+    }
+    Ok((k.trim().to_owned(), v.to_owned()))
+}
+
+/// A setting that cannot work, with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// A configuration with every default, for tests and embedding.
+    pub fn for_bootstrap(bootstrap: &str, cluster: &str) -> Self {
+        let mut c = Self::parse_from(["fanout-server"]);
+        c.kafka_bootstrap = bootstrap.to_owned();
+        c.cluster = cluster.to_owned();
+        c
+    }
+
+    /// Checks settings that cannot work together, with messages a person can act on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError(m));
+        if self.kafka_bootstrap.trim().is_empty() {
+            return bad("--kafka-bootstrap is empty; give host:port of a Kafka broker".into());
+        }
+        let cluster_ok = !self.cluster.is_empty()
+            && self.cluster.len() <= 200
+            && self
+                .cluster
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !cluster_ok {
+            return bad(format!(
+                "--cluster {:?} must be 1-200 ASCII letters, digits, '.', '_' or '-' (it names Kafka topics)",
+                self.cluster
+            ));
+        }
+        if self.internal_replication_factor < 1 {
+            return bad("--internal-replication-factor must be at least 1".into());
+        }
+        if self.internal_min_insync_replicas < 1
+            || self.internal_min_insync_replicas > self.internal_replication_factor
+        {
+            return bad(format!(
+                "--internal-min-insync-replicas {} must be between 1 and the replication factor {}",
+                self.internal_min_insync_replicas, self.internal_replication_factor
+            ));
+        }
+        if self.cursor_flush_interval < Duration::from_millis(10)
+            || self.cursor_flush_interval > Duration::from_secs(60)
+        {
+            return bad("--cursor-flush-interval must be between 10ms and 60s".into());
+        }
+        if self.drain_timeout > Duration::from_secs(240) {
+            return bad(
+                "--drain-timeout must be at most 240s (it must stay below max.poll.interval.ms)"
+                    .into(),
+            );
+        }
+        if self.partition_window_bytes < 64 << 10 {
+            return bad("--partition-window-bytes must be at least 65536".into());
+        }
+        if self.max_stream_credits == 0 {
+            return bad("--max-stream-credits must be at least 1".into());
+        }
+        if self.max_unacked_span < 1 {
+            return bad("--max-unacked-span must be at least 1".into());
+        }
+        if self.batch_records == 0 || self.batch_bytes == 0 {
+            return bad("--batch-records and --batch-bytes must be at least 1".into());
+        }
+        for (k, _) in &self.kafka_options {
+            if matches!(
+                k.as_str(),
+                "group.id" | "enable.auto.commit" | "enable.auto.offset.store" | "isolation.level"
+            ) {
+                return bad(format!(
+                    "--kafka-option {k} is managed by fanout and cannot be overridden"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The shards' consumer group.
+    pub fn group_id(&self) -> String {
+        self.cluster.clone()
+    }
+
+    pub fn registry_topic(&self) -> String {
+        format!("__{}_registry", self.cluster)
+    }
+
+    pub fn cursors_topic(&self) -> String {
+        format!("__{}_cursors", self.cluster)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_name_the_internal_topics() {
+        let c = Config::for_bootstrap("127.0.0.1:9092", "fanout");
+        c.validate().unwrap();
+        assert_eq!(c.registry_topic(), "__fanout_registry");
+        assert_eq!(c.cursors_topic(), "__fanout_cursors");
+        assert_eq!(c.group_id(), "fanout");
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        let mut c = Config::for_bootstrap("127.0.0.1:9092", "a/b");
+        assert!(c.validate().unwrap_err().0.contains("--cluster"));
+        c.cluster = "ok".into();
+        c.internal_min_insync_replicas = 4;
+        assert!(c.validate().unwrap_err().0.contains("min-insync"));
+        c.internal_min_insync_replicas = 2;
+        c.kafka_options = vec![("group.id".into(), "x".into())];
+        assert!(c.validate().unwrap_err().0.contains("managed by fanout"));
+    }
+
+    #[test]
+    fn kafka_options_parse() {
+        assert_eq!(
+            parse_kafka_option("a.b=c=d"),
+            Ok(("a.b".to_owned(), "c=d".to_owned()))
+        );
+        assert!(parse_kafka_option("nokey").is_err());
+    }
+}

@@ -1,0 +1,373 @@
+//! The gRPC `Subscribe` service: one task per stream that moves records from the
+//! subscription's delivery state to the wire and acks, nacks and credits back.
+
+mod convert;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fanout_proto::v1 as pb;
+use fanout_proto::v1::fanout_server::Fanout;
+use fanout_proto::v1::subscribe_request::Kind;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::delivery::{Credits, StreamId, TakeLimits};
+use crate::model::{NameError, SubscriptionName, TopicName};
+use crate::shard::{LookupError, Shard, SubscriptionRuntime, TopicRuntime};
+
+pub use fanout_proto::v1::fanout_server::FanoutServer;
+
+/// Limits applied to every stream.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    /// Most credits (records in flight) a stream may ask for.
+    pub max_credits: u32,
+    /// Byte credits of a stream that asks for none.
+    pub default_bytes: u64,
+    /// Batching and span limits.
+    pub take: TakeLimits,
+    /// How long a new stream may take to send its `open`.
+    pub open_timeout: Duration,
+    /// Longest retry delay a nack may ask for.
+    pub max_nack_delay: Duration,
+    /// Most ranges in one ack or nack.
+    pub max_ranges: usize,
+}
+
+/// Shutdown phases shared by every stream.
+#[derive(Debug, Clone, Default)]
+pub struct StreamControl {
+    /// Stop new deliveries; keep taking acks (shutdown drain).
+    pub drain: CancellationToken,
+    /// End every stream with UNAVAILABLE.
+    pub close: CancellationToken,
+}
+
+/// The `fanout.v1.Fanout` service.
+#[derive(Debug, Clone)]
+pub struct FanoutService(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    /// Delivery state of every subscription.
+    shard: Arc<Shard>,
+    limits: StreamLimits,
+    control: StreamControl,
+    /// Stream tasks, awaited on shutdown.
+    tracker: TaskTracker,
+}
+
+impl FanoutService {
+    pub fn new(
+        shard: Arc<Shard>,
+        limits: StreamLimits,
+        control: StreamControl,
+        tracker: TaskTracker,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            shard,
+            limits,
+            control,
+            tracker,
+        }))
+    }
+}
+
+/// Why a stream was refused or ended. Converted to a status once, here.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("no `open` message within {0:?}")]
+    OpenTimeout(Duration),
+    #[error("the stream ended before `open`")]
+    ClosedBeforeOpen,
+    #[error("the first message must be `open`, got {0}")]
+    NotOpen(&'static str),
+    #[error("the stream is already open; send `open` only once")]
+    OpenTwice,
+    #[error("empty request: set one of open, ack, nack, credits")]
+    Empty,
+    #[error("bad {field}: {source}")]
+    BadName {
+        field: &'static str,
+        #[source]
+        source: NameError,
+    },
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    #[error("max_in_flight_records must be at least 1")]
+    ZeroCredits,
+    #[error("max_in_flight_records {asked} exceeds the server limit {limit}")]
+    TooManyCredits { asked: u32, limit: u32 },
+    #[error("{0} ranges in one message; the limit is {1}")]
+    TooManyRanges(usize, usize),
+    #[error("retry_delay_ms {asked} exceeds the limit of {limit_ms} ms")]
+    NackDelay { asked: u32, limit_ms: u128 },
+    #[error("{what} refused, nothing applied: {reason}")]
+    BadAck { what: &'static str, reason: String },
+    #[error("subscription {0} was deleted")]
+    Deleted(String),
+    #[error("fanout is shutting down; reconnect (to another shard if there is one)")]
+    ShuttingDown,
+}
+
+impl From<SubscribeError> for Status {
+    fn from(e: SubscribeError) -> Self {
+        use SubscribeError as E;
+        let msg = e.to_string();
+        match e {
+            E::OpenTimeout(_) => Status::deadline_exceeded(msg),
+            E::Lookup(_) | E::Deleted(_) => Status::not_found(msg),
+            E::ShuttingDown => Status::unavailable(msg),
+            E::ClosedBeforeOpen
+            | E::NotOpen(_)
+            | E::OpenTwice
+            | E::Empty
+            | E::BadName { .. }
+            | E::ZeroCredits
+            | E::TooManyCredits { .. }
+            | E::TooManyRanges(..)
+            | E::NackDelay { .. }
+            | E::BadAck { .. } => Status::invalid_argument(msg),
+        }
+    }
+}
+
+impl Inner {
+    fn credits(&self, records: u32, bytes: u64) -> Result<Credits, SubscribeError> {
+        if records == 0 {
+            return Err(SubscribeError::ZeroCredits);
+        }
+        if records > self.limits.max_credits {
+            return Err(SubscribeError::TooManyCredits {
+                asked: records,
+                limit: self.limits.max_credits,
+            });
+        }
+        let bytes = if bytes == 0 {
+            self.limits.default_bytes
+        } else {
+            bytes
+        };
+        Ok(Credits {
+            max_records: records as usize,
+            max_bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
+        })
+    }
+
+    async fn open(
+        &self,
+        inbound: &mut Streaming<pb::SubscribeRequest>,
+    ) -> Result<(Arc<TopicRuntime>, Arc<SubscriptionRuntime>, Credits), SubscribeError> {
+        let first = tokio::time::timeout(self.limits.open_timeout, inbound.message())
+            .await
+            .map_err(|_| SubscribeError::OpenTimeout(self.limits.open_timeout))?
+            .map_err(|_| SubscribeError::ClosedBeforeOpen)?
+            .ok_or(SubscribeError::ClosedBeforeOpen)?;
+        let open = match first.kind {
+            Some(Kind::Open(o)) => o,
+            other => return Err(SubscribeError::NotOpen(convert::kind_name(&other))),
+        };
+        if self.control.drain.is_cancelled() {
+            return Err(SubscribeError::ShuttingDown);
+        }
+        let topic = TopicName::new(&open.topic).map_err(|source| SubscribeError::BadName {
+            field: "topic",
+            source,
+        })?;
+        let name =
+            SubscriptionName::new(&open.subscription).map_err(|source| SubscribeError::BadName {
+                field: "subscription",
+                source,
+            })?;
+        let (t, s) = self.shard.subscription(&topic, &name)?;
+        let credits = self.credits(open.max_in_flight_records, open.max_in_flight_bytes)?;
+        Ok((t, s, credits))
+    }
+}
+
+#[tonic::async_trait]
+impl Fanout for FanoutService {
+    type SubscribeStream = ReceiverStream<Result<pb::SubscribeResponse, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<pb::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let (topic, sub, credits) = self.0.open(&mut inbound).await?;
+        let id = self.0.shard.new_stream_id();
+        sub.open_stream(id, credits);
+        tracing::info!(stream = %id, subscription = %sub.key(), ?peer, credits = credits.max_records, "stream opened");
+        let (tx, rx) = mpsc::channel(2);
+        let opened = pb::SubscribeResponse {
+            kind: Some(pb::subscribe_response::Kind::Opened(pb::Opened {
+                stream_id: id.to_string(),
+                max_in_flight_records: u32::try_from(credits.max_records).unwrap_or(u32::MAX),
+                max_in_flight_bytes: credits.max_bytes as u64,
+            })),
+        };
+        // The channel is empty: this cannot wait.
+        let _ = tx.send(Ok(opened)).await;
+        let stream = StreamTask {
+            inner: self.0.clone(),
+            topic,
+            sub,
+            id,
+            tx,
+        };
+        self.0.tracker.spawn(stream.run(inbound));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// One live stream.
+struct StreamTask {
+    inner: Arc<Inner>,
+    topic: Arc<TopicRuntime>,
+    sub: Arc<SubscriptionRuntime>,
+    id: StreamId,
+    /// Responses to the subscriber.
+    tx: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
+}
+
+enum Wake {
+    Request(Option<pb::SubscribeRequest>),
+    Drain,
+    Close,
+    Look,
+}
+
+impl StreamTask {
+    async fn run(self, mut inbound: Streaming<pb::SubscribeRequest>) {
+        let span = tracing::info_span!("stream", stream = %self.id, subscription = %self.sub.key());
+        let _enter = span.enter();
+        let control = self.inner.control.clone();
+        let mut topic_wake = self.topic.wakes();
+        let mut sub_wake = self.sub.wakes();
+        let mut draining = control.drain.is_cancelled();
+        let end: Result<(), SubscribeError> = loop {
+            if self.sub.is_removed() {
+                break Err(SubscribeError::Deleted(self.sub.key().to_string()));
+            }
+            if control.close.is_cancelled() {
+                break Err(SubscribeError::ShuttingDown);
+            }
+            if !draining && self.deliver().await.is_err() {
+                // The subscriber is gone.
+                break Ok(());
+            }
+            let now = Instant::now();
+            let due = self.sub.next_due_at(self.id, now);
+            let sleep_until = tokio::time::Instant::from_std(due.unwrap_or(now + Duration::from_secs(3600)));
+            let wake = tokio::select! {
+                _ = control.close.cancelled() => Wake::Close,
+                _ = control.drain.cancelled(), if !draining => Wake::Drain,
+                m = inbound.message() => Wake::Request(m.ok().flatten()),
+                _ = topic_wake.changed() => Wake::Look,
+                _ = sub_wake.changed() => Wake::Look,
+                _ = tokio::time::sleep_until(sleep_until) => Wake::Look,
+            };
+            match wake {
+                Wake::Close => break Err(SubscribeError::ShuttingDown),
+                Wake::Drain => draining = true,
+                Wake::Look => {}
+                Wake::Request(None) => break Ok(()),
+                Wake::Request(Some(req)) => {
+                    if let Err(e) = self.handle(req) {
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        let given_back = self.sub.close_stream(self.id, Instant::now());
+        match end {
+            Ok(()) => tracing::info!(given_back, "stream closed by the subscriber"),
+            Err(e) => {
+                tracing::info!(given_back, reason = %e, "stream ended by the server");
+                let _ = self.tx.send(Err(e.into())).await;
+            }
+        }
+    }
+
+    /// Sends batches while the stream has credits and records are there. Errs when the
+    /// subscriber is gone.
+    async fn deliver(&self) -> Result<(), ()> {
+        loop {
+            let take = self
+                .sub
+                .take(self.id, Instant::now(), self.inner.limits.take);
+            for (partition, offset) in &take.behind_window {
+                if let Some(owned) = self.topic.partition(*partition) {
+                    owned.request_rewind(*offset);
+                }
+            }
+            if take.deliveries.is_empty() {
+                return Ok(());
+            }
+            let batch = convert::batch(&self.topic.name, take.deliveries);
+            tokio::select! {
+                sent = self.tx.send(Ok(batch)) => sent.map_err(|_| ())?,
+                _ = self.inner.control.close.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    fn handle(&self, req: pb::SubscribeRequest) -> Result<(), SubscribeError> {
+        let limits = &self.inner.limits;
+        match req.kind {
+            Some(Kind::Ack(ack)) => {
+                let ranges = convert::ranges(ack.partitions);
+                check_range_count(&ranges, limits.max_ranges)?;
+                self.sub
+                    .ack(self.id, &ranges)
+                    .map_err(|e| SubscribeError::BadAck {
+                        what: "ack",
+                        reason: e.to_string(),
+                    })?;
+            }
+            Some(Kind::Nack(nack)) => {
+                let delay = Duration::from_millis(u64::from(nack.retry_delay_ms));
+                if delay > limits.max_nack_delay {
+                    return Err(SubscribeError::NackDelay {
+                        asked: nack.retry_delay_ms,
+                        limit_ms: limits.max_nack_delay.as_millis(),
+                    });
+                }
+                let ranges = convert::ranges(nack.partitions);
+                check_range_count(&ranges, limits.max_ranges)?;
+                self.sub
+                    .nack(self.id, &ranges, Instant::now() + delay)
+                    .map_err(|e| SubscribeError::BadAck {
+                        what: "nack",
+                        reason: e.to_string(),
+                    })?;
+                tracing::debug!(reason = nack.reason, "records nacked");
+            }
+            Some(Kind::Credits(c)) => {
+                let credits = self
+                    .inner
+                    .credits(c.max_in_flight_records, c.max_in_flight_bytes)?;
+                self.sub.set_credits(self.id, credits);
+            }
+            Some(Kind::Open(_)) => return Err(SubscribeError::OpenTwice),
+            None => return Err(SubscribeError::Empty),
+        }
+        Ok(())
+    }
+}
+
+fn check_range_count(
+    ranges: &[(i32, Vec<crate::delivery::OffsetRange>)],
+    limit: usize,
+) -> Result<(), SubscribeError> {
+    let n: usize = ranges.iter().map(|(_, r)| r.len().max(1)).sum();
+    if n > limit {
+        return Err(SubscribeError::TooManyRanges(n, limit));
+    }
+    Ok(())
+}

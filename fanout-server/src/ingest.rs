@@ -1,0 +1,416 @@
+//! Reads the registered topics from Kafka, once per shard, into the shared partition windows.
+//!
+//! One consumer in the cluster's group (`cooperative-sticky`) is subscribed to every
+//! registered topic. Its main queue is served on a dedicated thread (the "driver"), where
+//! rebalance callbacks run: on assign, the shard decides each partition's start (the lowest
+//! cursor of its subscriptions, resolved against the watermarks) and the partition is assigned
+//! at that explicit offset, then split into its own queue and read by its own task; on revoke,
+//! deliveries stop, the moved cursors are written and committed, and the partition is let go.
+//! Offsets are never auto-committed and `auto.offset.reset` is `error`: a start position is
+//! always explicit.
+
+mod partition;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::kafka;
+use crate::model::{Offset, Partition, TopicName};
+use crate::shard::{Loss, Shard};
+use crate::store::StoreError;
+use crate::store::cursors::Flusher;
+
+/// The shard's group consumer.
+pub type IngestConsumer = StreamConsumer<IngestContext>;
+
+/// How long a revoke may spend writing the final cursors before giving up (the next owner
+/// then starts from the previous flush: duplicates, never loss).
+const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reports records lost to retention, loudly.
+pub fn report_losses(losses: &[Loss]) {
+    for l in losses {
+        tracing::error!(
+            subscription = %l.subscription,
+            partition = l.partition,
+            cursor = l.cursor,
+            log_start = l.log_start,
+            lost = l.log_start - l.cursor,
+            "retention deleted records this subscription had not acked; it continues at the log start"
+        );
+    }
+}
+
+/// Callbacks of the group consumer; runs on the driver thread.
+pub struct IngestContext {
+    /// Where partitions and records go.
+    shard: Arc<Shard>,
+    /// Writes final cursors on revoke.
+    flusher: Arc<Flusher>,
+    /// The application runtime, where partition tasks and flushes run.
+    app: Handle,
+    /// Partition reader tasks, awaited before the consumer is dropped.
+    readers: TaskTracker,
+    /// The consumer itself, to split partition queues (set right after creation).
+    consumer: OnceLock<Weak<IngestConsumer>>,
+    /// Cancels each partition's reader task.
+    reader_tokens: Mutex<HashMap<(TopicName, Partition), CancellationToken>>,
+}
+
+impl std::fmt::Debug for IngestContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestContext").finish_non_exhaustive()
+    }
+}
+
+impl ClientContext for IngestContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka client error (ingest)");
+    }
+}
+
+impl ConsumerContext for IngestContext {
+    fn rebalance(
+        &self,
+        base: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.on_assign(base, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(base, tpl),
+            other => tracing::error!(error = ?other, "rebalance error"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "offset commit failed");
+        }
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, Partition)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl IngestContext {
+    fn on_assign(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let parts = partitions_of(tpl);
+        let mut owned = Vec::with_capacity(parts.len());
+        for (topic, p) in &parts {
+            let Ok(name) = TopicName::new(topic) else {
+                tracing::error!(topic, "assigned a topic fanout cannot name; skipping it");
+                continue;
+            };
+            let (low, high) = watermarks_with_retry(base, topic, *p);
+            let assigned = self.shard.assign(&name, *p, low, high);
+            report_losses(&assigned.losses);
+            if let Err(e) = tpl.set_partition_offset(topic, *p, KafkaOffset::Offset(assigned.start)) {
+                tracing::error!(topic, partition = p, error = %e, "cannot set start offset");
+            }
+            tracing::info!(topic, partition = p, start = assigned.start, low, high, "partition assigned");
+            owned.push((name, assigned.partition));
+        }
+        let result = match base.rebalance_protocol() {
+            rdkafka::consumer::RebalanceProtocol::Cooperative => base.incremental_assign(tpl),
+            _ => base.assign(tpl),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "assign failed");
+        }
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        for (name, part) in owned {
+            let Some(queue) = consumer.split_partition_queue(name.as_str(), part.partition) else {
+                tracing::error!(topic = %name, partition = part.partition, "cannot split partition queue");
+                continue;
+            };
+            let token = CancellationToken::new();
+            self.reader_tokens
+                .lock()
+                .insert((name.clone(), part.partition), token.clone());
+            let Some(topic) = self.shard.topic(&name) else {
+                continue;
+            };
+            let reader = partition::Reader {
+                shard: self.shard.clone(),
+                topic,
+                owned: part,
+                queue,
+                consumer: Arc::downgrade(&consumer),
+            };
+            self.readers.spawn_on(reader.run(token), &self.app);
+        }
+    }
+
+    fn on_revoke(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let parts: Vec<(TopicName, Partition)> = partitions_of(tpl)
+            .into_iter()
+            .filter_map(|(t, p)| TopicName::new(&t).ok().map(|t| (t, p)))
+            .collect();
+        // 1. No new deliveries; stop reading.
+        for (t, p) in &parts {
+            self.shard.stop_partition(t, *p);
+            if let Some(token) = self.reader_tokens.lock().remove(&(t.clone(), *p)) {
+                token.cancel();
+            }
+        }
+        // 2. Write the final cursors and commit them before letting go.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flusher = self.flusher.clone();
+        let only = parts.clone();
+        self.app.spawn(async move {
+            let _ = tx.send(flusher.flush(Some(&only)).await);
+        });
+        match rx.recv_timeout(REVOKE_FLUSH_TIMEOUT) {
+            Ok(Ok(n)) => tracing::debug!(cursors = n, "final cursors written"),
+            Ok(Err(e)) => tracing::error!(error = %e, "final cursor flush failed; the next owner redelivers since the previous flush"),
+            Err(_) => tracing::error!("final cursor flush timed out; the next owner redelivers since the previous flush"),
+        }
+        let positions: Vec<_> = self
+            .shard
+            .commit_positions()
+            .into_iter()
+            .filter(|(t, p, _)| parts.iter().any(|(rt, rp)| rt == t && rp == p))
+            .collect();
+        if let Err(e) = commit(base, &positions) {
+            tracing::warn!(error = %e, "final offset commit failed");
+        }
+        // 3. Forget the partitions and let Kafka have them.
+        let now = Instant::now();
+        for (t, p) in &parts {
+            self.shard.revoke(t, *p, now);
+            tracing::info!(topic = %t, partition = p, "partition revoked");
+        }
+        let result = match base.rebalance_protocol() {
+            rdkafka::consumer::RebalanceProtocol::Cooperative => base.incremental_unassign(tpl),
+            _ => base.unassign(),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "unassign failed");
+        }
+    }
+}
+
+/// Watermarks of a newly assigned partition. Without them the shard cannot tell where a
+/// new subscription starts or whether retention deleted unacked records, so it retries for a
+/// while; if Kafka stays silent it starts from the stored cursors without a loss check.
+fn watermarks_with_retry(base: &BaseConsumer<IngestContext>, topic: &str, p: Partition) -> (Offset, Offset) {
+    for attempt in 1..=5 {
+        match base.fetch_watermarks(topic, p, kafka::REQUEST_TIMEOUT) {
+            Ok(w) => return w,
+            Err(e) => {
+                tracing::warn!(topic, partition = p, attempt, error = %e, "cannot read watermarks");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    tracing::error!(topic, partition = p, "no watermarks: starting without a retention check");
+    (0, 0)
+}
+
+/// Commits offsets for the shard group.
+fn commit<C: Consumer<X>, X: ConsumerContext>(
+    consumer: &C,
+    positions: &[(TopicName, Partition, Offset)],
+) -> KafkaResult<()> {
+    if positions.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (t, p, o) in positions {
+        tpl.add_partition_offset(t.as_str(), *p, KafkaOffset::Offset(*o))?;
+    }
+    consumer.commit(&tpl, CommitMode::Sync)
+}
+
+/// The running ingest.
+#[derive(Debug)]
+pub struct Ingest {
+    /// The consumer, for commits (the driver thread holds the owning reference).
+    consumer: Weak<IngestConsumer>,
+    /// Ends the driver: unsubscribe, revoke everything, close.
+    stop: CancellationToken,
+    /// The driver thread.
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ingest {
+    /// Creates the group consumer and starts the driver thread. Must run inside the
+    /// application runtime.
+    pub fn start(cfg: &Config, shard: Arc<Shard>, flusher: Arc<Flusher>) -> Result<Self, StoreError> {
+        let readers = TaskTracker::new();
+        let context = IngestContext {
+            shard: shard.clone(),
+            flusher,
+            app: Handle::current(),
+            readers: readers.clone(),
+            consumer: OnceLock::new(),
+            reader_tokens: Mutex::new(HashMap::new()),
+        };
+        let consumer: IngestConsumer = kafka::base(cfg, "ingest")
+            .set("group.id", cfg.group_id())
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "error")
+            .set("isolation.level", "read_committed")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("topic.metadata.refresh.interval.ms", "10000")
+            .create_with_context(context)
+            .map_err(StoreError::kafka("creating the ingest consumer"))?;
+        let consumer = Arc::new(consumer);
+        let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
+        let weak = Arc::downgrade(&consumer);
+        let stop = CancellationToken::new();
+        let driver_stop = stop.clone();
+        let wanted = shard.wanted_topics();
+        let thread = std::thread::Builder::new()
+            .name("fanout-ingest".into())
+            .spawn(move || drive(consumer, wanted, readers, driver_stop))
+            .map_err(|e| StoreError::InternalTopic {
+                topic: "ingest".into(),
+                problem: format!("cannot start the ingest thread: {e}"),
+            })?;
+        Ok(Self {
+            consumer: weak,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle that commits the shard group's offsets.
+    pub fn committer(&self) -> Committer {
+        Committer {
+            consumer: self.consumer.clone(),
+        }
+    }
+
+    /// Leaves the group (revoking and flushing every partition) and closes the consumer.
+    pub async fn stop(mut self, timeout: Duration) {
+        self.stop.cancel();
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let joined = tokio::task::spawn_blocking(move || thread.join());
+        if tokio::time::timeout(timeout, joined).await.is_err() {
+            tracing::error!(?timeout, "ingest did not stop in time");
+        }
+    }
+}
+
+/// Commits offsets for the shard group through the ingest consumer.
+#[derive(Debug, Clone)]
+pub struct Committer {
+    /// The consumer, while it lives.
+    consumer: Weak<IngestConsumer>,
+}
+
+impl Committer {
+    /// Commits `positions` (blocking call, run off the async workers).
+    pub async fn commit(&self, positions: Vec<(TopicName, Partition, Offset)>) -> KafkaResult<()> {
+        let Some(consumer) = self.consumer.upgrade() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || commit(consumer.as_ref(), &positions))
+            .await
+            .unwrap_or(Ok(()))
+    }
+}
+
+/// The driver thread: serves the consumer's main queue (rebalances, errors) and follows the
+/// registered topics, on a runtime of its own so rebalance callbacks may block.
+fn drive(
+    consumer: Arc<IngestConsumer>,
+    mut wanted: watch::Receiver<Vec<TopicName>>,
+    readers: TaskTracker,
+    stop: CancellationToken,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the ingest runtime");
+            return;
+        }
+    };
+    rt.block_on(async {
+        subscribe(&consumer, &wanted.borrow_and_update());
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = wanted.changed() => {
+                    if changed.is_err() { break; }
+                    let topics = wanted.borrow_and_update().clone();
+                    subscribe(&consumer, &topics);
+                }
+                msg = consumer.recv() => match msg {
+                    Ok(m) => {
+                        // Split queues should get every record; if one slipped through to the
+                        // main queue, read the partition again from there rather than lose it.
+                        tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(),
+                            "record on the main queue; re-reading its partition");
+                        if let Ok(t) = TopicName::new(m.topic())
+                            && let Some(owned) = consumer.context().shard.topic(&t).and_then(|t| t.partition(m.partition()))
+                        {
+                            owned.request_rewind(m.offset());
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ingest consumer error"),
+                },
+            }
+        }
+        // Leave the group: the revoke callback flushes and commits every partition.
+        consumer.unsubscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while consumer.assignment().map(|a| a.count()).unwrap_or(0) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+        }
+        for token in consumer.context().reader_tokens.lock().drain().map(|(_, t)| t) {
+            token.cancel();
+        }
+        readers.close();
+        if tokio::time::timeout(Duration::from_secs(10), readers.wait()).await.is_err() {
+            tracing::error!("partition readers did not stop in time");
+        }
+    });
+    // The readers held the partition queues; this is the last reference: closing the
+    // consumer blocks until it has left the group.
+    drop(consumer);
+    tracing::info!("ingest stopped");
+}
+
+fn subscribe(consumer: &IngestConsumer, topics: &[TopicName]) {
+    if topics.is_empty() {
+        consumer.unsubscribe();
+        tracing::info!("no registered topics; ingest idle");
+        return;
+    }
+    let names: Vec<&str> = topics.iter().map(TopicName::as_str).collect();
+    match consumer.subscribe(&names) {
+        Ok(()) => tracing::info!(topics = ?names, "ingest subscribed"),
+        Err(e) => tracing::error!(error = %e, "ingest subscribe failed"),
+    }
+}

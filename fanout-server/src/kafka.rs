@@ -1,0 +1,93 @@
+//! Settings of every Kafka client fanout creates, in one place.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+
+use crate::config::Config;
+use crate::model::{Offset, Partition};
+
+/// Timeout of metadata and watermark requests.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings shared by every client: bootstrap, client id, then the operator's pass-through
+/// options (which may not touch what fanout manages; see `Config::validate`).
+pub fn base(cfg: &Config, role: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.kafka_bootstrap)
+        .set("client.id", format!("fanout-{}-{role}", cfg.cluster));
+    for (k, v) in &cfg.kafka_options {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A producer for fanout's own records: idempotent, acknowledged by all in-sync replicas.
+pub fn producer(cfg: &Config, role: &str) -> Result<FutureProducer, KafkaError> {
+    base(cfg, role)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "30000")
+        .create()
+}
+
+/// Settings of a consumer that reads an internal topic from start to end without a group.
+pub fn reader(cfg: &Config, role: &str) -> ClientConfig {
+    let mut c = base(cfg, role);
+    c.set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "error");
+    c
+}
+
+/// An admin client.
+pub fn admin(cfg: &Config) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    base(cfg, "admin").create()
+}
+
+/// A consumer used only for metadata and watermark queries.
+pub fn metadata_client(cfg: &Config) -> Result<BaseConsumer, KafkaError> {
+    base(cfg, "metadata")
+        .set("enable.auto.commit", "false")
+        .create()
+}
+
+/// Partitions of `topic`, or `None` if Kafka does not know the topic. Blocking.
+pub fn partitions_of(
+    client: &BaseConsumer,
+    topic: &str,
+) -> Result<Option<Vec<Partition>>, KafkaError> {
+    let md = client.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(None);
+    };
+    if t.error().is_some() || t.partitions().is_empty() {
+        return Ok(None);
+    }
+    let mut ps: Vec<Partition> = t.partitions().iter().map(|p| p.id()).collect();
+    ps.sort_unstable();
+    Ok(Some(ps))
+}
+
+/// Low and high watermarks of every partition of `topic`. Blocking.
+pub fn watermarks(
+    client: &BaseConsumer,
+    topic: &str,
+    partitions: &[Partition],
+) -> Result<Vec<(Partition, Offset, Offset)>, KafkaError> {
+    partitions
+        .iter()
+        .map(|&p| {
+            let (lo, hi) = client.fetch_watermarks(topic, p, REQUEST_TIMEOUT)?;
+            Ok((p, lo, hi))
+        })
+        .collect()
+}

@@ -1,0 +1,33 @@
+//! fanout's durable state, kept in Kafka: the internal topics, the registry and the cursors.
+
+pub mod cursors;
+pub mod registry;
+pub mod topics;
+
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+
+/// What went wrong talking to fanout's internal topics.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what}: {source}")]
+    Kafka {
+        what: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("internal topic {topic}: {problem}")]
+    InternalTopic { topic: String, problem: String },
+    #[error("{what} did not finish within {after:?}")]
+    Timeout { what: String, after: Duration },
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl StoreError {
+    pub(crate) fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> Self {
+        let what = what.into();
+        move |source| StoreError::Kafka { what, source }
+    }
+}

@@ -1,0 +1,152 @@
+//! Reads and writes the registry topic.
+//!
+//! Every shard tails the topic from its beginning and applies each record to its [`Shard`];
+//! the admin API writes through [`RegistryWriter`], which answers once this shard has applied
+//! the write (read-your-writes).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+use tokio::sync::{Mutex, MutexGuard, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::StoreError;
+use crate::config::Config;
+use crate::kafka;
+use crate::registry::Key;
+use crate::shard::Shard;
+
+/// Opens a consumer on the registry topic, positioned at its beginning.
+pub fn open_reader(cfg: &Config) -> Result<StreamConsumer, StoreError> {
+    let consumer: StreamConsumer = kafka::reader(cfg, "registry")
+        .create()
+        .map_err(StoreError::kafka("creating the registry reader"))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&cfg.registry_topic(), 0, KafkaOffset::Beginning)
+        .map_err(StoreError::kafka("building the registry assignment"))?;
+    consumer
+        .assign(&tpl)
+        .map_err(StoreError::kafka("assigning the registry topic"))?;
+    Ok(consumer)
+}
+
+/// Applies registry records to the shard until cancelled. `loaded` turns true once the
+/// reader reached the end of the topic for the first time.
+pub async fn tail(
+    consumer: StreamConsumer,
+    shard: Arc<Shard>,
+    loaded: watch::Sender<bool>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => break,
+            m = consumer.recv() => m,
+        };
+        match msg {
+            Ok(m) => {
+                let Some(key) = m.key() else {
+                    tracing::warn!(offset = m.offset(), "registry record without a key skipped");
+                    continue;
+                };
+                match shard.apply_registry(m.offset(), key, m.payload()) {
+                    Ok(Some(change)) => tracing::info!(offset = m.offset(), ?change, "registry change"),
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(offset = m.offset(), error = %e, "registry record skipped"),
+                }
+            }
+            Err(KafkaError::PartitionEOF(_)) => {
+                if !*loaded.borrow() {
+                    let (topics, subs) = shard.with_registry(|r| {
+                        let topics = r.topics().count();
+                        let subs: usize = r.topics().map(|t| r.subscriptions_of(&t.name).count()).sum();
+                        (topics, subs)
+                    });
+                    tracing::info!(topics, subscriptions = subs, "registry loaded");
+                    loaded.send_replace(true);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "registry reader error");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+    // Dropping a consumer blocks (it closes its queues): keep that off the async workers.
+    let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+}
+
+/// Writes registry records and waits until this shard applied them.
+pub struct RegistryWriter {
+    /// Idempotent producer for the registry topic.
+    producer: FutureProducer,
+    /// The registry topic.
+    topic: String,
+    /// Where writes become visible.
+    shard: Arc<Shard>,
+    /// Serializes check-then-write sequences of this process's admin API.
+    lock: Mutex<()>,
+    /// How long a write may take to be applied before the caller gets an error.
+    apply_timeout: Duration,
+}
+
+impl std::fmt::Debug for RegistryWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryWriter").field("topic", &self.topic).finish_non_exhaustive()
+    }
+}
+
+impl RegistryWriter {
+    pub fn new(cfg: &Config, shard: Arc<Shard>) -> Result<Self, StoreError> {
+        Ok(Self {
+            producer: kafka::producer(cfg, "registry-writer")
+                .map_err(StoreError::kafka("creating the registry producer"))?,
+            topic: cfg.registry_topic(),
+            shard,
+            lock: Mutex::new(()),
+            apply_timeout: Duration::from_secs(15),
+        })
+    }
+
+    /// Held while checking the registry and writing to it, so two admin calls of this
+    /// process cannot both pass a check and then both write.
+    pub async fn lock(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+
+    /// Writes `value` (or a tombstone) under `key` and waits until the shard applied it.
+    pub async fn put(&self, key: &Key, value: Option<Vec<u8>>) -> Result<i64, StoreError> {
+        let k = key.encode();
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.topic).key(&k);
+        if let Some(v) = value.as_deref() {
+            record = record.payload(v);
+        }
+        let delivery = self
+            .producer
+            .send(record, Timeout::After(Duration::from_secs(10)))
+            .await
+            .map_err(|(e, _)| StoreError::Kafka {
+                what: format!("writing {k} to {}", self.topic),
+                source: e,
+            })?;
+        let offset = delivery.offset;
+        let mut progress = self.shard.registry_progress();
+        tokio::time::timeout(self.apply_timeout, progress.wait_for(|next| *next > offset))
+            .await
+            .map_err(|_| StoreError::Timeout {
+                what: format!("applying registry record {k} at offset {offset}"),
+                after: self.apply_timeout,
+            })?
+            .map_err(|_| StoreError::ShuttingDown)?;
+        Ok(offset)
+    }
+}
