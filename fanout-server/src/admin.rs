@@ -109,9 +109,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
             Err(r) => Err(match r {
-                JsonRejection::JsonDataError(e) => {
-                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", e.body_text())
-                }
+                JsonRejection::JsonDataError(e) => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_body",
+                    e.body_text(),
+                ),
                 JsonRejection::JsonSyntaxError(e) => {
                     ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.body_text())
                 }
@@ -264,8 +266,10 @@ pub struct SubscriptionView {
     pub start: StartPosition,
     pub start_offsets: BTreeMap<Partition, Offset>,
     pub created_at_ms: i64,
-    /// Cursor per partition owned by this shard.
+    /// Cursor per partition owned by this shard: everything below it is acked.
     pub cursors: BTreeMap<Partition, Offset>,
+    /// Per partition, where a restart would resume: the cursor last written to Kafka.
+    pub durable_cursors: BTreeMap<Partition, Offset>,
     /// Records delivered and not yet acked.
     pub unacked: usize,
     /// Streams connected to this shard.
@@ -284,6 +288,7 @@ fn subscription_view(s: &Shard, spec: &SubscriptionSpec) -> SubscriptionView {
             .as_ref()
             .map(|(_, l)| l.cursors().into_iter().collect())
             .unwrap_or_default(),
+        durable_cursors: s.durable_cursors(&spec.key()),
         unacked: live.as_ref().map_or(0, |(_, l)| l.unacked()),
         streams: live.as_ref().map_or(0, |(_, l)| l.stream_count()),
     }
@@ -295,8 +300,9 @@ async fn list_subscriptions(
 ) -> Result<Json<Vec<SubscriptionView>>, ApiError> {
     let topic = topic_param(&topic)?;
     registered(&s.shard, &topic)?;
-    let specs: Vec<SubscriptionSpec> =
-        s.shard.with_registry(|r| r.subscriptions_of(&topic).cloned().collect());
+    let specs: Vec<SubscriptionSpec> = s
+        .shard
+        .with_registry(|r| r.subscriptions_of(&topic).cloned().collect());
     Ok(Json(
         specs
             .iter()
@@ -310,7 +316,8 @@ async fn get_subscription(
     Path((topic, name)): Path<(String, String)>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     let topic = topic_param(&topic)?;
-    let name = SubscriptionName::new(&name).map_err(|e| ApiError::invalid("name", e.to_string()))?;
+    let name =
+        SubscriptionName::new(&name).map_err(|e| ApiError::invalid("name", e.to_string()))?;
     registered(&s.shard, &topic)?;
     let key = SubscriptionKey { topic, name };
     let spec = s
@@ -319,7 +326,10 @@ async fn get_subscription(
         .ok_or_else(|| {
             ApiError::not_found(
                 "subscription_not_found",
-                format!("subscription {:?} does not exist on topic {:?}", key.name, key.topic),
+                format!(
+                    "subscription {:?} does not exist on topic {:?}",
+                    key.name, key.topic
+                ),
             )
         })?;
     Ok(Json(subscription_view(&s.shard, &spec)))
@@ -390,7 +400,10 @@ async fn create_subscription(
         .put(&entry.key(), Some(entry.encode()))
         .await
         .map_err(ApiError::store)?;
-    Ok((StatusCode::CREATED, Json(subscription_view(&s.shard, &spec))))
+    Ok((
+        StatusCode::CREATED,
+        Json(subscription_view(&s.shard, &spec)),
+    ))
 }
 
 fn now_ms() -> i64 {

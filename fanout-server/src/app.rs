@@ -38,11 +38,9 @@ impl Listeners {
     /// Binds both addresses, with an error naming the one that failed.
     pub async fn bind(grpc: SocketAddr, admin: SocketAddr) -> Result<Self, AppError> {
         let bind = |addr: SocketAddr, what: &'static str| async move {
-            TcpListener::bind(addr).await.map_err(|source| AppError::Bind {
-                what,
-                addr,
-                source,
-            })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Bind { what, addr, source })
         };
         Ok(Self {
             grpc: bind(grpc, "gRPC").await?,
@@ -92,7 +90,11 @@ fn stream_limits(cfg: &Config) -> StreamLimits {
 }
 
 /// Runs a shard until `shutdown` is cancelled, then shuts it down in order.
-pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), AppError> {
+pub async fn run(
+    cfg: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
     cfg.validate()?;
     let grpc_addr = listeners.grpc.local_addr().ok();
     let admin_addr = listeners.admin.local_addr().ok();
@@ -141,7 +143,12 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken)
     // 3. The front doors.
     let control = StreamControl::default();
     let streams = TaskTracker::new();
-    let service = FanoutService::new(shard.clone(), stream_limits(&cfg), control.clone(), streams.clone());
+    let service = FanoutService::new(
+        shard.clone(),
+        stream_limits(&cfg),
+        control.clone(),
+        streams.clone(),
+    );
     let grpc_stop = CancellationToken::new();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
@@ -159,7 +166,9 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken)
     let admin_state = AdminState {
         shard: shard.clone(),
         writer,
-        kafka: Arc::new(kafka::metadata_client(&cfg).map_err(StoreError::kafka("metadata client"))?),
+        kafka: Arc::new(
+            kafka::metadata_client(&cfg).map_err(StoreError::kafka("metadata client"))?,
+        ),
         ready: ready_rx,
     };
     let admin_stop = CancellationToken::new();
@@ -186,11 +195,17 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken)
     control.drain.cancel();
     let left = drain(&shard, cfg.drain_timeout).await;
     if left > 0 {
-        tracing::warn!(unacked = left, "records still unacked at the drain deadline; they will be delivered again");
+        tracing::warn!(
+            unacked = left,
+            "records still unacked at the drain deadline; they will be delivered again"
+        );
     }
     control.close.cancel();
     grpc_stop.cancel();
-    if tokio::time::timeout(Duration::from_secs(5), &mut grpc).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), &mut grpc)
+        .await
+        .is_err()
+    {
         tracing::warn!("gRPC server did not stop within 5s");
         grpc.abort();
     }
@@ -208,7 +223,10 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken)
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await;
     admin_stop.cancel();
-    if tokio::time::timeout(Duration::from_secs(5), &mut admin).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), &mut admin)
+        .await
+        .is_err()
+    {
         admin.abort();
     }
     tracing::info!("fanout-server stopped");
@@ -249,6 +267,7 @@ async fn commit_loop(
             _ = tick.tick() => {}
         }
         let started = Instant::now();
+        tracing::trace!("flush tick");
         match flusher.flush(None).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(cursors = n, elapsed = ?started.elapsed(), "cursors flushed"),
@@ -259,9 +278,15 @@ async fn commit_loop(
         }
         let positions = shard.commit_positions();
         if positions != committed {
+            let started = Instant::now();
             match committer.commit(positions.clone()).await {
-                Ok(()) => committed = positions,
-                Err(e) => tracing::warn!(error = %e, "offset commit failed; retrying next interval"),
+                Ok(()) => {
+                    tracing::debug!(partitions = positions.len(), elapsed = ?started.elapsed(), "offsets committed");
+                    committed = positions;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "offset commit failed; retrying next interval")
+                }
             }
         }
     }

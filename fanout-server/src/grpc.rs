@@ -14,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::delivery::{Credits, StreamId, TakeLimits};
 use crate::model::{NameError, SubscriptionName, TopicName};
@@ -178,11 +179,12 @@ impl Inner {
             field: "topic",
             source,
         })?;
-        let name =
-            SubscriptionName::new(&open.subscription).map_err(|source| SubscribeError::BadName {
+        let name = SubscriptionName::new(&open.subscription).map_err(|source| {
+            SubscribeError::BadName {
                 field: "subscription",
                 source,
-            })?;
+            }
+        })?;
         let (t, s) = self.shard.subscription(&topic, &name)?;
         let credits = self.credits(open.max_in_flight_records, open.max_in_flight_bytes)?;
         Ok((t, s, credits))
@@ -243,9 +245,12 @@ enum Wake {
 }
 
 impl StreamTask {
-    async fn run(self, mut inbound: Streaming<pb::SubscribeRequest>) {
+    async fn run(self, inbound: Streaming<pb::SubscribeRequest>) {
         let span = tracing::info_span!("stream", stream = %self.id, subscription = %self.sub.key());
-        let _enter = span.enter();
+        self.serve(inbound).instrument(span).await;
+    }
+
+    async fn serve(self, mut inbound: Streaming<pb::SubscribeRequest>) {
         let control = self.inner.control.clone();
         let mut topic_wake = self.topic.wakes();
         let mut sub_wake = self.sub.wakes();
@@ -263,7 +268,8 @@ impl StreamTask {
             }
             let now = Instant::now();
             let due = self.sub.next_due_at(self.id, now);
-            let sleep_until = tokio::time::Instant::from_std(due.unwrap_or(now + Duration::from_secs(3600)));
+            let sleep_until =
+                tokio::time::Instant::from_std(due.unwrap_or(now + Duration::from_secs(3600)));
             let wake = tokio::select! {
                 _ = control.close.cancelled() => Wake::Close,
                 _ = control.drain.cancelled(), if !draining => Wake::Drain,

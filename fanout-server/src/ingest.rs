@@ -124,10 +124,18 @@ impl IngestContext {
             let (low, high) = watermarks_with_retry(base, topic, *p);
             let assigned = self.shard.assign(&name, *p, low, high);
             report_losses(&assigned.losses);
-            if let Err(e) = tpl.set_partition_offset(topic, *p, KafkaOffset::Offset(assigned.start)) {
+            if let Err(e) = tpl.set_partition_offset(topic, *p, KafkaOffset::Offset(assigned.start))
+            {
                 tracing::error!(topic, partition = p, error = %e, "cannot set start offset");
             }
-            tracing::info!(topic, partition = p, start = assigned.start, low, high, "partition assigned");
+            tracing::info!(
+                topic,
+                partition = p,
+                start = assigned.start,
+                low,
+                high,
+                "partition assigned"
+            );
             owned.push((name, assigned.partition));
         }
         let result = match base.rebalance_protocol() {
@@ -184,8 +192,12 @@ impl IngestContext {
         });
         match rx.recv_timeout(REVOKE_FLUSH_TIMEOUT) {
             Ok(Ok(n)) => tracing::debug!(cursors = n, "final cursors written"),
-            Ok(Err(e)) => tracing::error!(error = %e, "final cursor flush failed; the next owner redelivers since the previous flush"),
-            Err(_) => tracing::error!("final cursor flush timed out; the next owner redelivers since the previous flush"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "final cursor flush failed; the next owner redelivers since the previous flush")
+            }
+            Err(_) => tracing::error!(
+                "final cursor flush timed out; the next owner redelivers since the previous flush"
+            ),
         }
         let positions: Vec<_> = self
             .shard
@@ -215,7 +227,11 @@ impl IngestContext {
 /// Watermarks of a newly assigned partition. Without them the shard cannot tell where a
 /// new subscription starts or whether retention deleted unacked records, so it retries for a
 /// while; if Kafka stays silent it starts from the stored cursors without a loss check.
-fn watermarks_with_retry(base: &BaseConsumer<IngestContext>, topic: &str, p: Partition) -> (Offset, Offset) {
+fn watermarks_with_retry(
+    base: &BaseConsumer<IngestContext>,
+    topic: &str,
+    p: Partition,
+) -> (Offset, Offset) {
     for attempt in 1..=5 {
         match base.fetch_watermarks(topic, p, kafka::REQUEST_TIMEOUT) {
             Ok(w) => return w,
@@ -225,7 +241,11 @@ fn watermarks_with_retry(base: &BaseConsumer<IngestContext>, topic: &str, p: Par
             }
         }
     }
-    tracing::error!(topic, partition = p, "no watermarks: starting without a retention check");
+    tracing::error!(
+        topic,
+        partition = p,
+        "no watermarks: starting without a retention check"
+    );
     (0, 0)
 }
 
@@ -258,7 +278,11 @@ pub struct Ingest {
 impl Ingest {
     /// Creates the group consumer and starts the driver thread. Must run inside the
     /// application runtime.
-    pub fn start(cfg: &Config, shard: Arc<Shard>, flusher: Arc<Flusher>) -> Result<Self, StoreError> {
+    pub fn start(
+        cfg: &Config,
+        shard: Arc<Shard>,
+        flusher: Arc<Flusher>,
+    ) -> Result<Self, StoreError> {
         let readers = TaskTracker::new();
         let context = IngestContext {
             shard: shard.clone(),
@@ -347,7 +371,10 @@ fn drive(
     readers: TaskTracker,
     stop: CancellationToken,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the ingest runtime");

@@ -4,10 +4,11 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::AdminClient;
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
 use crate::model::{Offset, Partition};
@@ -37,10 +38,35 @@ pub fn producer(cfg: &Config, role: &str) -> Result<FutureProducer, KafkaError> 
         .create()
 }
 
-/// Settings of a consumer that reads an internal topic from start to end without a group.
+/// Context of the internal-topic readers: reaching the end of a partition is how they know
+/// they caught up, not an error worth logging.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !eof {
+            tracing::warn!(%error, reason, "kafka client error (internal reader)");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// A consumer of an internal topic.
+pub type Reader = StreamConsumer<ReaderContext>;
+
+/// Settings of a consumer that reads an internal topic from start to end. It assigns its
+/// partitions itself and never joins or commits to its group (librdkafka wants a group id
+/// for `assign` all the same).
 pub fn reader(cfg: &Config, role: &str) -> ClientConfig {
     let mut c = base(cfg, role);
-    c.set("enable.auto.commit", "false")
+    c.set("group.id", format!("{}-{role}-reader", cfg.group_id()))
+        .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")

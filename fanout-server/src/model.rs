@@ -64,7 +64,7 @@ fn check_name(what: &'static str, name: &str, max: usize) -> Result<(), NameErro
 }
 
 /// A Kafka topic name that fanout may read (Kafka's rules, and not an internal topic).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct TopicName(Arc<str>);
 
@@ -85,7 +85,7 @@ impl TopicName {
 }
 
 /// The name of a subscription, unique within its topic.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct SubscriptionName(Arc<str>);
 
@@ -102,6 +102,12 @@ impl SubscriptionName {
 
 macro_rules! name_impls {
     ($t:ty) => {
+        /// Quoted like a string, so messages read `topic "orders"`.
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
         impl fmt::Display for $t {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)

@@ -638,6 +638,17 @@ impl Shard {
         }
     }
 
+    /// Where a restart would resume a subscription, per owned partition: its stored cursor
+    /// (or the start it had before anything was stored).
+    pub fn durable_cursors(&self, sub: &SubscriptionKey) -> BTreeMap<Partition, Offset> {
+        self.stored
+            .lock()
+            .iter()
+            .filter(|((k, _), _)| k == sub)
+            .map(|((_, p), o)| (*p, *o))
+            .collect()
+    }
+
     /// Cursors loaded from Kafka at start.
     pub fn load_stored(
         &self,

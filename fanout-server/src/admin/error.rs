@@ -70,7 +70,9 @@ impl ApiError {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "registry_unavailable",
-            format!("the registry could not be written: {e}; nothing was changed if this persists, retry"),
+            format!(
+                "the registry could not be written: {e}; nothing was changed if this persists, retry"
+            ),
         )
     }
 

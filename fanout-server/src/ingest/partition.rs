@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::FutureExt;
+use rdkafka::Offset as KafkaOffset;
 use rdkafka::consumer::Consumer;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::message::{BorrowedMessage, Headers, Message, Timestamp};
-use rdkafka::Offset as KafkaOffset;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{IngestConsumer, IngestContext, report_losses};
 use crate::kafka;
@@ -65,7 +66,10 @@ pub fn to_record(m: &BorrowedMessage<'_>) -> Record {
 impl Reader {
     pub async fn run(self, cancel: CancellationToken) {
         let span = tracing::info_span!("partition", topic = %self.owned.topic, partition = self.owned.partition);
-        let _enter = span.enter();
+        self.read(cancel).instrument(span).await;
+    }
+
+    async fn read(self, cancel: CancellationToken) {
         let mut rewinds = self.owned.rewind_requests();
         loop {
             let event = tokio::select! {
@@ -152,22 +156,31 @@ impl Reader {
         let mut target = requested.min(min);
         let c = consumer.clone();
         let t = topic.clone();
-        let low = tokio::task::spawn_blocking(move || c.fetch_watermarks(t.as_str(), p, kafka::REQUEST_TIMEOUT))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|(lo, _)| lo);
+        let low = tokio::task::spawn_blocking(move || {
+            c.fetch_watermarks(t.as_str(), p, kafka::REQUEST_TIMEOUT)
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|(lo, _)| lo);
         if let Some(low) = low
             && target < low
         {
             let losses = self.shard.skip_deleted(&topic, p, low, Instant::now());
             report_losses(&losses);
-            target = requested.max(low).min(self.topic.min_cursor(p).unwrap_or(low));
+            target = requested
+                .max(low)
+                .min(self.topic.min_cursor(p).unwrap_or(low));
         }
         let c = consumer.clone();
         let t = topic.clone();
         let seek = tokio::task::spawn_blocking(move || {
-            c.seek(t.as_str(), p, KafkaOffset::Offset(target), kafka::REQUEST_TIMEOUT)
+            c.seek(
+                t.as_str(),
+                p,
+                KafkaOffset::Offset(target),
+                kafka::REQUEST_TIMEOUT,
+            )
         })
         .await;
         match seek {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -74,8 +74,8 @@ pub async fn load(cfg: &Config, timeout: Duration) -> Result<Cursors, StoreError
             topic: topic.clone(),
             problem: "does not exist".into(),
         })?;
-    let consumer: StreamConsumer = kafka::reader(cfg, "cursor-loader")
-        .create()
+    let consumer: kafka::Reader = kafka::reader(cfg, "cursor-loader")
+        .create_with_context(kafka::ReaderContext)
         .map_err(StoreError::kafka("creating the cursor reader"))?;
     let result = read_all(&consumer, &topic, &partitions, timeout).await;
     // Dropping a consumer blocks: keep that off the async workers.
@@ -84,7 +84,7 @@ pub async fn load(cfg: &Config, timeout: Duration) -> Result<Cursors, StoreError
 }
 
 async fn read_all(
-    consumer: &StreamConsumer,
+    consumer: &kafka::Reader,
     topic: &str,
     partitions: &[Partition],
     timeout: Duration,
@@ -129,7 +129,9 @@ async fn read_all(
                         Some(c) => {
                             cursors.insert(key, c);
                         }
-                        None => tracing::warn!(offset = m.offset(), "unreadable cursor value skipped"),
+                        None => {
+                            tracing::warn!(offset = m.offset(), "unreadable cursor value skipped")
+                        }
                     },
                 }
             }
@@ -153,7 +155,9 @@ pub struct CursorWriter {
 
 impl std::fmt::Debug for CursorWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CursorWriter").field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("CursorWriter")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
     }
 }
 
@@ -170,7 +174,12 @@ impl CursorWriter {
     pub async fn write(&self, updates: &[CursorUpdate]) -> Result<(), StoreError> {
         let encoded: Vec<(String, Vec<u8>)> = updates
             .iter()
-            .map(|u| (encode_key(&u.subscription, u.partition), encode_value(u.cursor)))
+            .map(|u| {
+                (
+                    encode_key(&u.subscription, u.partition),
+                    encode_value(u.cursor),
+                )
+            })
             .collect();
         let sends = encoded.iter().map(|(k, v)| {
             self.producer.send(
@@ -211,7 +220,10 @@ impl Flusher {
 
     /// Writes every cursor that moved (of `only` these partitions, if given) and marks them
     /// stored. Returns how many were written.
-    pub async fn flush(&self, only: Option<&[(TopicName, Partition)]>) -> Result<usize, StoreError> {
+    pub async fn flush(
+        &self,
+        only: Option<&[(TopicName, Partition)]>,
+    ) -> Result<usize, StoreError> {
         let _one_at_a_time = self.lock.lock().await;
         let mut updates = self.shard.cursor_updates();
         if let Some(only) = only {
@@ -223,6 +235,7 @@ impl Flusher {
         if updates.is_empty() {
             return Ok(0);
         }
+        tracing::trace!(updates = updates.len(), "writing cursors");
         self.writer.write(&updates).await?;
         self.shard.mark_stored(&updates);
         Ok(updates.len())

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -23,9 +23,9 @@ use crate::registry::Key;
 use crate::shard::Shard;
 
 /// Opens a consumer on the registry topic, positioned at its beginning.
-pub fn open_reader(cfg: &Config) -> Result<StreamConsumer, StoreError> {
-    let consumer: StreamConsumer = kafka::reader(cfg, "registry")
-        .create()
+pub fn open_reader(cfg: &Config) -> Result<kafka::Reader, StoreError> {
+    let consumer: kafka::Reader = kafka::reader(cfg, "registry")
+        .create_with_context(kafka::ReaderContext)
         .map_err(StoreError::kafka("creating the registry reader"))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&cfg.registry_topic(), 0, KafkaOffset::Beginning)
@@ -39,7 +39,7 @@ pub fn open_reader(cfg: &Config) -> Result<StreamConsumer, StoreError> {
 /// Applies registry records to the shard until cancelled. `loaded` turns true once the
 /// reader reached the end of the topic for the first time.
 pub async fn tail(
-    consumer: StreamConsumer,
+    consumer: kafka::Reader,
     shard: Arc<Shard>,
     loaded: watch::Sender<bool>,
     cancel: CancellationToken,
@@ -56,16 +56,23 @@ pub async fn tail(
                     continue;
                 };
                 match shard.apply_registry(m.offset(), key, m.payload()) {
-                    Ok(Some(change)) => tracing::info!(offset = m.offset(), ?change, "registry change"),
+                    Ok(Some(change)) => {
+                        tracing::info!(offset = m.offset(), ?change, "registry change")
+                    }
                     Ok(None) => {}
-                    Err(e) => tracing::error!(offset = m.offset(), error = %e, "registry record skipped"),
+                    Err(e) => {
+                        tracing::error!(offset = m.offset(), error = %e, "registry record skipped")
+                    }
                 }
             }
             Err(KafkaError::PartitionEOF(_)) => {
                 if !*loaded.borrow() {
                     let (topics, subs) = shard.with_registry(|r| {
                         let topics = r.topics().count();
-                        let subs: usize = r.topics().map(|t| r.subscriptions_of(&t.name).count()).sum();
+                        let subs: usize = r
+                            .topics()
+                            .map(|t| r.subscriptions_of(&t.name).count())
+                            .sum();
                         (topics, subs)
                     });
                     tracing::info!(topics, subscriptions = subs, "registry loaded");
@@ -101,7 +108,9 @@ pub struct RegistryWriter {
 
 impl std::fmt::Debug for RegistryWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryWriter").field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("RegistryWriter")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
     }
 }
 

@@ -107,13 +107,20 @@ async fn check(
         Ok::<_, rdkafka::error::KafkaError>(md.topics().first().map(|t| {
             (
                 t.partitions().len(),
-                t.partitions().iter().map(|p| p.replicas().len()).min().unwrap_or(0),
+                t.partitions()
+                    .iter()
+                    .map(|p| p.replicas().len())
+                    .min()
+                    .unwrap_or(0),
             )
         }))
     })
     .await
     .map_err(|e| wrong(format!("metadata task failed: {e}")))?
-    .map_err(StoreError::kafka(format!("reading metadata of {}", want.name)))?;
+    .map_err(StoreError::kafka(format!(
+        "reading metadata of {}",
+        want.name
+    )))?;
     let Some((partitions, replicas)) = layout.filter(|(p, _)| *p > 0) else {
         return Err(wrong("does not exist after creation".into()));
     };

@@ -1,0 +1,317 @@
+//! The connection task of a [`crate::Subscriber`]: opens streams, forwards records, batches
+//! acks into ranges, reconnects with jittered exponential backoff.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fanout_proto::v1 as pb;
+use fanout_proto::v1::fanout_client::FanoutClient;
+use rand::RngExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Endpoint;
+
+use crate::{Command, Error, Record, SubscriberConfig};
+
+/// Largest message accepted from the server (one huge record must still fit).
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// An open stream.
+pub(crate) struct Connected {
+    outbound: mpsc::Sender<pb::SubscribeRequest>,
+    inbound: Streaming<pb::SubscribeResponse>,
+}
+
+impl std::fmt::Debug for Connected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connected").finish_non_exhaustive()
+    }
+}
+
+/// Connects, sends `open` and waits for `opened`.
+pub(crate) async fn open(cfg: &SubscriberConfig) -> Result<Connected, Error> {
+    let endpoint = Endpoint::from_shared(cfg.endpoint.clone())
+        .map_err(|_| Error::BadEndpoint(cfg.endpoint.clone()))?
+        .connect_timeout(cfg.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot connect to {}: {e}", cfg.endpoint)))?;
+    let mut client = FanoutClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
+    let (outbound, rx) = mpsc::channel(64);
+    let open = pb::SubscribeRequest {
+        kind: Some(pb::subscribe_request::Kind::Open(pb::Open {
+            topic: cfg.topic.clone(),
+            subscription: cfg.subscription.clone(),
+            max_in_flight_records: cfg.max_in_flight,
+            max_in_flight_bytes: cfg.max_in_flight_bytes,
+            client_id: cfg.client_id.clone(),
+        })),
+    };
+    // The channel is empty: this cannot wait.
+    let _ = outbound.send(open).await;
+    let mut inbound = client
+        .subscribe(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| Error::from_status(&s))?
+        .into_inner();
+    match inbound.message().await {
+        Ok(Some(pb::SubscribeResponse {
+            kind: Some(pb::subscribe_response::Kind::Opened(_)),
+        })) => Ok(Connected { outbound, inbound }),
+        Ok(Some(_)) => Err(Error::Refused(
+            "the server did not answer `open` with `opened`".into(),
+        )),
+        Ok(None) => Err(Error::Unavailable(
+            "the stream ended before `opened`".into(),
+        )),
+        Err(s) => Err(Error::from_status(&s)),
+    }
+}
+
+enum End {
+    /// The user closed or dropped the subscriber.
+    Closed,
+    Transient(Error),
+    Permanent(Error),
+}
+
+/// Runs until the subscriber is closed or a permanent error ends it.
+pub(crate) async fn run(
+    cfg: SubscriberConfig,
+    first: Connected,
+    records: mpsc::Sender<Result<Record, Error>>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let mut generation = 1u64;
+    let mut conn = Some(first);
+    let mut backoff = cfg.initial_backoff;
+    loop {
+        let c = match conn.take() {
+            Some(c) => c,
+            None => match open(&cfg).await {
+                Ok(c) => {
+                    generation += 1;
+                    backoff = cfg.initial_backoff;
+                    tracing::info!(endpoint = %cfg.endpoint, "reconnected");
+                    c
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::debug!(error = %e, ?backoff, "reconnect failed");
+                    if !wait(jitter(backoff), &mut commands).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(cfg.max_backoff);
+                    continue;
+                }
+                Err(e) => {
+                    let _ = records.send(Err(e)).await;
+                    return;
+                }
+            },
+        };
+        match session(c, generation, &records, &mut commands).await {
+            End::Closed => return,
+            End::Permanent(e) => {
+                let _ = records.send(Err(e)).await;
+                return;
+            }
+            End::Transient(e) => {
+                tracing::warn!(error = %e, "stream lost; reconnecting");
+                if !wait(jitter(backoff), &mut commands).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps, dropping acks meant for the dead connection. False if the user closed.
+async fn wait(d: Duration, commands: &mut mpsc::UnboundedReceiver<Command>) -> bool {
+    let sleep = tokio::time::sleep(d);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = &mut sleep => return true,
+            c = commands.recv() => match c {
+                None => return false,
+                Some(Command::Close(done)) => {
+                    let _ = done.send(());
+                    return false;
+                }
+                Some(_) => {}
+            },
+        }
+    }
+}
+
+/// Full jitter over [d/2, d].
+fn jitter(d: Duration) -> Duration {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(2);
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+}
+
+/// Acks and nacks waiting to be sent, per partition.
+#[derive(Default)]
+struct Pending {
+    acks: BTreeMap<i32, Vec<i64>>,
+    nacks: BTreeMap<(u32, i32), Vec<i64>>,
+}
+
+impl Pending {
+    fn messages(&mut self) -> Vec<pb::SubscribeRequest> {
+        let mut out = Vec::new();
+        if !self.acks.is_empty() {
+            let partitions = std::mem::take(&mut self.acks)
+                .into_iter()
+                .map(|(partition, offsets)| pb::PartitionRanges {
+                    partition,
+                    ranges: to_ranges(offsets),
+                })
+                .collect();
+            out.push(pb::SubscribeRequest {
+                kind: Some(pb::subscribe_request::Kind::Ack(pb::Ack { partitions })),
+            });
+        }
+        let mut by_delay: BTreeMap<u32, Vec<pb::PartitionRanges>> = BTreeMap::new();
+        for ((delay, partition), offsets) in std::mem::take(&mut self.nacks) {
+            by_delay
+                .entry(delay)
+                .or_default()
+                .push(pb::PartitionRanges {
+                    partition,
+                    ranges: to_ranges(offsets),
+                });
+        }
+        for (retry_delay_ms, partitions) in by_delay {
+            out.push(pb::SubscribeRequest {
+                kind: Some(pb::subscribe_request::Kind::Nack(pb::Nack {
+                    partitions,
+                    retry_delay_ms,
+                    reason: String::new(),
+                })),
+            });
+        }
+        out
+    }
+}
+
+/// Sorted, merged inclusive ranges of offsets.
+pub(crate) fn to_ranges(mut offsets: Vec<i64>) -> Vec<pb::OffsetRange> {
+    offsets.sort_unstable();
+    offsets.dedup();
+    let mut out: Vec<pb::OffsetRange> = Vec::new();
+    for o in offsets {
+        match out.last_mut() {
+            Some(r) if r.last + 1 == o => r.last = o,
+            _ => out.push(pb::OffsetRange { first: o, last: o }),
+        }
+    }
+    out
+}
+
+async fn session(
+    c: Connected,
+    generation: u64,
+    records: &mpsc::Sender<Result<Record, Error>>,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> End {
+    let Connected {
+        outbound,
+        mut inbound,
+    } = c;
+    let mut pending = Pending::default();
+    loop {
+        tokio::select! {
+            biased;
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { return End::Closed };
+                let mut close = None;
+                let mut next = Some(cmd);
+                while let Some(cmd) = next.take() {
+                    match cmd {
+                        Command::Ack { generation: g, partition, offset } if g == generation => {
+                            pending.acks.entry(partition).or_default().push(offset);
+                        }
+                        Command::Nack { generation: g, partition, offset, delay } if g == generation => {
+                            let ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
+                            pending.nacks.entry((ms, partition)).or_default().push(offset);
+                        }
+                        Command::Close(done) => close = Some(done),
+                        // From an earlier connection: those records come again.
+                        Command::Ack { .. } | Command::Nack { .. } => {}
+                    }
+                    next = commands.try_recv().ok();
+                }
+                for m in pending.messages() {
+                    if outbound.send(m).await.is_err() {
+                        return End::Transient(Error::Unavailable("stream closed while acking".into()));
+                    }
+                }
+                if let Some(done) = close {
+                    // Half-close; the server ends the stream once it has read our acks.
+                    drop(outbound);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                        while let Ok(Some(_)) = inbound.message().await {}
+                    })
+                    .await;
+                    let _ = done.send(());
+                    return End::Closed;
+                }
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(pb::SubscribeResponse { kind: Some(pb::subscribe_response::Kind::Batch(b)) })) => {
+                    let topic: Arc<str> = b.topic.into();
+                    for (i, r) in b.records.into_iter().enumerate() {
+                        let record = Record {
+                            topic: topic.clone(),
+                            partition: r.partition,
+                            offset: r.offset,
+                            key: r.key,
+                            value: r.value,
+                            headers: r.headers.into_iter().map(|h| (h.key, h.value)).collect(),
+                            timestamp_ms: r.timestamp_ms,
+                            attempt: b.attempts.get(i).copied().unwrap_or(1),
+                            generation,
+                        };
+                        if records.send(Ok(record)).await.is_err() {
+                            return End::Closed;
+                        }
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return End::Transient(Error::Unavailable("the server ended the stream".into())),
+                Err(s) => {
+                    let e = Error::from_status(&s);
+                    return if e.is_transient() { End::Transient(e) } else { End::Permanent(e) };
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_merge_into_ranges() {
+        let r = to_ranges(vec![7, 3, 4, 5, 9, 4, 10]);
+        let pairs: Vec<(i64, i64)> = r.iter().map(|r| (r.first, r.last)).collect();
+        assert_eq!(pairs, vec![(3, 5), (7, 7), (9, 10)]);
+        assert!(to_ranges(vec![]).is_empty());
+    }
+
+    #[test]
+    fn jitter_stays_within_half_to_full() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_millis(100));
+            assert!(j >= Duration::from_millis(50) && j <= Duration::from_millis(100));
+        }
+    }
+}

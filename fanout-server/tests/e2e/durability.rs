@@ -1,0 +1,221 @@
+//! Commit safety and surviving a hard kill.
+
+use std::collections::BTreeMap;
+
+use fanout_client::{Subscriber, SubscriberConfig};
+
+use crate::support::*;
+
+/// Offsets of the last record + 1 per partition (where a cursor ends after acking all).
+fn ends(records: &std::collections::BTreeSet<(i32, i64)>) -> BTreeMap<i32, i64> {
+    let mut m = BTreeMap::new();
+    for (p, o) in records {
+        let e = m.entry(*p).or_insert(0);
+        *e = (*e).max(o + 1);
+    }
+    m
+}
+
+/// Receives every record of `want`, acking those below `ack_below` in their partition, and
+/// returns the ones left unacked.
+async fn take_all(
+    sub: &mut Subscriber,
+    want: &std::collections::BTreeSet<(i32, i64)>,
+    ack_below: i64,
+) -> Vec<fanout_client::Record> {
+    let mut got = Received::default();
+    let mut kept = Vec::new();
+    while !want.is_subset(&got.unique) {
+        let r = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("records in time")
+            .unwrap()
+            .unwrap();
+        note(&mut got, &r);
+        if r.offset < ack_below {
+            sub.ack(&r);
+        } else {
+            kept.push(r);
+        }
+    }
+    kept
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_commit_waits_for_the_slowest_subscription() {
+    let topic = name("commit");
+    create_topic(&topic, 2).await;
+    let server = TestServer::start(&name("c")).await;
+    let admin = server.admin_api();
+    admin.register(&topic).await;
+    for s in ["a", "b", "c"] {
+        admin.subscribe(&topic, s, "earliest").await;
+    }
+    let records = produce(&topic, 0, 1_000).await;
+    let end = ends(&records);
+    assert!(
+        end.values().all(|e| *e > 100),
+        "each partition holds over 100 records: {end:?}"
+    );
+
+    // A acks everything first; its cursors reach the end of both partitions.
+    let mut a = subscriber(&server.grpc, &topic, "a", 1000).await;
+    assert!(take_all(&mut a, &records, i64::MAX).await.is_empty());
+    eventually("a's cursors at the end", || async {
+        (admin.cursors(&topic, "a").await == end).then_some(())
+    })
+    .await;
+    // B acks offsets below 100, C below 50 (in each partition).
+    let mut b = subscriber(&server.grpc, &topic, "b", 1000).await;
+    let b_kept = take_all(&mut b, &records, 100).await;
+    let mut c = subscriber(&server.grpc, &topic, "c", 1000).await;
+    let c_kept = take_all(&mut c, &records, 50).await;
+
+    // The group's commit settles on C's cursor, and no sample ever passes it.
+    let gated: BTreeMap<i32, i64> = end.keys().map(|p| (*p, 50)).collect();
+    eventually("the commit at c's cursor", || async {
+        let now = committed(&server.cluster, &topic, 2).await;
+        for (p, o) in &now {
+            assert!(
+                *o <= 50,
+                "partition {p} committed {o}, past c's cursor 50 (a is at {})",
+                end[p]
+            );
+        }
+        (now == gated).then_some(())
+    })
+    .await;
+
+    // B and C ack the rest: the commit advances to the end, never past the slowest.
+    for r in &b_kept {
+        b.ack(r);
+    }
+    eventually("b's cursors at the end", || async {
+        let now = committed(&server.cluster, &topic, 2).await;
+        assert!(now.values().all(|o| *o <= 50), "c still at 50: {now:?}");
+        (admin.cursors(&topic, "b").await == end).then_some(())
+    })
+    .await;
+    for r in &c_kept {
+        c.ack(r);
+    }
+    eventually("the commit at the end", || async {
+        (committed(&server.cluster, &topic, 2).await == end).then_some(())
+    })
+    .await;
+    for s in [a, b, c] {
+        s.close().await;
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_mid_stream_loses_nothing() {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    let topic = name("kill");
+    let cluster = name("c");
+    create_topic(&topic, 4).await;
+    let (grpc, http) = free_addrs();
+    let mut server = ServerProcess::spawn(&cluster, grpc, http).await;
+    let admin = Admin {
+        http: reqwest::Client::new(),
+        base: server.admin.clone(),
+    };
+    admin.register(&topic).await;
+    let subs = ["a", "b", "c"];
+    for s in subs {
+        admin.subscribe(&topic, s, "earliest").await;
+    }
+    let want = produce(&topic, 0, 10_000).await;
+
+    // Subscribers ack as they go, at most ~5,000 records/s each (as if they did some work),
+    // so the kill lands mid-stream.
+    let (progress_tx, mut progress_rx) = tokio::sync::watch::channel(0usize);
+    let progress_tx = std::sync::Arc::new(progress_tx);
+    let mut tasks = Vec::new();
+    for s in subs {
+        let cfg = SubscriberConfig::new(&server.grpc, &topic, s).max_in_flight(100);
+        let mut sub = Subscriber::connect(cfg).await.unwrap();
+        let want = want.clone();
+        let progress = progress_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut before = BTreeSet::new(); // delivered by the first server process
+            let mut again = Vec::new(); // delivered again by the second
+            let mut got = Received::default();
+            let deadline = tokio::time::Instant::now() + WAIT * 2;
+            let mut counted = false;
+            while !want.is_subset(&got.unique) {
+                let r = tokio::time::timeout_at(deadline, sub.next())
+                    .await
+                    .expect("all records within the deadline")
+                    .expect("subscriber ended")
+                    .expect("subscriber error");
+                let seen = got.unique.contains(&(r.partition, r.offset));
+                if r.connection() == 1 {
+                    assert!(
+                        !seen,
+                        "duplicate before the kill: {}:{}",
+                        r.partition, r.offset
+                    );
+                    before.insert((r.partition, r.offset));
+                } else if seen {
+                    again.push((r.partition, r.offset));
+                }
+                note(&mut got, &r);
+                sub.ack(&r);
+                if got.deliveries % 5 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                if !counted && got.unique.len() >= 2_500 {
+                    counted = true;
+                    progress.send_modify(|n| *n += 1);
+                }
+            }
+            sub.close().await;
+            (got, before, again)
+        }));
+    }
+    // Kill once every subscriber is well into the stream and a flush stored some progress.
+    progress_rx.wait_for(|n| *n == subs.len()).await.unwrap();
+    for s in subs {
+        eventually("a flushed cursor", || async {
+            let durable: i64 = admin.durable_cursors(&topic, s).await.values().sum();
+            (durable >= 1_000).then_some(())
+        })
+        .await;
+    }
+    server.kill9();
+    // What the dead shard had flushed: a restart resumes exactly there.
+    let flushed = stored_cursors(&cluster).await;
+    // Same ports, so the subscribers' reconnects find the new process.
+    let _server = ServerProcess::spawn(&cluster, grpc, http).await;
+    for (s, t) in subs.iter().zip(tasks) {
+        let (got, before, again) = t.await.unwrap();
+        assert!(want.is_subset(&got.unique), "subscription {s} lost records");
+        assert!(
+            before.len() < want.len(),
+            "subscription {s} finished before the kill"
+        );
+        // Bound: a record comes again only if it was in flight or acked after the last
+        // cursor flush, i.e. at or above the flushed cursor of its partition.
+        let cursor = |p: i32| flushed.get(&(s.to_string(), p)).copied().unwrap_or(0);
+        let bound: BTreeSet<_> = before.iter().filter(|(p, o)| *o >= cursor(*p)).collect();
+        for r in &again {
+            assert!(
+                bound.contains(r),
+                "subscription {s}: {r:?} redelivered although below the flushed cursor"
+            );
+        }
+        println!(
+            "subscription {s}: {} records, {} delivered before the kill, {} duplicates after it \
+             (bound {}: in flight + acked since the last flush)",
+            got.unique.len(),
+            before.len(),
+            got.duplicates(),
+            bound.len()
+        );
+        assert!(got.duplicates() <= bound.len());
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests against a real Apache Kafka broker (see `support`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+mod support;
+
+mod bad_input;
+mod delivery;
+mod durability;
