@@ -233,18 +233,19 @@ pub async fn run(
     failure.map_or(Ok(()), Err)
 }
 
-/// Waits until nothing is in flight or the deadline passes; returns what is still unacked.
+/// Waits until nothing is in flight on a live stream or the deadline passes; returns what
+/// is still in flight.
 async fn drain(shard: &Shard, timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
     loop {
-        let unacked: usize = shard
+        let in_flight: usize = shard
             .topics()
             .iter()
             .flat_map(|t| t.subscriptions())
-            .map(|s| s.unacked())
+            .map(|s| s.in_flight())
             .sum();
-        if unacked == 0 || Instant::now() >= deadline {
-            return unacked;
+        if in_flight == 0 || Instant::now() >= deadline {
+            return in_flight;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -171,6 +171,11 @@ impl SubscriptionDelivery {
         self.partitions.values().map(|p| p.window.unacked()).sum()
     }
 
+    /// Records in flight on live streams, over all partitions.
+    pub fn in_flight(&self) -> usize {
+        self.partitions.values().map(|p| p.window.in_flight()).sum()
+    }
+
     pub fn stream_count(&self) -> usize {
         self.streams.len()
     }
@@ -230,7 +235,7 @@ impl SubscriptionDelivery {
         let mut taken_bytes = 0;
         let mut taken_records = 0;
         for (&partition, p) in self.partitions.iter_mut() {
-            if p.bound != Some(stream) || draining.contains(&partition) {
+            if p.bound != Some(stream) || draining.contains(&partition) || p.log.is_closed() {
                 continue;
             }
             // Redeliveries first, in offset order.

@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 use tokio::sync::Notify;
@@ -82,6 +83,8 @@ pub struct PartitionLog {
     window: RwLock<Window>,
     /// Signalled when a reader acked something, so a waiting writer trims and looks again.
     progress: Notify,
+    /// Set when the partition is being given up: readers take nothing more from it.
+    closed: AtomicBool,
 }
 
 impl PartitionLog {
@@ -96,7 +99,17 @@ impl PartitionLog {
                 bytes: 0,
             }),
             progress: Notify::new(),
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// Stops deliveries from this window (its partition is being revoked).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Tells the writer that readers made progress (room may be freed by trimming).

@@ -259,6 +259,10 @@ impl SubscriptionRuntime {
         self.delivery.lock().unacked()
     }
 
+    pub fn in_flight(&self) -> usize {
+        self.delivery.lock().in_flight()
+    }
+
     pub fn stream_count(&self) -> usize {
         self.delivery.lock().stream_count()
     }
@@ -348,6 +352,17 @@ impl Shard {
             .write()
             .entry(spec.name.clone())
             .or_insert_with(|| Arc::new(TopicRuntime::new(spec.name.clone())));
+        // Subscriptions recorded before their topic (written by hand, or a topic registered
+        // again) come to life with it.
+        let subs: Vec<SubscriptionSpec> = self
+            .registry
+            .read()
+            .subscriptions_of(&spec.name)
+            .cloned()
+            .collect();
+        for s in &subs {
+            self.add_subscription(s);
+        }
         self.publish_wanted_topics();
     }
 
@@ -379,6 +394,9 @@ impl Shard {
         let Some(topic) = self.topic(&spec.topic) else {
             return;
         };
+        if topic.subscriptions.read().contains_key(&spec.name) {
+            return;
+        }
         let rt = Arc::new(SubscriptionRuntime::new(spec.clone()));
         let key = spec.key();
         // Lock order everywhere: partitions, subscriptions, stored cursors, a delivery. The
@@ -544,6 +562,7 @@ impl Shard {
     pub fn stop_partition(&self, topic: &TopicName, partition: Partition) {
         if let Some(owned) = self.topic(topic).and_then(|t| t.partition(partition)) {
             owned.revoked.store(true, Ordering::Release);
+            owned.log.close();
         }
     }
 

@@ -1,1 +1,52 @@
-fn main() {}
+//! `fanout-loadtest`: load generator and benchmark harness for fanout.
+//!
+//! `demo` produces sample events to a topic and follows several subscriptions of it,
+//! printing live per-subscription counts (what `scripts/demo` runs).
+
+// A command-line tool: stdout is its output.
+#![allow(clippy::print_stdout)]
+
+mod demo;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fanout-loadtest",
+    version,
+    about = "Load generator and benchmarks for fanout"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Produce sample events and follow several subscriptions, with live counts.
+    Demo(demo::Args),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fanout-loadtest: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

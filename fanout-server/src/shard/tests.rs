@@ -221,3 +221,47 @@ fn deleting_a_subscription_ends_it() {
     assert!(matches!(change, Some(Change::SubscriptionRemoved(_))));
     assert!(a.is_removed());
 }
+
+#[test]
+fn a_subscription_recorded_before_its_topic_comes_alive_with_it() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, sub_entry("orders", "early", &[(0, 0)]));
+    assert!(
+        shard
+            .subscription(&t("orders"), &SubscriptionName::new("early").unwrap())
+            .is_err()
+    );
+    register(&shard, 1, topic_entry("orders"));
+    assert!(
+        shard
+            .subscription(&t("orders"), &SubscriptionName::new("early").unwrap())
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_stopped_partition_delivers_nothing_more() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, topic_entry("orders"));
+    register(&shard, 1, sub_entry("orders", "a", &[(0, 0)]));
+    let assigned = shard.assign(&t("orders"), 0, 0, 0);
+    append(&assigned.partition, 0..5);
+    let (_, a) = shard
+        .subscription(&t("orders"), &SubscriptionName::new("a").unwrap())
+        .unwrap();
+    let s = shard.new_stream_id();
+    a.open_stream(
+        s,
+        Credits {
+            max_records: 2,
+            max_bytes: usize::MAX,
+        },
+    );
+    assert_eq!(a.take(s, Instant::now(), LIMITS.take).deliveries.len(), 2);
+    assert_eq!(a.in_flight(), 2);
+    shard.stop_partition(&t("orders"), 0);
+    a.ack(s, &[(0, vec![OffsetRange { first: 0, last: 1 }])])
+        .unwrap();
+    assert!(a.take(s, Instant::now(), LIMITS.take).deliveries.is_empty());
+    assert_eq!(a.cursors(), vec![(0, 2)], "acks still count after the stop");
+}
