@@ -220,6 +220,9 @@ impl Subscriber {
     pub async fn close(mut self) {
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Command::Close(tx)).is_ok() {
+            // Records still buffered for us are not wanted any more; a connection task
+            // waiting to hand one over sees the channel closed and finishes at once.
+            self.records.close();
             let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
         }
         if let Some(task) = self.task.take() {

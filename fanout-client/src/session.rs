@@ -1,14 +1,14 @@
 //! The connection task of a [`crate::Subscriber`]: opens streams, forwards records, batches
 //! acks into ranges, reconnects with jittered exponential backoff.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fanout_proto::v1 as pb;
 use fanout_proto::v1::fanout_client::FanoutClient;
 use rand::RngExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Endpoint;
@@ -215,6 +215,66 @@ pub(crate) fn to_ranges(mut offsets: Vec<i64>) -> Vec<pb::OffsetRange> {
     out
 }
 
+/// Folds one command into what is pending. Acks and nacks count only for records this
+/// connection delivered and that were not acked yet: acking a record twice, or one from an
+/// earlier connection (it comes again), is dropped here instead of being refused by the
+/// server.
+fn absorb(
+    cmd: Command,
+    generation: u64,
+    delivered: &mut HashSet<(i32, i64)>,
+    pending: &mut Pending,
+    close: &mut Option<oneshot::Sender<()>>,
+) {
+    match cmd {
+        Command::Ack {
+            generation: g,
+            partition,
+            offset,
+        } if g == generation && delivered.remove(&(partition, offset)) => {
+            pending.acks.entry(partition).or_default().push(offset);
+        }
+        Command::Nack {
+            generation: g,
+            partition,
+            offset,
+            delay,
+        } if g == generation && delivered.remove(&(partition, offset)) => {
+            let ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
+            pending
+                .nacks
+                .entry((ms, partition))
+                .or_default()
+                .push(offset);
+        }
+        Command::Close(done) => *close = Some(done),
+        Command::Ack { .. } | Command::Nack { .. } => {}
+    }
+}
+
+/// Sends what is pending, half-closes, and waits (briefly) for the server to end the stream.
+async fn finish(
+    outbound: mpsc::Sender<pb::SubscribeRequest>,
+    mut inbound: Streaming<pb::SubscribeResponse>,
+    pending: &mut Pending,
+    close: Option<oneshot::Sender<()>>,
+) -> End {
+    for m in pending.messages() {
+        if outbound.send(m).await.is_err() {
+            break;
+        }
+    }
+    drop(outbound);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = inbound.message().await {}
+    })
+    .await;
+    if let Some(done) = close {
+        let _ = done.send(());
+    }
+    End::Closed
+}
+
 async fn session(
     c: Connected,
     generation: u64,
@@ -226,48 +286,31 @@ async fn session(
         mut inbound,
     } = c;
     let mut pending = Pending::default();
+    let mut delivered: HashSet<(i32, i64)> = HashSet::new();
     loop {
         tokio::select! {
             biased;
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { return End::Closed };
                 let mut close = None;
-                let mut next = Some(cmd);
-                while let Some(cmd) = next.take() {
-                    match cmd {
-                        Command::Ack { generation: g, partition, offset } if g == generation => {
-                            pending.acks.entry(partition).or_default().push(offset);
-                        }
-                        Command::Nack { generation: g, partition, offset, delay } if g == generation => {
-                            let ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
-                            pending.nacks.entry((ms, partition)).or_default().push(offset);
-                        }
-                        Command::Close(done) => close = Some(done),
-                        // From an earlier connection: those records come again.
-                        Command::Ack { .. } | Command::Nack { .. } => {}
-                    }
-                    next = commands.try_recv().ok();
+                absorb(cmd, generation, &mut delivered, &mut pending, &mut close);
+                while let Ok(cmd) = commands.try_recv() {
+                    absorb(cmd, generation, &mut delivered, &mut pending, &mut close);
+                }
+                if close.is_some() {
+                    return finish(outbound, inbound, &mut pending, close).await;
                 }
                 for m in pending.messages() {
                     if outbound.send(m).await.is_err() {
                         return End::Transient(Error::Unavailable("stream closed while acking".into()));
                     }
                 }
-                if let Some(done) = close {
-                    // Half-close; the server ends the stream once it has read our acks.
-                    drop(outbound);
-                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                        while let Ok(Some(_)) = inbound.message().await {}
-                    })
-                    .await;
-                    let _ = done.send(());
-                    return End::Closed;
-                }
             }
             msg = inbound.message() => match msg {
                 Ok(Some(pb::SubscribeResponse { kind: Some(pb::subscribe_response::Kind::Batch(b)) })) => {
                     let topic: Arc<str> = b.topic.into();
                     for (i, r) in b.records.into_iter().enumerate() {
+                        delivered.insert((r.partition, r.offset));
                         let record = Record {
                             topic: topic.clone(),
                             partition: r.partition,
@@ -280,7 +323,12 @@ async fn session(
                             generation,
                         };
                         if records.send(Ok(record)).await.is_err() {
-                            return End::Closed;
+                            // The user closed (or dropped) the subscriber: send its last acks.
+                            let mut close = None;
+                            while let Ok(cmd) = commands.try_recv() {
+                                absorb(cmd, generation, &mut delivered, &mut pending, &mut close);
+                            }
+                            return finish(outbound, inbound, &mut pending, close).await;
                         }
                     }
                 }

@@ -288,7 +288,7 @@ fn subscription_view(s: &Shard, spec: &SubscriptionSpec) -> SubscriptionView {
             .as_ref()
             .map(|(_, l)| l.cursors().into_iter().collect())
             .unwrap_or_default(),
-        durable_cursors: s.durable_cursors(&spec.key()),
+        durable_cursors: s.durable_cursors(spec),
         unacked: live.as_ref().map_or(0, |(_, l)| l.unacked()),
         streams: live.as_ref().map_or(0, |(_, l)| l.stream_count()),
     }

@@ -163,7 +163,15 @@ impl Config {
         for (k, _) in &self.kafka_options {
             if matches!(
                 k.as_str(),
-                "group.id" | "enable.auto.commit" | "enable.auto.offset.store" | "isolation.level"
+                "group.id"
+                    | "enable.auto.commit"
+                    | "enable.auto.offset.store"
+                    | "isolation.level"
+                    | "auto.offset.reset"
+                    | "partition.assignment.strategy"
+                    | "enable.partition.eof"
+                    | "enable.idempotence"
+                    | "acks"
             ) {
                 return bad(format!(
                     "--kafka-option {k} is managed by fanout and cannot be overridden"

@@ -46,6 +46,8 @@ pub enum AckError {
     OtherStream { offset: Offset },
     #[error("offset {offset} is not in flight (it is waiting to be delivered again)")]
     NotInFlight { offset: Offset },
+    #[error("the partition was reset under this stream; reconnect")]
+    StreamReset,
 }
 
 /// An ack or nack refused, with the partition it concerned.
@@ -102,6 +104,10 @@ pub struct Take {
     /// Partitions whose next record is below the shared window: the window must be moved
     /// back there before they can go on.
     pub behind_window: Vec<(Partition, Offset)>,
+    /// This stream let go of a partition: the subscription's other streams should look.
+    pub released: bool,
+    /// A partition was reset under this stream: it must end (the subscriber reconnects).
+    pub reset: bool,
 }
 
 /// Limits applied by [`SubscriptionDelivery::take`].
@@ -122,6 +128,9 @@ pub struct SubscriptionDelivery {
     partitions: BTreeMap<Partition, PartitionState>,
     /// Live streams and their credits.
     streams: BTreeMap<StreamId, StreamState>,
+    /// Streams whose in-flight records were dropped under them by a partition reset: they
+    /// must end, so their subscriber reconnects instead of acking records we forgot.
+    reset: std::collections::BTreeSet<StreamId>,
 }
 
 impl SubscriptionDelivery {
@@ -129,8 +138,10 @@ impl SubscriptionDelivery {
         Self::default()
     }
 
-    /// Starts tracking an owned partition at `cursor`.
+    /// Starts tracking an owned partition at `cursor`. If it was tracked already, its state
+    /// is dropped first as by [`Self::remove_partition`].
     pub fn add_partition(&mut self, partition: Partition, log: Arc<PartitionLog>, cursor: Offset) {
+        self.remove_partition(partition, Instant::now());
         self.partitions.insert(
             partition,
             PartitionState {
@@ -151,6 +162,20 @@ impl SubscriptionDelivery {
         for (&s, st) in self.streams.iter_mut() {
             st.release(p.window.release_stream(s, now));
         }
+    }
+
+    /// Restarts a partition's tracking at `cursor`, dropping what was delivered (retention
+    /// deleted those records). Streams that had some of them in flight are marked reset.
+    pub fn reset_partition(
+        &mut self,
+        partition: Partition,
+        log: Arc<PartitionLog>,
+        cursor: Offset,
+    ) {
+        if let Some(p) = self.partitions.get(&partition) {
+            self.reset.extend(p.window.streams_in_flight());
+        }
+        self.add_partition(partition, log, cursor);
     }
 
     pub fn has_partition(&self, partition: Partition) -> bool {
@@ -208,6 +233,7 @@ impl SubscriptionDelivery {
             }
         }
         self.streams.remove(&stream);
+        self.reset.remove(&stream);
         given_back
     }
 
@@ -215,34 +241,32 @@ impl SubscriptionDelivery {
     /// partitions, records due for redelivery first, then first deliveries in offset order.
     pub fn take(&mut self, stream: StreamId, now: Instant, limits: TakeLimits) -> Take {
         let mut take = Take::default();
+        if !self.streams.contains_key(&stream) {
+            return take;
+        }
+        if self.reset.contains(&stream) {
+            take.reset = true;
+            return take;
+        }
+        // Rebind even without credits: a drained partition must move on regardless.
+        let (draining, released) = self.rebind(stream);
+        take.released = released;
         let Some(st) = self.streams.get(&stream) else {
             return take;
         };
-        let mut records_left = st
-            .credits
-            .max_records
-            .saturating_sub(st.in_flight_records)
-            .min(limits.batch_records);
-        // Byte credits: a stream with nothing in flight may always take one record.
-        let mut bytes_left = st.credits.max_bytes.saturating_sub(st.in_flight_bytes);
-        let mut batch_bytes_left = limits.batch_bytes;
-        let idle = st.in_flight_records == 0;
-        if records_left == 0 || (bytes_left == 0 && !idle) {
+        let mut budget = Budget::new(st, &limits);
+        if budget.exhausted() {
             return take;
         }
-        let draining = self.rebind(stream);
-
-        let mut taken_bytes = 0;
-        let mut taken_records = 0;
         for (&partition, p) in self.partitions.iter_mut() {
+            if budget.exhausted() {
+                break;
+            }
             if p.bound != Some(stream) || draining.contains(&partition) || p.log.is_closed() {
                 continue;
             }
             // Redeliveries first, in offset order.
-            while records_left > 0 {
-                let Some(due) = p.window.first_due(now) else {
-                    break;
-                };
+            while let Some(due) = p.window.first_due(now).filter(|_| !budget.exhausted()) {
                 let Some(mut recs) = p.log.read(due.offset, 1, usize::MAX) else {
                     take.behind_window.push((partition, due.offset));
                     break;
@@ -251,9 +275,7 @@ impl SubscriptionDelivery {
                     // Not back in the window yet (it is being read again from Kafka).
                     break;
                 };
-                let size = record.size();
-                if !fits(size, bytes_left, batch_bytes_left, taken_records, idle) {
-                    records_left = 0;
+                if !budget.admit(record.size()) {
                     break;
                 }
                 p.window.deliver_again(due.offset, stream);
@@ -261,49 +283,32 @@ impl SubscriptionDelivery {
                     record,
                     attempt: due.attempt,
                 });
-                records_left -= 1;
-                taken_records += 1;
-                taken_bytes += size;
-                bytes_left = bytes_left.saturating_sub(size);
-                batch_bytes_left = batch_bytes_left.saturating_sub(size);
-            }
-            if records_left == 0 {
-                break;
             }
             // First deliveries, bounded by the unacked span.
             let span_left = limits.max_unacked_span - p.window.unacked_span();
-            if span_left <= 0 {
+            if budget.exhausted() || span_left <= 0 {
                 continue;
             }
-            let want = records_left.min(usize::try_from(span_left).unwrap_or(usize::MAX));
-            let Some(recs) = p.log.read(p.window.next(), want, batch_bytes_left) else {
+            let want = budget
+                .records_left
+                .min(usize::try_from(span_left).unwrap_or(usize::MAX));
+            let Some(recs) = p.log.read(p.window.next(), want, budget.batch_bytes_left) else {
                 take.behind_window.push((partition, p.window.next()));
                 continue;
             };
             for record in recs {
-                if record.offset - p.window.cursor() >= limits.max_unacked_span {
+                if record.offset - p.window.cursor() >= limits.max_unacked_span
+                    || !budget.admit(record.size())
+                {
                     break;
                 }
-                let size = record.size();
-                if !fits(size, bytes_left, batch_bytes_left, taken_records, idle) {
-                    records_left = 0;
-                    break;
-                }
-                p.window.deliver_first(record.offset, size, stream);
+                p.window.deliver_first(record.offset, record.size(), stream);
                 take.deliveries.push(Delivery { record, attempt: 1 });
-                records_left -= 1;
-                taken_records += 1;
-                taken_bytes += size;
-                bytes_left = bytes_left.saturating_sub(size);
-                batch_bytes_left = batch_bytes_left.saturating_sub(size);
-            }
-            if records_left == 0 {
-                break;
             }
         }
         if let Some(st) = self.streams.get_mut(&stream) {
-            st.in_flight_records += taken_records;
-            st.in_flight_bytes += taken_bytes;
+            st.in_flight_records += budget.taken_records;
+            st.in_flight_bytes += budget.taken_bytes;
         }
         take
     }
@@ -367,6 +372,12 @@ impl SubscriptionDelivery {
         stream: StreamId,
         ranges: &[(Partition, Vec<OffsetRange>)],
     ) -> Result<(), PartitionAckError> {
+        if self.reset.contains(&stream) {
+            return Err(PartitionAckError {
+                partition: ranges.first().map_or(0, |(p, _)| *p),
+                error: AckError::StreamReset,
+            });
+        }
         let mut seen = Vec::with_capacity(ranges.len());
         for (partition, rs) in ranges {
             if seen.contains(partition) {
@@ -392,9 +403,9 @@ impl SubscriptionDelivery {
 
     /// Spreads partitions over streams: `stream` claims free partitions up to its fair share
     /// and lets go of the ones it holds above it as soon as nothing of them is in flight.
-    /// Returns the partitions it holds above its share: no new deliveries on those, so they
-    /// drain and move to a stream that has fewer.
-    fn rebind(&mut self, stream: StreamId) -> Vec<Partition> {
+    /// Returns the partitions it holds above its share (no new deliveries on those, so they
+    /// drain and move to a stream that has fewer), and whether it let go of any.
+    fn rebind(&mut self, stream: StreamId) -> (Vec<Partition>, bool) {
         let streams = self.streams.len().max(1);
         let fair = self.partitions.len().div_ceil(streams);
         let mut held = self
@@ -403,6 +414,7 @@ impl SubscriptionDelivery {
             .filter(|p| p.bound == Some(stream))
             .count();
         let mut draining = Vec::new();
+        let mut released = false;
         for (&partition, p) in self.partitions.iter_mut().rev() {
             if held <= fair {
                 break;
@@ -411,6 +423,7 @@ impl SubscriptionDelivery {
                 held -= 1;
                 if p.window.in_flight() == 0 {
                     p.bound = None;
+                    released = true;
                 } else {
                     draining.push(partition);
                 }
@@ -425,16 +438,68 @@ impl SubscriptionDelivery {
                 held += 1;
             }
         }
-        draining
+        (draining, released)
     }
 }
 
-fn fits(size: usize, bytes_left: usize, batch_left: usize, taken: usize, idle: bool) -> bool {
-    // The first record of a batch always fits the batch; the first record of an idle
-    // stream always fits its byte credits, so a record larger than the credits still moves.
-    let batch_ok = taken == 0 || size <= batch_left;
-    let credit_ok = size <= bytes_left || (idle && taken == 0);
-    batch_ok && credit_ok
+/// What one `take` may still hand to a stream.
+struct Budget {
+    /// Records: the stream's free credits, capped by the batch size.
+    records_left: usize,
+    /// The stream's free byte credits.
+    bytes_left: usize,
+    /// Bytes left in this batch.
+    batch_bytes_left: usize,
+    taken_records: usize,
+    taken_bytes: usize,
+    /// Nothing in flight: the first record may exceed the byte credits, so a record larger
+    /// than the credits still moves.
+    idle: bool,
+}
+
+impl Budget {
+    fn new(st: &StreamState, limits: &TakeLimits) -> Self {
+        let idle = st.in_flight_records == 0;
+        let bytes_left = st.credits.max_bytes.saturating_sub(st.in_flight_bytes);
+        let mut records_left = st
+            .credits
+            .max_records
+            .saturating_sub(st.in_flight_records)
+            .min(limits.batch_records);
+        if bytes_left == 0 && !idle {
+            records_left = 0;
+        }
+        Self {
+            records_left,
+            bytes_left,
+            batch_bytes_left: limits.batch_bytes,
+            taken_records: 0,
+            taken_bytes: 0,
+            idle,
+        }
+    }
+
+    fn exhausted(&self) -> bool {
+        self.records_left == 0
+    }
+
+    /// Counts a record of `size` if it fits; once one does not, the budget is spent (records
+    /// go out in order, none is skipped for a smaller one behind it).
+    fn admit(&mut self, size: usize) -> bool {
+        let first = self.taken_records == 0;
+        let batch_ok = first || size <= self.batch_bytes_left;
+        let credit_ok = size <= self.bytes_left || (self.idle && first);
+        if self.exhausted() || !batch_ok || !credit_ok {
+            self.records_left = 0;
+            return false;
+        }
+        self.records_left -= 1;
+        self.taken_records += 1;
+        self.taken_bytes += size;
+        self.bytes_left = self.bytes_left.saturating_sub(size);
+        self.batch_bytes_left = self.batch_bytes_left.saturating_sub(size);
+        true
+    }
 }
 
 #[cfg(test)]

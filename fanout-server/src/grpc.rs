@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::delivery::{Credits, StreamId, TakeLimits};
+use crate::delivery::{AckError, Credits, PartitionAckError, StreamId, TakeLimits};
 use crate::model::{NameError, SubscriptionName, TopicName};
 use crate::shard::{LookupError, Shard, SubscriptionRuntime, TopicRuntime};
 
@@ -113,6 +113,10 @@ pub enum SubscribeError {
     Deleted(String),
     #[error("fanout is shutting down; reconnect (to another shard if there is one)")]
     ShuttingDown,
+    #[error(
+        "a partition was reset under this stream (records lost to retention were dropped); reconnect"
+    )]
+    Reset,
 }
 
 impl From<SubscribeError> for Status {
@@ -122,7 +126,7 @@ impl From<SubscribeError> for Status {
         match e {
             E::OpenTimeout(_) => Status::deadline_exceeded(msg),
             E::Lookup(_) | E::Deleted(_) => Status::not_found(msg),
-            E::ShuttingDown => Status::unavailable(msg),
+            E::ShuttingDown | E::Reset => Status::unavailable(msg),
             E::ClosedBeforeOpen
             | E::NotOpen(_)
             | E::OpenTwice
@@ -262,9 +266,13 @@ impl StreamTask {
             if control.close.is_cancelled() {
                 break Err(SubscribeError::ShuttingDown);
             }
-            if !draining && self.deliver().await.is_err() {
-                // The subscriber is gone.
-                break Ok(());
+            if !draining {
+                match self.deliver().await {
+                    Ok(true) => {}
+                    Ok(false) => break Err(SubscribeError::Reset),
+                    // The subscriber is gone.
+                    Err(()) => break Ok(()),
+                }
             }
             let now = Instant::now();
             let due = self.sub.next_due_at(self.id, now);
@@ -300,25 +308,28 @@ impl StreamTask {
         }
     }
 
-    /// Sends batches while the stream has credits and records are there. Errs when the
-    /// subscriber is gone.
-    async fn deliver(&self) -> Result<(), ()> {
+    /// Sends batches while the stream has credits and records are there. Returns false if
+    /// the stream was reset; errs when the subscriber is gone.
+    async fn deliver(&self) -> Result<bool, ()> {
         loop {
             let take = self
                 .sub
                 .take(self.id, Instant::now(), self.inner.limits.take);
+            if take.reset {
+                return Ok(false);
+            }
             for (partition, offset) in &take.behind_window {
                 if let Some(owned) = self.topic.partition(*partition) {
                     owned.request_rewind(*offset);
                 }
             }
             if take.deliveries.is_empty() {
-                return Ok(());
+                return Ok(true);
             }
             let batch = convert::batch(&self.topic.name, take.deliveries);
             tokio::select! {
                 sent = self.tx.send(Ok(batch)) => sent.map_err(|_| ())?,
-                _ = self.inner.control.close.cancelled() => return Ok(()),
+                _ = self.inner.control.close.cancelled() => return Ok(true),
             }
         }
     }
@@ -331,10 +342,7 @@ impl StreamTask {
                 check_range_count(&ranges, limits.max_ranges)?;
                 self.sub
                     .ack(self.id, &ranges)
-                    .map_err(|e| SubscribeError::BadAck {
-                        what: "ack",
-                        reason: e.to_string(),
-                    })?;
+                    .map_err(|e| bad_ack("ack", &e))?;
             }
             Some(Kind::Nack(nack)) => {
                 let delay = Duration::from_millis(u64::from(nack.retry_delay_ms));
@@ -348,10 +356,7 @@ impl StreamTask {
                 check_range_count(&ranges, limits.max_ranges)?;
                 self.sub
                     .nack(self.id, &ranges, Instant::now() + delay)
-                    .map_err(|e| SubscribeError::BadAck {
-                        what: "nack",
-                        reason: e.to_string(),
-                    })?;
+                    .map_err(|e| bad_ack("nack", &e))?;
                 tracing::debug!(reason = nack.reason, "records nacked");
             }
             Some(Kind::Credits(c)) => {
@@ -364,6 +369,16 @@ impl StreamTask {
             None => return Err(SubscribeError::Empty),
         }
         Ok(())
+    }
+}
+
+fn bad_ack(what: &'static str, e: &PartitionAckError) -> SubscribeError {
+    if e.error == AckError::StreamReset {
+        return SubscribeError::Reset;
+    }
+    SubscribeError::BadAck {
+        what,
+        reason: e.to_string(),
     }
 }
 

@@ -16,22 +16,23 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use tokio::runtime::Handle;
-use tokio::sync::watch;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::kafka;
 use crate::model::{Offset, Partition, TopicName};
-use crate::shard::{Loss, Shard};
+use crate::shard::{Loss, OwnedPartition, Shard};
 use crate::store::StoreError;
 use crate::store::cursors::Flusher;
 
@@ -70,6 +71,13 @@ pub struct IngestContext {
     consumer: OnceLock<Weak<IngestConsumer>>,
     /// Cancels each partition's reader task.
     reader_tokens: Mutex<HashMap<(TopicName, Partition), CancellationToken>>,
+    /// Readers of newly assigned partitions, started by the driver once it has taken any
+    /// record fetched before the partition's queue was split off the main queue.
+    pending: Mutex<Vec<partition::Reader>>,
+    /// Tells the driver that readers are pending.
+    assigned: Notify,
+    /// Readers ask the driver to restart them from an offset (rewinds, offset resets).
+    restarts: mpsc::UnboundedSender<partition::Restart>,
 }
 
 impl std::fmt::Debug for IngestContext {
@@ -94,7 +102,12 @@ impl ConsumerContext for IngestContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.on_assign(base, tpl),
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(base, tpl),
-            other => tracing::error!(error = ?other, "rebalance error"),
+            other => {
+                // librdkafka wants the assignment dropped on a rebalance error; do it the
+                // careful way, flushing and committing first.
+                tracing::error!(error = ?other, "rebalance error; giving up the partitions");
+                self.on_revoke(base, tpl);
+            }
         }
     }
 
@@ -148,25 +161,104 @@ impl IngestContext {
         let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
             return;
         };
-        for (name, part) in owned {
-            let Some(queue) = consumer.split_partition_queue(name.as_str(), part.partition) else {
-                tracing::error!(topic = %name, partition = part.partition, "cannot split partition queue");
-                continue;
-            };
-            let token = CancellationToken::new();
-            self.reader_tokens
-                .lock()
-                .insert((name.clone(), part.partition), token.clone());
-            let Some(topic) = self.shard.topic(&name) else {
-                continue;
-            };
-            let reader = partition::Reader {
-                shard: self.shard.clone(),
-                topic,
-                owned: part,
-                queue,
-                consumer: Arc::downgrade(&consumer),
-            };
+        for (_, part) in owned {
+            self.prepare_reader(&consumer, part);
+        }
+        self.assigned.notify_one();
+    }
+
+    /// Splits a partition's queue off the main queue and makes its reader pending.
+    fn prepare_reader(&self, consumer: &Arc<IngestConsumer>, owned: Arc<OwnedPartition>) {
+        let (name, p) = (owned.topic.clone(), owned.partition);
+        let Some(topic) = self.shard.topic(&name) else {
+            return;
+        };
+        let Some(queue) = consumer.split_partition_queue(name.as_str(), p) else {
+            tracing::error!(topic = %name, partition = p, "cannot split partition queue");
+            return;
+        };
+        let token = CancellationToken::new();
+        self.reader_tokens.lock().insert((name, p), token.clone());
+        self.pending.lock().push(partition::Reader {
+            shard: self.shard.clone(),
+            topic,
+            owned,
+            queue,
+            consumer: Arc::downgrade(consumer),
+            token,
+            initial: Vec::new(),
+            restarts: self.restarts.clone(),
+        });
+    }
+
+    /// Reads a partition again from `offset`: it is assigned anew at that offset (the one
+    /// way out of librdkafka's stopped state after `auto.offset.reset=error`, and a clean
+    /// cut for rewinds: nothing fetched before it can follow). Runs on the driver thread, in
+    /// order with the rebalance callbacks.
+    fn restart(&self, consumer: &Arc<IngestConsumer>, r: partition::Restart) {
+        let (name, p) = (r.owned.topic.clone(), r.owned.partition);
+        let current = self.shard.topic(&name).and_then(|t| t.partition(p));
+        if r.owned.is_revoked() || !current.is_some_and(|c| Arc::ptr_eq(&c, &r.owned)) {
+            return;
+        }
+        let result = (|| {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(name.as_str(), p);
+            consumer.incremental_unassign(&tpl)?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(name.as_str(), p, KafkaOffset::Offset(r.offset))?;
+            consumer.incremental_assign(&tpl)
+        })();
+        if let Err(e) = result {
+            tracing::error!(topic = %name, partition = p, error = %e, "cannot re-assign the partition");
+            return;
+        }
+        tracing::info!(topic = %name, partition = p, offset = r.offset, "partition reader restarted");
+        self.prepare_reader(consumer, r.owned);
+        self.start_pending(consumer);
+    }
+
+    /// A record that arrived on the main queue. Records fetched before a partition's queue
+    /// was split go there; they precede everything the split queue yields, so they become
+    /// the first records of the partition's pending reader. For a partition already being
+    /// read (which librdkafka's forwarding rules out) the partition is read again from it.
+    fn stray(&self, m: &BorrowedMessage<'_>) {
+        let mut pending = self.pending.lock();
+        if let Some(r) = pending
+            .iter_mut()
+            .find(|r| r.owned.topic.as_str() == m.topic() && r.owned.partition == m.partition())
+        {
+            r.initial.push(partition::to_record(m));
+            return;
+        }
+        drop(pending);
+        tracing::error!(
+            topic = m.topic(),
+            partition = m.partition(),
+            offset = m.offset(),
+            "record on the main queue for a partition already being read; re-reading it"
+        );
+        if let Ok(t) = TopicName::new(m.topic())
+            && let Some(owned) = self
+                .shard
+                .topic(&t)
+                .and_then(|t| t.partition(m.partition()))
+        {
+            owned.request_rewind(m.offset());
+        }
+    }
+
+    /// Starts the pending readers, after taking every record already on the main queue.
+    fn start_pending(&self, consumer: &IngestConsumer) {
+        while let Some(m) = consumer.recv().now_or_never() {
+            match m {
+                Ok(m) => self.stray(&m),
+                Err(e) => tracing::warn!(error = %e, "ingest consumer error"),
+            }
+        }
+        let readers = std::mem::take(&mut *self.pending.lock());
+        for reader in readers {
+            let token = reader.token.clone();
             self.readers.spawn_on(reader.run(token), &self.app);
         }
     }
@@ -284,6 +376,7 @@ impl Ingest {
         flusher: Arc<Flusher>,
     ) -> Result<Self, StoreError> {
         let readers = TaskTracker::new();
+        let (restarts, restart_requests) = mpsc::unbounded_channel();
         let context = IngestContext {
             shard: shard.clone(),
             flusher,
@@ -291,17 +384,25 @@ impl Ingest {
             readers: readers.clone(),
             consumer: OnceLock::new(),
             reader_tokens: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Vec::new()),
+            assigned: Notify::new(),
+            restarts,
         };
-        let consumer: IngestConsumer = kafka::base(cfg, "ingest")
+        let mut settings = kafka::base(cfg, "ingest");
+        settings
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("topic.metadata.refresh.interval.ms", "10000")
+            // Prefetch per partition, on top of the window budget.
+            .set("queued.max.messages.kbytes", "16384");
+        kafka::operator_options(cfg, &mut settings);
+        let consumer: IngestConsumer = settings
             .set("group.id", cfg.group_id())
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "error")
             .set("isolation.level", "read_committed")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("topic.metadata.refresh.interval.ms", "10000")
             .create_with_context(context)
             .map_err(StoreError::kafka("creating the ingest consumer"))?;
         let consumer = Arc::new(consumer);
@@ -312,7 +413,7 @@ impl Ingest {
         let wanted = shard.wanted_topics();
         let thread = std::thread::Builder::new()
             .name("fanout-ingest".into())
-            .spawn(move || drive(consumer, wanted, readers, driver_stop))
+            .spawn(move || drive(consumer, wanted, restart_requests, readers, driver_stop))
             .map_err(|e| StoreError::InternalTopic {
                 topic: "ingest".into(),
                 problem: format!("cannot start the ingest thread: {e}"),
@@ -368,6 +469,7 @@ impl Committer {
 fn drive(
     consumer: Arc<IngestConsumer>,
     mut wanted: watch::Receiver<Vec<TopicName>>,
+    mut restarts: mpsc::UnboundedReceiver<partition::Restart>,
     readers: TaskTracker,
     stop: CancellationToken,
 ) {
@@ -391,18 +493,10 @@ fn drive(
                     let topics = wanted.borrow_and_update().clone();
                     subscribe(&consumer, &topics);
                 }
+                _ = consumer.context().assigned.notified() => consumer.context().start_pending(&consumer),
+                Some(r) = restarts.recv() => consumer.context().restart(&consumer, r),
                 msg = consumer.recv() => match msg {
-                    Ok(m) => {
-                        // Split queues should get every record; if one slipped through to the
-                        // main queue, read the partition again from there rather than lose it.
-                        tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(),
-                            "record on the main queue; re-reading its partition");
-                        if let Ok(t) = TopicName::new(m.topic())
-                            && let Some(owned) = consumer.context().shard.topic(&t).and_then(|t| t.partition(m.partition()))
-                        {
-                            owned.request_rewind(m.offset());
-                        }
-                    }
+                    Ok(m) => consumer.context().stray(&m),
                     Err(e) => tracing::warn!(error = %e, "ingest consumer error"),
                 },
             }
@@ -415,6 +509,7 @@ fn drive(
         {
             let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
         }
+        consumer.context().pending.lock().clear();
         for token in consumer.context().reader_tokens.lock().drain().map(|(_, t)| t) {
             token.cancel();
         }

@@ -16,25 +16,32 @@ use crate::model::{Offset, Partition};
 /// Timeout of metadata and watermark requests.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Settings shared by every client: bootstrap, client id, then the operator's pass-through
+/// Settings shared by every client: bootstrap, client id, and the operator's pass-through
 /// options (which may not touch what fanout manages; see `Config::validate`).
 pub fn base(cfg: &Config, role: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.kafka_bootstrap)
         .set("client.id", format!("fanout-{}-{role}", cfg.cluster));
+    operator_options(cfg, &mut c);
+    c
+}
+
+/// Applies the operator's pass-through options again, after a client's own defaults, so
+/// they win over those (tuning such as `queued.max.messages.kbytes`).
+pub fn operator_options(cfg: &Config, c: &mut ClientConfig) {
     for (k, v) in &cfg.kafka_options {
         c.set(k, v);
     }
-    c
 }
 
 /// A producer for fanout's own records: idempotent, acknowledged by all in-sync replicas.
 pub fn producer(cfg: &Config, role: &str) -> Result<FutureProducer, KafkaError> {
-    base(cfg, role)
-        .set("enable.idempotence", "true")
+    let mut c = base(cfg, role);
+    c.set("linger.ms", "2").set("message.timeout.ms", "30000");
+    operator_options(cfg, &mut c);
+    // Durability settings come last: they are not the operator's to weaken.
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "2")
-        .set("message.timeout.ms", "30000")
         .create()
 }
 

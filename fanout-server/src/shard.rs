@@ -56,8 +56,29 @@ pub struct Loss {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CursorUpdate {
     pub subscription: SubscriptionKey,
+    /// Which life of the subscription it belongs to (its creation time): a subscription
+    /// deleted and created again under the same name must not inherit the old cursors.
+    pub incarnation: i64,
     pub partition: Partition,
     pub cursor: Offset,
+}
+
+/// A cursor as stored in Kafka (or as a restart would derive it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredCursor {
+    pub offset: Offset,
+    /// The creation time of the subscription it belongs to.
+    pub incarnation: i64,
+}
+
+type StoredCursors = HashMap<(SubscriptionKey, Partition), StoredCursor>;
+
+/// The stored cursor of this life of the subscription, if there is one.
+fn stored_for(stored: &StoredCursors, spec: &SubscriptionSpec, p: Partition) -> Option<Offset> {
+    stored
+        .get(&(spec.key(), p))
+        .filter(|c| c.incarnation == spec.created_at_ms)
+        .map(|c| c.offset)
 }
 
 /// What the shard decided when it was given a partition.
@@ -90,9 +111,14 @@ impl OwnedPartition {
             .send_modify(|r| *r = Some(r.map_or(offset, |o| o.min(offset))));
     }
 
-    /// Takes the pending rewind request.
+    /// Takes the pending rewind request (without waking the reader again).
     pub fn take_rewind(&self) -> Option<Offset> {
-        self.rewind.send_replace(None)
+        let mut taken = None;
+        self.rewind.send_if_modified(|r| {
+            taken = r.take();
+            false
+        });
+        taken
     }
 
     /// Wakes when a rewind is requested (or taken).
@@ -223,7 +249,11 @@ impl SubscriptionRuntime {
     }
 
     pub fn take(&self, stream: StreamId, now: Instant, limits: TakeLimits) -> Take {
-        self.delivery.lock().take(stream, now, limits)
+        let take = self.delivery.lock().take(stream, now, limits);
+        if take.released {
+            self.wake();
+        }
+        take
     }
 
     pub fn next_due_at(&self, stream: StreamId, now: Instant) -> Option<Instant> {
@@ -281,7 +311,7 @@ pub struct Shard {
     topics: RwLock<BTreeMap<TopicName, Arc<TopicRuntime>>>,
     /// Per (subscription, partition): the cursor a restart would begin from (stored in Kafka,
     /// or derivable from the subscription's start).
-    stored: Mutex<HashMap<(SubscriptionKey, Partition), Offset>>,
+    stored: Mutex<StoredCursors>,
     /// Source of stream ids.
     next_stream: AtomicU64,
     /// The registered topics the ingest should subscribe to.
@@ -408,7 +438,7 @@ impl Shard {
         {
             let mut stored = self.stored.lock();
             for (&p, owned) in partitions.iter() {
-                let cursor = match stored.get(&(key.clone(), p)).copied() {
+                let cursor = match stored_for(&stored, spec, p) {
                     Some(c) => c,
                     None => {
                         let c = spec.start_offsets.get(p).unwrap_or_else(|| {
@@ -419,7 +449,13 @@ impl Shard {
                             );
                             owned.log.head()
                         });
-                        stored.insert((key.clone(), p), c);
+                        stored.insert(
+                            (key.clone(), p),
+                            StoredCursor {
+                                offset: c,
+                                incarnation: spec.created_at_ms,
+                            },
+                        );
                         c
                     }
                 };
@@ -517,9 +553,7 @@ impl Shard {
             let mut stored = self.stored.lock();
             for s in subs.values() {
                 let key = s.key();
-                let mut cursor = stored
-                    .get(&(key.clone(), partition))
-                    .copied()
+                let mut cursor = stored_for(&stored, &s.spec, partition)
                     .or_else(|| s.spec.start_offsets.get(partition))
                     .unwrap_or(low);
                 if cursor < low {
@@ -531,7 +565,13 @@ impl Shard {
                     });
                     cursor = low;
                 }
-                stored.insert((key, partition), cursor);
+                stored.insert(
+                    (key, partition),
+                    StoredCursor {
+                        offset: cursor,
+                        incarnation: s.spec.created_at_ms,
+                    },
+                );
                 cursors.push((s.clone(), cursor));
             }
         }
@@ -586,13 +626,7 @@ impl Shard {
 
     /// Moves subscriptions whose cursor is below `low` (retention deleted their unacked
     /// records) up to it, and returns what they lost.
-    pub fn skip_deleted(
-        &self,
-        topic: &TopicName,
-        partition: Partition,
-        low: Offset,
-        now: Instant,
-    ) -> Vec<Loss> {
+    pub fn skip_deleted(&self, topic: &TopicName, partition: Partition, low: Offset) -> Vec<Loss> {
         let Some(rt) = self.topic(topic) else {
             return Vec::new();
         };
@@ -605,15 +639,20 @@ impl Shard {
                 let mut d = s.delivery.lock();
                 match d.cursor(partition) {
                     Some(cursor) if cursor < low => {
-                        d.remove_partition(partition, now);
-                        d.add_partition(partition, owned.log.clone(), low);
+                        d.reset_partition(partition, owned.log.clone(), low);
                         Some(cursor)
                     }
                     _ => None,
                 }
             };
             if let Some(cursor) = lost {
-                self.stored.lock().insert((s.key(), partition), low);
+                self.stored.lock().insert(
+                    (s.key(), partition),
+                    StoredCursor {
+                        offset: low,
+                        incarnation: s.spec.created_at_ms,
+                    },
+                );
                 losses.push(Loss {
                     subscription: s.key(),
                     partition,
@@ -636,9 +675,10 @@ impl Shard {
             for s in t.subscriptions() {
                 let key = s.key();
                 for (partition, cursor) in s.cursors() {
-                    if stored.get(&(key.clone(), partition)) != Some(&cursor) {
+                    if stored_for(&stored, &s.spec, partition) != Some(cursor) {
                         out.push(CursorUpdate {
                             subscription: key.clone(),
+                            incarnation: s.spec.created_at_ms,
                             partition,
                             cursor,
                         });
@@ -649,50 +689,72 @@ impl Shard {
         out
     }
 
-    /// Records that these cursors are now stored in Kafka.
+    /// Records that these cursors are now stored in Kafka. Partitions no longer owned (a
+    /// flush that outlived its revoke) are left out: the next owner decides from Kafka.
     pub fn mark_stored(&self, updates: &[CursorUpdate]) {
+        let owned: Vec<(TopicName, Partition)> = self
+            .topics()
+            .iter()
+            .flat_map(|t| {
+                t.owned_partitions()
+                    .into_iter()
+                    .map(|o| (o.topic.clone(), o.partition))
+            })
+            .collect();
         let mut stored = self.stored.lock();
         for u in updates {
-            stored.insert((u.subscription.clone(), u.partition), u.cursor);
+            if owned
+                .iter()
+                .any(|(t, p)| *t == u.subscription.topic && *p == u.partition)
+            {
+                stored.insert(
+                    (u.subscription.clone(), u.partition),
+                    StoredCursor {
+                        offset: u.cursor,
+                        incarnation: u.incarnation,
+                    },
+                );
+            }
         }
     }
 
     /// Where a restart would resume a subscription, per owned partition: its stored cursor
     /// (or the start it had before anything was stored).
-    pub fn durable_cursors(&self, sub: &SubscriptionKey) -> BTreeMap<Partition, Offset> {
+    pub fn durable_cursors(&self, spec: &SubscriptionSpec) -> BTreeMap<Partition, Offset> {
+        let key = spec.key();
         self.stored
             .lock()
             .iter()
-            .filter(|((k, _), _)| k == sub)
-            .map(|((_, p), o)| (*p, *o))
+            .filter(|((k, _), c)| *k == key && c.incarnation == spec.created_at_ms)
+            .map(|((_, p), c)| (*p, c.offset))
             .collect()
     }
 
     /// Cursors loaded from Kafka at start.
     pub fn load_stored(
         &self,
-        cursors: impl IntoIterator<Item = ((SubscriptionKey, Partition), Offset)>,
+        cursors: impl IntoIterator<Item = ((SubscriptionKey, Partition), StoredCursor)>,
     ) {
         self.stored.lock().extend(cursors);
     }
 
     /// Per owned partition, the offset the shard group may commit: the lowest *stored*
     /// cursor of its subscriptions (a restart begins there), or the window head with none.
+    /// Each topic is read under its partition and subscription locks (the usual order), so a
+    /// subscription being added is either fully counted or not there yet; one added after
+    /// lowers the commit at the next flush.
     pub fn commit_positions(&self) -> Vec<(TopicName, Partition, Offset)> {
-        let stored = self.stored.lock().clone();
         let mut out = Vec::new();
         for t in self.topics() {
-            let subs = t.subscriptions();
-            for owned in t.owned_partitions() {
+            let partitions = t.partitions.read();
+            let subs = t.subscriptions.read();
+            let stored = self.stored.lock();
+            for (&p, owned) in partitions.iter() {
                 let min = subs
-                    .iter()
-                    .filter_map(|s| stored.get(&(s.key(), owned.partition)).copied())
+                    .values()
+                    .filter_map(|s| stored_for(&stored, &s.spec, p))
                     .min();
-                out.push((
-                    t.name.clone(),
-                    owned.partition,
-                    min.unwrap_or_else(|| owned.log.head()),
-                ));
+                out.push((t.name.clone(), p, min.unwrap_or_else(|| owned.log.head())));
             }
         }
         out

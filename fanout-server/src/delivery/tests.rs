@@ -207,12 +207,62 @@ fn partitions_spread_over_streams_and_drain_before_moving() {
     d.open_stream(S2, credits(100));
     // S1 holds 4 > fair share 2; the idle ones (2, 3... then 1) are let go on its next take.
     d.ack(S1, &[(0, vec![range(0, 0)])]).unwrap();
-    let _ = d.take(S1, now, LIMITS);
+    let t1 = d.take(S1, now, LIMITS);
+    assert!(
+        t1.released,
+        "S1 let go of partitions: the others must be told"
+    );
     let t2 = d.take(S2, now, LIMITS);
     let s2_parts: std::collections::BTreeSet<Partition> =
         t2.deliveries.iter().map(|x| x.record.partition).collect();
     assert_eq!(s2_parts.len(), 2, "S2 got its fair share: {s2_parts:?}");
     assert!(!s2_parts.contains(&0));
+}
+
+#[test]
+fn a_stream_without_credits_still_lets_go_of_a_drained_partition() {
+    let now = Instant::now();
+    let mut d = SubscriptionDelivery::new();
+    for p in 0..2 {
+        d.add_partition(p, log_with(p, &[0, 1]), 0);
+    }
+    d.open_stream(S1, credits(2));
+    // S1 alone holds both partitions and spends its credits on partition 0.
+    assert_eq!(
+        offsets(&d.take(S1, now, LIMITS)),
+        vec![(0, 0, 1), (0, 1, 1)]
+    );
+    d.open_stream(S2, credits(10));
+    // S1 has no credits left, yet its idle partition 1 moves to S2.
+    let t1 = d.take(S1, now, LIMITS);
+    assert!(t1.deliveries.is_empty());
+    assert!(t1.released);
+    assert_eq!(
+        offsets(&d.take(S2, now, LIMITS)),
+        vec![(1, 0, 1), (1, 1, 1)]
+    );
+}
+
+#[test]
+fn a_reset_partition_ends_the_streams_that_had_its_records() {
+    let now = Instant::now();
+    let mut d = SubscriptionDelivery::new();
+    let log = log_with(0, &[0, 1, 2]);
+    d.add_partition(0, log.clone(), 0);
+    d.open_stream(S1, credits(2));
+    assert_eq!(d.take(S1, now, LIMITS).deliveries.len(), 2);
+    // Retention deleted 0..=1 before they were acked: the window restarts at 2.
+    d.reset_partition(0, log, 2);
+    assert_eq!(d.cursor(0), Some(2));
+    assert_eq!(
+        d.ack(S1, &[(0, vec![range(0, 1)])]).unwrap_err().error,
+        AckError::StreamReset
+    );
+    assert!(d.take(S1, now, LIMITS).reset);
+    // Its reconnect gets a fresh stream with full credits.
+    d.close_stream(S1, now);
+    d.open_stream(S2, credits(2));
+    assert_eq!(offsets(&d.take(S2, now, LIMITS)), vec![(0, 2, 1)]);
 }
 
 #[test]

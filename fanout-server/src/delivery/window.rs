@@ -111,6 +111,21 @@ impl AckWindow {
             .count()
     }
 
+    /// Streams that have records of this window in flight.
+    pub fn streams_in_flight(&self) -> Vec<StreamId> {
+        let mut out: Vec<StreamId> = self
+            .slots
+            .iter()
+            .filter_map(|s| match s.state {
+                SlotState::InFlight { stream, .. } => Some(stream),
+                _ => None,
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Records a first delivery of `offset` to `stream`. Offsets must ascend.
     pub fn deliver_first(&mut self, offset: Offset, size: usize, stream: StreamId) {
         debug_assert!(offset >= self.next, "first deliveries ascend");

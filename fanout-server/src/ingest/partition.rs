@@ -3,21 +3,23 @@
 //! back when a subscription needs records below the window.
 
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use rdkafka::Offset as KafkaOffset;
 use rdkafka::consumer::Consumer;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message, Timestamp};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{IngestConsumer, IngestContext, report_losses};
 use crate::kafka;
 use crate::log::Batch;
-use crate::model::{Header, Record, TimestampKind};
+use crate::model::{Header, Offset, Record, TimestampKind};
 use crate::shard::{OwnedPartition, Shard, TopicRuntime};
 
 /// Most records moved into the window in one batch.
@@ -29,6 +31,23 @@ pub(super) struct Reader {
     pub owned: Arc<OwnedPartition>,
     pub queue: StreamPartitionQueue<IngestContext>,
     pub consumer: Weak<IngestConsumer>,
+    /// Ends the reader (revoke, shutdown).
+    pub token: CancellationToken,
+    /// Records fetched before the partition's queue was split, to append first.
+    pub initial: Vec<Record>,
+    /// Where to ask for a restart from another offset.
+    pub restarts: mpsc::UnboundedSender<Restart>,
+}
+
+/// A request to read a partition again from `offset`.
+pub(super) struct Restart {
+    pub owned: Arc<OwnedPartition>,
+    pub offset: Offset,
+}
+
+enum Exit {
+    Done,
+    Restart(Offset),
 }
 
 enum Event {
@@ -64,13 +83,35 @@ pub fn to_record(m: &BorrowedMessage<'_>) -> Record {
 }
 
 impl Reader {
-    pub async fn run(self, cancel: CancellationToken) {
+    pub async fn run(mut self, cancel: CancellationToken) {
         let span = tracing::info_span!("partition", topic = %self.owned.topic, partition = self.owned.partition);
-        self.read(cancel).instrument(span).await;
+        let exit = self.read(&cancel).instrument(span).await;
+        if let Exit::Restart(offset) = exit {
+            let Reader {
+                queue,
+                owned,
+                restarts,
+                ..
+            } = self;
+            // Every handle of the partition's queue shares one wake-up callback, which
+            // dropping a handle turns off: drop ours before the driver splits a new one.
+            drop(queue);
+            let _ = restarts.send(Restart { owned, offset });
+        }
     }
 
-    async fn read(self, cancel: CancellationToken) {
+    async fn read(&mut self, cancel: &CancellationToken) -> Exit {
+        let initial = std::mem::take(&mut self.initial);
+        if !initial.is_empty() && !self.append(initial, cancel).await {
+            return Exit::Done;
+        }
         let mut rewinds = self.owned.rewind_requests();
+        // A request made while no reader ran (during a restart) is taken now.
+        if rewinds.borrow_and_update().is_some()
+            && let Some(offset) = self.rewind_to().await
+        {
+            return Exit::Restart(offset);
+        }
         loop {
             let event = tokio::select! {
                 biased;
@@ -79,17 +120,21 @@ impl Reader {
                 m = self.queue.recv() => match m {
                     Ok(m) => Event::Records(self.drain_ready(to_record(&m))),
                     Err(e) => {
-                        tracing::warn!(error = %e, "partition read error");
+                        self.on_error(&e);
                         Event::Records(Vec::new())
                     }
                 },
             };
             match event {
-                Event::Cancelled => break,
-                Event::Rewind => self.rewind().await,
+                Event::Cancelled => return Exit::Done,
+                Event::Rewind => {
+                    if let Some(offset) = self.rewind_to().await {
+                        return Exit::Restart(offset);
+                    }
+                }
                 Event::Records(records) => {
-                    if !self.append(records, &cancel).await {
-                        break;
+                    if !self.append(records, cancel).await {
+                        return Exit::Done;
                     }
                 }
             }
@@ -103,13 +148,28 @@ impl Reader {
             match self.queue.recv().now_or_never() {
                 Some(Ok(m)) => records.push(to_record(&m)),
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "partition read error");
+                    self.on_error(&e);
                     break;
                 }
                 None => break,
             }
         }
         records
+    }
+
+    /// A read error. With `auto.offset.reset=error`, librdkafka stops fetching a partition
+    /// whose position fell out of the log (retention deleted records it had not read yet):
+    /// the rewind path checks the watermarks, reports what was lost and seeks.
+    fn on_error(&self, e: &KafkaError) {
+        match e {
+            KafkaError::MessageConsumption(
+                RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+            ) => {
+                tracing::error!(error = %e, head = self.owned.log.head(), "read position out of the log; re-positioning");
+                self.owned.request_rewind(self.owned.log.head());
+            }
+            _ => tracing::warn!(error = %e, "partition read error"),
+        }
     }
 
     /// Appends to the window, waiting for room (this task is the only writer, so room once
@@ -142,59 +202,36 @@ impl Reader {
         true
     }
 
-    /// Moves the window back to the lowest cursor (and the requested offset).
-    async fn rewind(&self) {
-        let Some(requested) = self.owned.take_rewind() else {
-            return;
-        };
-        let Some(consumer) = self.consumer.upgrade() else {
-            return;
-        };
+    /// Where to read the partition again from, for a pending rewind request: the lowest
+    /// cursor (or the requested offset, if lower), but not below the log start, where
+    /// retention deleted records (reported as lost). Resets the window there.
+    async fn rewind_to(&self) -> Option<Offset> {
+        let requested = self.owned.take_rewind()?;
+        let consumer = self.consumer.upgrade()?;
         let topic = self.owned.topic.clone();
         let p = self.owned.partition;
-        let min = self.topic.min_cursor(p).unwrap_or(requested);
-        let mut target = requested.min(min);
-        let c = consumer.clone();
         let t = topic.clone();
         let low = tokio::task::spawn_blocking(move || {
-            c.fetch_watermarks(t.as_str(), p, kafka::REQUEST_TIMEOUT)
+            consumer.fetch_watermarks(t.as_str(), p, kafka::REQUEST_TIMEOUT)
         })
         .await
         .ok()
         .and_then(Result::ok)
         .map(|(lo, _)| lo);
-        if let Some(low) = low
-            && target < low
-        {
-            let losses = self.shard.skip_deleted(&topic, p, low, Instant::now());
-            report_losses(&losses);
-            target = requested
-                .max(low)
-                .min(self.topic.min_cursor(p).unwrap_or(low));
-        }
-        let c = consumer.clone();
-        let t = topic.clone();
-        let seek = tokio::task::spawn_blocking(move || {
-            c.seek(
-                t.as_str(),
-                p,
-                KafkaOffset::Offset(target),
-                kafka::REQUEST_TIMEOUT,
-            )
-        })
-        .await;
-        match seek {
-            Ok(Ok(())) => {
-                self.owned.log.reset(target);
-                tracing::info!(offset = target, "partition re-read from an earlier offset");
-                self.topic.wake();
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, offset = target, "seek failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                self.owned.request_rewind(requested);
-            }
-            Err(e) => tracing::error!(error = %e, "seek task failed"),
-        }
+        let Some(low) = low else {
+            // Without the log start the new position could be out of range: try again soon.
+            tracing::warn!("cannot read watermarks for a rewind; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.owned.request_rewind(requested);
+            return None;
+        };
+        let losses = self.shard.skip_deleted(&topic, p, low);
+        report_losses(&losses);
+        let min = self.topic.min_cursor(p).unwrap_or(requested);
+        let target = requested.min(min).max(low);
+        self.owned.log.reset(target);
+        self.topic.wake();
+        tracing::info!(offset = target, "partition will be read again from here");
+        Some(target)
     }
 }

@@ -102,7 +102,13 @@ fn assignment_starts_at_the_lowest_cursor_and_commits_the_lowest_stored() {
         topic: t("orders"),
         name: SubscriptionName::new("a").unwrap(),
     };
-    shard.load_stored([((a.clone(), 0), 6)]);
+    shard.load_stored([(
+        (a.clone(), 0),
+        StoredCursor {
+            offset: 6,
+            incarnation: 0,
+        },
+    )]);
     let assigned = shard.assign(&t("orders"), 0, 2, 100);
     assert_eq!(
         assigned.start, 6,
@@ -131,6 +137,7 @@ fn assignment_starts_at_the_lowest_cursor_and_commits_the_lowest_stored() {
         updates,
         vec![CursorUpdate {
             subscription: a.clone(),
+            incarnation: 0,
             partition: 0,
             cursor: 10
         }]
@@ -186,7 +193,12 @@ fn a_new_subscription_below_the_window_asks_for_a_rewind() {
     rewinds.mark_unchanged();
     register(&shard, 1, sub_entry("orders", "late", &[(0, 10)]));
     assert!(rewinds.has_changed().unwrap());
+    rewinds.mark_unchanged();
     assert_eq!(assigned.partition.take_rewind(), Some(10));
+    assert!(
+        !rewinds.has_changed().unwrap(),
+        "taking the request must not wake the reader"
+    );
     assert_eq!(assigned.partition.take_rewind(), None);
     assert_eq!(shard.topic(&t("orders")).unwrap().min_cursor(0), Some(10));
 }
@@ -264,4 +276,32 @@ fn a_stopped_partition_delivers_nothing_more() {
         .unwrap();
     assert!(a.take(s, Instant::now(), LIMITS.take).deliveries.is_empty());
     assert_eq!(a.cursors(), vec![(0, 2)], "acks still count after the stop");
+}
+
+#[test]
+fn a_recreated_subscription_does_not_inherit_old_cursors() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, topic_entry("orders"));
+    // A cursor of an earlier life of "a" (created at 0) is in Kafka; this "a" was created at 5.
+    let mut entry = sub_entry("orders", "a", &[(0, 3)]);
+    if let Entry::Subscription(spec) = &mut entry {
+        spec.created_at_ms = 5;
+    }
+    let a = SubscriptionKey {
+        topic: t("orders"),
+        name: SubscriptionName::new("a").unwrap(),
+    };
+    shard.load_stored([(
+        (a, 0),
+        StoredCursor {
+            offset: 900,
+            incarnation: 0,
+        },
+    )]);
+    register(&shard, 1, entry);
+    let assigned = shard.assign(&t("orders"), 0, 0, 1000);
+    assert_eq!(
+        assigned.start, 3,
+        "starts at its own start, not the old cursor 900"
+    );
 }

@@ -18,7 +18,7 @@ use super::StoreError;
 use crate::config::Config;
 use crate::kafka;
 use crate::model::{Offset, Partition, SubscriptionKey, SubscriptionName, TopicName};
-use crate::shard::{CursorUpdate, Shard};
+use crate::shard::{CursorUpdate, Shard, StoredCursor};
 
 /// Version written into every cursor value.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -27,10 +27,12 @@ pub const SCHEMA_VERSION: u32 = 1;
 struct Stored {
     version: u32,
     cursor: Offset,
+    /// Creation time of the subscription the cursor belongs to.
+    subscription_created_at_ms: i64,
 }
 
 /// Every stored cursor, by (subscription, partition).
-pub type Cursors = HashMap<(SubscriptionKey, Partition), Offset>;
+pub type Cursors = HashMap<(SubscriptionKey, Partition), StoredCursor>;
 
 pub fn encode_key(sub: &SubscriptionKey, partition: Partition) -> String {
     format!("{}:{}:{}", sub.topic, partition, sub.name)
@@ -45,17 +47,21 @@ pub fn decode_key(raw: &[u8]) -> Option<(SubscriptionKey, Partition)> {
     Some((SubscriptionKey { topic, name }, partition))
 }
 
-pub fn encode_value(cursor: Offset) -> Vec<u8> {
+pub fn encode_value(cursor: StoredCursor) -> Vec<u8> {
     serde_json::to_vec(&Stored {
         version: SCHEMA_VERSION,
-        cursor,
+        cursor: cursor.offset,
+        subscription_created_at_ms: cursor.incarnation,
     })
     .unwrap_or_default()
 }
 
-fn decode_value(raw: &[u8]) -> Option<Offset> {
+fn decode_value(raw: &[u8]) -> Option<StoredCursor> {
     let s: Stored = serde_json::from_slice(raw).ok()?;
-    (s.version <= SCHEMA_VERSION && s.cursor >= 0).then_some(s.cursor)
+    (s.version <= SCHEMA_VERSION && s.cursor >= 0).then_some(StoredCursor {
+        offset: s.cursor,
+        incarnation: s.subscription_created_at_ms,
+    })
 }
 
 /// Reads the whole cursors topic.
@@ -175,9 +181,13 @@ impl CursorWriter {
         let encoded: Vec<(String, Vec<u8>)> = updates
             .iter()
             .map(|u| {
+                let value = StoredCursor {
+                    offset: u.cursor,
+                    incarnation: u.incarnation,
+                };
                 (
                     encode_key(&u.subscription, u.partition),
-                    encode_value(u.cursor),
+                    encode_value(value),
                 )
             })
             .collect();
@@ -255,8 +265,15 @@ mod tests {
         let k = encode_key(&sub, 7);
         assert_eq!(k, "orders:7:billing.v2");
         assert_eq!(decode_key(k.as_bytes()), Some((sub, 7)));
-        assert_eq!(decode_value(&encode_value(42)), Some(42));
-        assert_eq!(decode_value(b"{\"version\":2,\"cursor\":1}"), None);
+        let c = StoredCursor {
+            offset: 42,
+            incarnation: 7,
+        };
+        assert_eq!(decode_value(&encode_value(c)), Some(c));
+        assert_eq!(
+            decode_value(b"{\"version\":2,\"cursor\":1,\"subscription_created_at_ms\":7}"),
+            None
+        );
         assert_eq!(decode_key(b"orders:x:b"), None);
     }
 }

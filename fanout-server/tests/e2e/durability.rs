@@ -219,3 +219,138 @@ async fn sigkill_mid_stream_loses_nothing() {
         assert!(got.duplicates() <= bound.len());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_deleted_before_delivery_are_skipped_not_waited_for() {
+    use rdkafka::TopicPartitionList;
+    use rdkafka::admin::AdminOptions;
+
+    let topic = name("gone");
+    let cluster = name("c");
+    create_topic(&topic, 1).await;
+    let server = TestServer::start(&cluster).await;
+    let admin = server.admin_api();
+    admin.register(&topic).await;
+    admin.subscribe(&topic, "s", "earliest").await;
+    let all = produce(&topic, 0, 100).await;
+    server.stop().await.unwrap();
+
+    // Retention (here: DeleteRecords) removes offsets 0..40 the subscription never got.
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(40))
+        .unwrap();
+    let deleted = admin_client()
+        .delete_records(&tpl, &AdminOptions::new())
+        .await
+        .unwrap();
+    drop(deleted);
+
+    let server = TestServer::start(&cluster).await;
+    let mut sub = subscriber(&server.grpc, &topic, "s", 100).await;
+    let left: std::collections::BTreeSet<_> =
+        all.iter().filter(|(_, o)| *o >= 40).copied().collect();
+    let mut got = Received::default();
+    receive_all(&mut sub, &left, &mut got).await;
+    assert_eq!(
+        got.unique, left,
+        "continues at the new log start, nothing older"
+    );
+    sub.close().await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_deleted_under_a_running_partition_are_skipped_and_streams_resume() {
+    use rdkafka::TopicPartitionList;
+    use rdkafka::admin::AdminOptions;
+
+    let topic = name("gone-live");
+    create_topic(&topic, 1).await;
+    // A tiny window and prefetch: the partition's reader stops far behind the log end.
+    let mut cfg = config(&name("c"));
+    cfg.partition_window_bytes = 64 << 10;
+    cfg.kafka_options = vec![
+        ("queued.max.messages.kbytes".into(), "64".into()),
+        ("max.partition.fetch.bytes".into(), "65536".into()),
+    ];
+    let server = TestServer::start_with(cfg).await;
+    let admin = server.admin_api();
+    admin.register(&topic).await;
+    admin.subscribe(&topic, "s", "earliest").await;
+    // ~2 MB of 1 kB records; the subscriber takes 10 and acks none yet, so the window and
+    // the prefetch fill up and the reader waits far below the log end.
+    let producer = producer();
+    let value = vec![b'x'; 1000];
+    let sends = (0..2_000).map(|i| {
+        let key = format!("k{i}");
+        let (producer, value, topic) = (&producer, &value, &topic);
+        async move {
+            producer
+                .send(
+                    rdkafka::producer::FutureRecord::to(topic)
+                        .key(&key)
+                        .payload(value),
+                    WAIT,
+                )
+                .await
+                .unwrap()
+                .offset
+        }
+    });
+    let last = futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .max()
+        .unwrap();
+    let mut sub = subscriber(&server.grpc, &topic, "s", 10).await;
+    let mut held = Vec::new();
+    while held.len() < 10 {
+        held.push(sub.next().await.unwrap().unwrap());
+    }
+    assert_eq!(held[0].offset, 0);
+
+    // Retention removes everything below 1,500 while the reader is far below it.
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(1_500))
+        .unwrap();
+    drop(
+        admin_client()
+            .delete_records(&tpl, &AdminOptions::new())
+            .await
+            .unwrap(),
+    );
+
+    // The subscriber goes on. Records fanout had already read may still come; then its next
+    // read falls out of the log: the loss is reported, the stream is told to reconnect, and
+    // delivery goes on from 1,500, in order.
+    for r in &held {
+        sub.ack(r);
+    }
+    let mut got = Received::default();
+    let mut past_the_gap = false;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while got.unique.iter().filter(|(_, o)| *o >= 1_500).count() < (last - 1_500 + 1) as usize {
+        let r = tokio::time::timeout_at(deadline, sub.next())
+            .await
+            .expect("records after the deletion arrive")
+            .unwrap()
+            .unwrap();
+        if r.offset >= 1_500 {
+            past_the_gap = true;
+        } else {
+            assert!(
+                !past_the_gap,
+                "offset {} after the log start moved past it",
+                r.offset
+            );
+        }
+        note(&mut got, &r);
+        sub.ack(&r);
+    }
+    assert!(
+        got.unique.iter().filter(|(_, o)| *o < 1_500).count() < 1_490,
+        "most deleted records were skipped"
+    );
+    sub.close().await;
+    server.stop().await.unwrap();
+}

@@ -171,17 +171,21 @@ impl TestServer {
         let admin_addr = admin.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let cluster = cfg.cluster.clone();
-        let task = tokio::spawn(app::run(cfg, Listeners { grpc, admin }, shutdown.clone()));
-        let s = Self {
+        let mut task = tokio::spawn(app::run(cfg, Listeners { grpc, admin }, shutdown.clone()));
+        let http = reqwest::Client::new();
+        let admin = format!("http://{admin_addr}");
+        tokio::select! {
+            _ = wait_ready(&http, &admin) => {}
+            ended = &mut task => panic!("server stopped while starting: {ended:?}"),
+        }
+        Self {
             cluster,
             grpc: format!("http://{grpc_addr}"),
-            admin: format!("http://{admin_addr}"),
-            http: reqwest::Client::new(),
+            admin,
+            http,
             shutdown,
             task: Some(task),
-        };
-        wait_ready(&s.http, &s.admin).await;
-        s
+        }
     }
 
     /// Graceful shutdown (as on SIGTERM); returns the server's result.
