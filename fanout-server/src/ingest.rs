@@ -414,10 +414,7 @@ impl Ingest {
         let thread = std::thread::Builder::new()
             .name("fanout-ingest".into())
             .spawn(move || drive(consumer, wanted, restart_requests, readers, driver_stop))
-            .map_err(|e| StoreError::InternalTopic {
-                topic: "ingest".into(),
-                problem: format!("cannot start the ingest thread: {e}"),
-            })?;
+            .map_err(|e| StoreError::Thread("ingest", e.to_string()))?;
         Ok(Self {
             consumer: weak,
             stop,

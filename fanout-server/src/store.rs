@@ -23,6 +23,8 @@ pub enum StoreError {
     Timeout { what: String, after: Duration },
     #[error("shutting down")]
     ShuttingDown,
+    #[error("cannot start the {0} thread: {1}")]
+    Thread(&'static str, String),
 }
 
 impl StoreError {
