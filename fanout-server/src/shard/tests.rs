@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use super::*;
+use crate::delivery::{Credits, OffsetRange};
 use crate::log::Batch;
 use crate::model::{Record, StartOffsets, StartPosition};
 use crate::registry::Entry;

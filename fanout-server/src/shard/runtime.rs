@@ -1,0 +1,227 @@
+//! The live objects of a shard: owned partitions, registered topics, subscriptions.
+//!
+//! Core module: no I/O.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+
+use crate::delivery::{
+    Credits, OffsetRange, PartitionAckError, Released, StreamId, SubscriptionDelivery, Take,
+    TakeLimits,
+};
+use crate::log::PartitionLog;
+use crate::model::{Offset, Partition, SubscriptionKey, SubscriptionName, TopicName};
+use crate::registry::SubscriptionSpec;
+
+/// One partition this shard owns.
+#[derive(Debug)]
+pub struct OwnedPartition {
+    pub topic: TopicName,
+    pub partition: Partition,
+    /// The shared window every subscription reads.
+    pub log: Arc<PartitionLog>,
+    /// The lowest offset the window was asked to move back to, until the reader does.
+    pub(super) rewind: watch::Sender<Option<Offset>>,
+    /// Set when the partition was revoked: no new deliveries.
+    pub(super) revoked: AtomicBool,
+}
+
+impl OwnedPartition {
+    /// Asks the partition's reader to read again from `offset` (or from the lowest cursor,
+    /// if that is lower).
+    pub fn request_rewind(&self, offset: Offset) {
+        self.rewind
+            .send_modify(|r| *r = Some(r.map_or(offset, |o| o.min(offset))));
+    }
+
+    /// Takes the pending rewind request (without waking the reader again).
+    pub fn take_rewind(&self) -> Option<Offset> {
+        let mut taken = None;
+        self.rewind.send_if_modified(|r| {
+            taken = r.take();
+            false
+        });
+        taken
+    }
+
+    /// Wakes when a rewind is requested (or taken).
+    pub fn rewind_requests(&self) -> watch::Receiver<Option<Offset>> {
+        self.rewind.subscribe()
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+}
+
+/// A registered topic on this shard.
+#[derive(Debug)]
+pub struct TopicRuntime {
+    pub name: TopicName,
+    /// Partitions of this topic owned by the shard.
+    pub(super) partitions: RwLock<BTreeMap<Partition, Arc<OwnedPartition>>>,
+    /// Subscriptions of this topic.
+    pub(super) subscriptions: RwLock<BTreeMap<SubscriptionName, Arc<SubscriptionRuntime>>>,
+    /// Bumped when records arrive or ownership changes: streams look again.
+    wake: watch::Sender<u64>,
+}
+
+impl TopicRuntime {
+    pub(super) fn new(name: TopicName) -> Self {
+        Self {
+            name,
+            partitions: RwLock::new(BTreeMap::new()),
+            subscriptions: RwLock::new(BTreeMap::new()),
+            wake: watch::Sender::new(0),
+        }
+    }
+
+    pub fn wake(&self) {
+        self.wake.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    pub fn wakes(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+
+    pub fn partition(&self, partition: Partition) -> Option<Arc<OwnedPartition>> {
+        self.partitions.read().get(&partition).cloned()
+    }
+
+    pub fn owned_partitions(&self) -> Vec<Arc<OwnedPartition>> {
+        self.partitions.read().values().cloned().collect()
+    }
+
+    pub fn subscriptions(&self) -> Vec<Arc<SubscriptionRuntime>> {
+        self.subscriptions.read().values().cloned().collect()
+    }
+
+    /// The lowest cursor of the partition over all subscriptions; with none, the window head
+    /// (nothing is needed).
+    pub fn min_cursor(&self, partition: Partition) -> Option<Offset> {
+        let owned = self.partition(partition)?;
+        let subs = self.subscriptions.read();
+        let min = subs
+            .values()
+            .filter_map(|s| s.delivery.lock().cursor(partition))
+            .min();
+        Some(min.unwrap_or_else(|| owned.log.head()))
+    }
+
+    /// Drops what every subscription is done with from a partition's window.
+    pub fn trim(&self, partition: Partition) -> usize {
+        match (self.min_cursor(partition), self.partition(partition)) {
+            (Some(min), Some(owned)) => owned.log.trim(min),
+            _ => 0,
+        }
+    }
+}
+
+/// A subscription on this shard.
+#[derive(Debug)]
+pub struct SubscriptionRuntime {
+    pub spec: SubscriptionSpec,
+    /// Its delivery state: short critical sections only, never held across an await.
+    pub(super) delivery: Mutex<SubscriptionDelivery>,
+    /// Bumped when records come back or partitions are freed: its streams look again.
+    wake: watch::Sender<u64>,
+    /// Set when the subscription was deleted: its streams end.
+    pub(super) removed: AtomicBool,
+}
+
+impl SubscriptionRuntime {
+    pub(super) fn new(spec: SubscriptionSpec) -> Self {
+        Self {
+            spec,
+            delivery: Mutex::new(SubscriptionDelivery::new()),
+            wake: watch::Sender::new(0),
+            removed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn key(&self) -> SubscriptionKey {
+        self.spec.key()
+    }
+
+    pub fn wake(&self) {
+        self.wake.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    pub fn wakes(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    pub fn open_stream(&self, stream: StreamId, credits: Credits) {
+        self.delivery.lock().open_stream(stream, credits);
+    }
+
+    pub fn set_credits(&self, stream: StreamId, credits: Credits) {
+        self.delivery.lock().set_credits(stream, credits);
+        self.wake();
+    }
+
+    /// Ends a stream; its in-flight records go back to the subscription at once.
+    pub fn close_stream(&self, stream: StreamId, now: Instant) -> usize {
+        let n = self.delivery.lock().close_stream(stream, now);
+        self.wake();
+        n
+    }
+
+    pub fn take(&self, stream: StreamId, now: Instant, limits: TakeLimits) -> Take {
+        let take = self.delivery.lock().take(stream, now, limits);
+        if take.released {
+            self.wake();
+        }
+        take
+    }
+
+    pub fn next_due_at(&self, stream: StreamId, now: Instant) -> Option<Instant> {
+        self.delivery.lock().next_due_at(stream, now)
+    }
+
+    pub fn ack(
+        &self,
+        stream: StreamId,
+        ranges: &[(Partition, Vec<OffsetRange>)],
+    ) -> Result<Released, PartitionAckError> {
+        let r = self.delivery.lock().ack(stream, ranges);
+        self.wake();
+        r
+    }
+
+    pub fn nack(
+        &self,
+        stream: StreamId,
+        ranges: &[(Partition, Vec<OffsetRange>)],
+        not_before: Instant,
+    ) -> Result<Released, PartitionAckError> {
+        let r = self.delivery.lock().nack(stream, ranges, not_before);
+        self.wake();
+        r
+    }
+
+    pub fn cursors(&self) -> Vec<(Partition, Offset)> {
+        self.delivery.lock().cursors().collect()
+    }
+
+    pub fn unacked(&self) -> usize {
+        self.delivery.lock().unacked()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.delivery.lock().in_flight()
+    }
+
+    pub fn stream_count(&self) -> usize {
+        self.delivery.lock().stream_count()
+    }
+}
