@@ -268,7 +268,6 @@ async fn commit_loop(
             _ = tick.tick() => {}
         }
         let started = Instant::now();
-        tracing::trace!("flush tick");
         match flusher.flush(None).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(cursors = n, elapsed = ?started.elapsed(), "cursors flushed"),
