@@ -133,6 +133,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
+/// Runs a blocking Kafka query off the async workers.
+async fn ask_kafka<T: Send + 'static>(
+    s: &AdminState,
+    query: impl FnOnce(&dyn KafkaView) -> Result<T, KafkaError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let kafka = s.kafka.clone();
+    tokio::task::spawn_blocking(move || query(kafka.as_ref()))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::kafka)
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -210,12 +222,8 @@ async fn register_topic(
     Body(req): Body<RegisterTopic>,
 ) -> Result<(StatusCode, Json<TopicView>), ApiError> {
     let name = TopicName::new(&req.name).map_err(|e| ApiError::invalid("name", e.to_string()))?;
-    let kafka = s.kafka.clone();
     let n = name.clone();
-    let partitions = tokio::task::spawn_blocking(move || kafka.partitions(n.as_str()))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::kafka)?;
+    let partitions = ask_kafka(&s, move |kafka| kafka.partitions(n.as_str())).await?;
     if partitions.is_none() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -356,16 +364,13 @@ async fn create_subscription(
         ));
     }
     // Resolve the start position now, so it means "as of creation" on every shard.
-    let kafka = s.kafka.clone();
     let t = topic.clone();
     let start = req.start;
-    let offsets = tokio::task::spawn_blocking(move || {
+    let offsets = ask_kafka(&s, move |kafka| {
         let partitions = kafka.partitions(t.as_str())?.unwrap_or_default();
         kafka.watermarks(t.as_str(), &partitions)
     })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::kafka)?;
+    .await?;
     if offsets.is_empty() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -178,10 +178,6 @@ impl SubscriptionDelivery {
         self.add_partition(partition, log, cursor);
     }
 
-    pub fn has_partition(&self, partition: Partition) -> bool {
-        self.partitions.contains_key(&partition)
-    }
-
     /// Cursor of every owned partition.
     pub fn cursors(&self) -> impl Iterator<Item = (Partition, Offset)> + '_ {
         self.partitions.iter().map(|(&p, s)| (p, s.window.cursor()))

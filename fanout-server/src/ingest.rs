@@ -12,6 +12,7 @@
 mod partition;
 
 use std::collections::HashMap;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -287,8 +288,11 @@ impl IngestContext {
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "final cursor flush failed; the next owner redelivers since the previous flush")
             }
-            Err(_) => tracing::error!(
+            Err(RecvTimeoutError::Timeout) => tracing::error!(
                 "final cursor flush timed out; the next owner redelivers since the previous flush"
+            ),
+            Err(RecvTimeoutError::Disconnected) => tracing::error!(
+                "final cursor flush did not run (runtime stopping); the next owner redelivers since the previous flush"
             ),
         }
         let positions: Vec<_> = self

@@ -47,14 +47,6 @@ impl Batch {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
-
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
 }
 
 /// Why an append was refused.

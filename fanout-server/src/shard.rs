@@ -7,11 +7,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::delivery::{StreamId, TakeLimits};
 use crate::log::PartitionLog;
@@ -109,8 +109,6 @@ pub struct Shard {
     next_stream: AtomicU64,
     /// The registered topics the ingest should subscribe to.
     wanted_topics: watch::Sender<Vec<TopicName>>,
-    /// Wakes the committer when something may need flushing (revokes, shutdown).
-    pub flush_hint: Notify,
 }
 
 impl Shard {
@@ -123,20 +121,10 @@ impl Shard {
             stored: Mutex::new(HashMap::new()),
             next_stream: AtomicU64::new(1),
             wanted_topics: watch::Sender::new(Vec::new()),
-            flush_hint: Notify::new(),
         }
     }
 
-    pub fn limits(&self) -> ShardLimits {
-        self.limits
-    }
-
     // ---- registry ----
-
-    /// A copy of the registry as applied so far.
-    pub fn registry(&self) -> Registry {
-        self.registry.read().clone()
-    }
 
     /// Reads the applied registry without copying it.
     pub fn with_registry<R>(&self, f: impl FnOnce(&Registry) -> R) -> R {
@@ -148,8 +136,9 @@ impl Shard {
         self.registry_next.subscribe()
     }
 
-    /// Applies the registry record at `offset` and acts on what changed. Returns the
-    /// change, and the partitions that must be read again from an earlier offset.
+    /// Applies the registry record at `offset` and acts on what changed (a new subscription
+    /// below a partition's window asks that partition's reader to move back). Returns the
+    /// change.
     pub fn apply_registry(
         &self,
         offset: i64,
@@ -374,7 +363,6 @@ impl Shard {
             partition,
             log: Arc::new(PartitionLog::new(start, self.limits.partition_window_bytes)),
             rewind: watch::Sender::new(None),
-            revoked: AtomicBool::new(false),
         });
         for (s, cursor) in cursors {
             s.delivery
@@ -394,7 +382,6 @@ impl Shard {
     /// Stops new deliveries of a partition that is being revoked.
     pub fn stop_partition(&self, topic: &TopicName, partition: Partition) {
         if let Some(owned) = self.topic(topic).and_then(|t| t.partition(partition)) {
-            owned.revoked.store(true, Ordering::Release);
             owned.log.close();
         }
     }
@@ -405,7 +392,7 @@ impl Shard {
             return;
         };
         if let Some(owned) = rt.partitions.write().remove(&partition) {
-            owned.revoked.store(true, Ordering::Release);
+            owned.log.close();
         }
         for s in rt.subscriptions() {
             s.delivery.lock().remove_partition(partition, now);
@@ -462,44 +449,38 @@ impl Shard {
 
     /// Cursors that moved since they were last stored, of owned partitions.
     pub fn cursor_updates(&self) -> Vec<CursorUpdate> {
-        let stored = self.stored.lock().clone();
-        let mut out = Vec::new();
-        for t in self.topics() {
-            for s in t.subscriptions() {
-                let key = s.key();
-                for (partition, cursor) in s.cursors() {
-                    if stored_for(&stored, &s.spec, partition) != Some(cursor) {
-                        out.push(CursorUpdate {
-                            subscription: key.clone(),
-                            incarnation: s.spec.created_at_ms,
-                            partition,
-                            cursor,
-                        });
-                    }
-                }
+        let mut live = Vec::new();
+        for s in self.topics().iter().flat_map(|t| t.subscriptions()) {
+            for (partition, cursor) in s.cursors() {
+                live.push((s.clone(), partition, cursor));
             }
         }
-        out
+        let stored = self.stored.lock();
+        live.into_iter()
+            .filter(|(s, p, cursor)| stored_for(&stored, &s.spec, *p) != Some(*cursor))
+            .map(|(s, partition, cursor)| CursorUpdate {
+                subscription: s.key(),
+                incarnation: s.spec.created_at_ms,
+                partition,
+                cursor,
+            })
+            .collect()
     }
 
     /// Records that these cursors are now stored in Kafka. Partitions no longer owned (a
     /// flush that outlived its revoke) are left out: the next owner decides from Kafka.
     pub fn mark_stored(&self, updates: &[CursorUpdate]) {
-        let owned: Vec<(TopicName, Partition)> = self
-            .topics()
+        let owned: Vec<bool> = updates
             .iter()
-            .flat_map(|t| {
-                t.owned_partitions()
-                    .into_iter()
-                    .map(|o| (o.topic.clone(), o.partition))
+            .map(|u| {
+                self.topic(&u.subscription.topic)
+                    .and_then(|t| t.partition(u.partition))
+                    .is_some()
             })
             .collect();
         let mut stored = self.stored.lock();
-        for u in updates {
-            if owned
-                .iter()
-                .any(|(t, p)| *t == u.subscription.topic && *p == u.partition)
-            {
+        for (u, owned) in updates.iter().zip(owned) {
+            if owned {
                 stored.insert(
                     (u.subscription.clone(), u.partition),
                     StoredCursor {

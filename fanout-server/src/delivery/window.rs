@@ -73,6 +73,9 @@ pub struct AckWindow {
     slots: VecDeque<Slot>,
     /// Number of slots in flight, for credit and binding decisions.
     in_flight: usize,
+    /// Number of slots waiting for redelivery: with none (the usual case) nothing scans
+    /// the slots looking for them.
+    waiting: usize,
 }
 
 impl AckWindow {
@@ -83,6 +86,7 @@ impl AckWindow {
             next: cursor,
             slots: VecDeque::new(),
             in_flight: 0,
+            waiting: 0,
         }
     }
 
@@ -105,10 +109,7 @@ impl AckWindow {
 
     /// Records delivered and not yet acked (in flight or waiting).
     pub fn unacked(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| s.state != SlotState::Acked)
-            .count()
+        self.in_flight + self.waiting
     }
 
     /// Streams that have records of this window in flight.
@@ -140,6 +141,9 @@ impl AckWindow {
 
     /// The lowest-offset record waiting for redelivery whose delay has passed.
     pub fn first_due(&self, now: Instant) -> Option<Due> {
+        if self.waiting == 0 {
+            return None;
+        }
         self.slots.iter().find_map(|s| match s.state {
             SlotState::Waiting {
                 attempt,
@@ -154,6 +158,9 @@ impl AckWindow {
 
     /// When the next waiting record becomes due, if one is waiting for a future time.
     pub fn next_due_at(&self, now: Instant) -> Option<Instant> {
+        if self.waiting == 0 {
+            return None;
+        }
         self.slots
             .iter()
             .filter_map(|s| match s.state {
@@ -171,6 +178,7 @@ impl AckWindow {
         };
         slot.state = SlotState::InFlight { stream, attempt };
         self.in_flight += 1;
+        self.waiting -= 1;
         Some(attempt)
     }
 
@@ -269,6 +277,7 @@ impl AckWindow {
             }
         }
         self.in_flight -= released.records;
+        self.waiting += released.records;
         released
     }
 

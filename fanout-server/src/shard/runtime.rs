@@ -27,8 +27,6 @@ pub struct OwnedPartition {
     pub log: Arc<PartitionLog>,
     /// The lowest offset the window was asked to move back to, until the reader does.
     pub(super) rewind: watch::Sender<Option<Offset>>,
-    /// Set when the partition was revoked: no new deliveries.
-    pub(super) revoked: AtomicBool,
 }
 
 impl OwnedPartition {
@@ -54,8 +52,9 @@ impl OwnedPartition {
         self.rewind.subscribe()
     }
 
+    /// Being (or already) given up: its window is closed to deliveries.
     pub fn is_revoked(&self) -> bool {
-        self.revoked.load(Ordering::Acquire)
+        self.log.is_closed()
     }
 }
 
@@ -104,21 +103,23 @@ impl TopicRuntime {
     /// The lowest cursor of the partition over all subscriptions; with none, the window head
     /// (nothing is needed).
     pub fn min_cursor(&self, partition: Partition) -> Option<Offset> {
-        let owned = self.partition(partition)?;
+        self.partition(partition)
+            .map(|owned| self.min_cursor_of(&owned))
+    }
+
+    fn min_cursor_of(&self, owned: &OwnedPartition) -> Offset {
         let subs = self.subscriptions.read();
         let min = subs
             .values()
-            .filter_map(|s| s.delivery.lock().cursor(partition))
+            .filter_map(|s| s.delivery.lock().cursor(owned.partition))
             .min();
-        Some(min.unwrap_or_else(|| owned.log.head()))
+        min.unwrap_or_else(|| owned.log.head())
     }
 
     /// Drops what every subscription is done with from a partition's window.
     pub fn trim(&self, partition: Partition) -> usize {
-        match (self.min_cursor(partition), self.partition(partition)) {
-            (Some(min), Some(owned)) => owned.log.trim(min),
-            _ => 0,
-        }
+        self.partition(partition)
+            .map_or(0, |owned| owned.log.trim(self.min_cursor_of(&owned)))
     }
 }
 
@@ -188,25 +189,25 @@ impl SubscriptionRuntime {
         self.delivery.lock().next_due_at(stream, now)
     }
 
+    /// Acks on behalf of `stream`. No other stream is woken: the records were in flight on
+    /// this stream's partitions, and it looks again itself after handling the ack (a
+    /// partition it lets go of wakes the others through [`Self::take`]).
     pub fn ack(
         &self,
         stream: StreamId,
         ranges: &[(Partition, Vec<OffsetRange>)],
     ) -> Result<Released, PartitionAckError> {
-        let r = self.delivery.lock().ack(stream, ranges);
-        self.wake();
-        r
+        self.delivery.lock().ack(stream, ranges)
     }
 
+    /// Gives records back for redelivery by `stream` (see [`Self::ack`] on wake-ups).
     pub fn nack(
         &self,
         stream: StreamId,
         ranges: &[(Partition, Vec<OffsetRange>)],
         not_before: Instant,
     ) -> Result<Released, PartitionAckError> {
-        let r = self.delivery.lock().nack(stream, ranges, not_before);
-        self.wake();
-        r
+        self.delivery.lock().nack(stream, ranges, not_before)
     }
 
     pub fn cursors(&self) -> Vec<(Partition, Offset)> {

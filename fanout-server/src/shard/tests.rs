@@ -306,3 +306,41 @@ fn a_recreated_subscription_does_not_inherit_old_cursors() {
         "starts at its own start, not the old cursor 900"
     );
 }
+
+#[test]
+fn a_stream_letting_go_of_a_partition_wakes_the_others() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, topic_entry("orders"));
+    register(&shard, 1, sub_entry("orders", "a", &[(0, 0), (1, 0)]));
+    for p in 0..2 {
+        append(&shard.assign(&t("orders"), p, 0, 0).partition, 0..2);
+    }
+    let (_, a) = shard
+        .subscription(&t("orders"), &SubscriptionName::new("a").unwrap())
+        .unwrap();
+    let (s1, s2) = (shard.new_stream_id(), shard.new_stream_id());
+    a.open_stream(
+        s1,
+        Credits {
+            max_records: 2,
+            max_bytes: usize::MAX,
+        },
+    );
+    assert_eq!(a.take(s1, Instant::now(), LIMITS.take).deliveries.len(), 2);
+    a.open_stream(
+        s2,
+        Credits {
+            max_records: 2,
+            max_bytes: usize::MAX,
+        },
+    );
+    let mut s2_wakes = a.wakes();
+    s2_wakes.mark_unchanged();
+    // An ack wakes nobody else; the take after it lets partition 1 go and wakes the others.
+    a.ack(s1, &[(0, vec![OffsetRange { first: 0, last: 1 }])])
+        .unwrap();
+    assert!(!s2_wakes.has_changed().unwrap());
+    assert!(a.take(s1, Instant::now(), LIMITS.take).released);
+    assert!(s2_wakes.has_changed().unwrap());
+    assert_eq!(a.take(s2, Instant::now(), LIMITS.take).deliveries.len(), 2);
+}
