@@ -16,7 +16,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
 use crate::delivery::TakeLimits;
 use crate::grpc::{FanoutServer, FanoutService, StreamControl, StreamLimits};
-use crate::ingest::{Committer, Ingest};
+use crate::ingest::{self, Committer, Ingest};
 use crate::kafka;
 use crate::model::{Offset, Partition, TopicName};
 use crate::shard::{Shard, ShardLimits};
@@ -70,6 +70,9 @@ pub enum AppError {
 fn shard_limits(cfg: &Config) -> ShardLimits {
     ShardLimits {
         partition_window_bytes: cfg.partition_window_bytes,
+        window_memory_bytes: cfg.window_memory_bytes,
+        catch_up_window_bytes: cfg.catch_up_window_bytes,
+        catch_up_memory_bytes: cfg.catch_up_memory_bytes,
         take: TakeLimits {
             batch_records: cfg.batch_records,
             batch_bytes: cfg.batch_bytes,
@@ -132,6 +135,14 @@ pub async fn run(
     // 2. Reading Kafka and committing.
     let ingest = Ingest::start(&cfg, shard.clone(), flusher.clone())?;
     let committer = ingest.committer();
+    ingest::catchup::start(
+        &cfg,
+        &shard,
+        cfg.catch_up_readers,
+        &tasks,
+        background.clone(),
+    )
+    .map_err(StoreError::kafka("catch-up reader"))?;
     tasks.spawn(commit_loop(
         shard.clone(),
         flusher.clone(),

@@ -46,6 +46,24 @@ pub struct Config {
     #[arg(long, env = "FANOUT_PARTITION_WINDOW_BYTES", default_value_t = 32 << 20)]
     pub partition_window_bytes: usize,
 
+    /// Byte budget of the shared windows of all owned partitions together.
+    #[arg(long, env = "FANOUT_WINDOW_MEMORY_BYTES", default_value_t = 512 << 20)]
+    pub window_memory_bytes: usize,
+
+    /// Byte budget of the private window of one (subscription, partition) on the catch-up
+    /// path (a subscription too far behind for the shared window, served from Kafka).
+    #[arg(long, env = "FANOUT_CATCH_UP_WINDOW_BYTES", default_value_t = 4 << 20)]
+    pub catch_up_window_bytes: usize,
+
+    /// Byte budget of all private catch-up windows together.
+    #[arg(long, env = "FANOUT_CATCH_UP_MEMORY_BYTES", default_value_t = 256 << 20)]
+    pub catch_up_memory_bytes: usize,
+
+    /// Catch-up readers: Kafka consumers shared by every subscription on the catch-up path,
+    /// so a lagging subscription never gets a Kafka client of its own.
+    #[arg(long, env = "FANOUT_CATCH_UP_READERS", default_value_t = 2)]
+    pub catch_up_readers: usize,
+
     /// Most records a stream may ask to have in flight (its credits).
     #[arg(long, env = "FANOUT_MAX_STREAM_CREDITS", default_value_t = 100_000)]
     pub max_stream_credits: u32,
@@ -150,6 +168,22 @@ impl Config {
         }
         if self.partition_window_bytes < 64 << 10 {
             return bad("--partition-window-bytes must be at least 65536".into());
+        }
+        if self.window_memory_bytes < self.partition_window_bytes {
+            return bad(format!(
+                "--window-memory-bytes ({}) must be at least --partition-window-bytes ({})",
+                self.window_memory_bytes, self.partition_window_bytes
+            ));
+        }
+        if self.catch_up_window_bytes < 64 << 10
+            || self.catch_up_memory_bytes < self.catch_up_window_bytes
+        {
+            return bad("--catch-up-window-bytes must be at least 65536, and \
+                 --catch-up-memory-bytes at least --catch-up-window-bytes"
+                .into());
+        }
+        if !(1..=64).contains(&self.catch_up_readers) {
+            return bad("--catch-up-readers must be between 1 and 64".into());
         }
         if self.max_stream_credits == 0 {
             return bad("--max-stream-credits must be at least 1".into());

@@ -16,8 +16,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::log::PartitionLog;
-use crate::model::{Offset, Partition, Record};
+use crate::log::{Chunk, LogLimits, MemoryPool, PartitionLog, Pin};
+use crate::model::{Offset, Partition};
 
 pub use window::{AckWindow, Due, OffsetRange, Released};
 
@@ -79,20 +79,165 @@ impl StreamState {
     }
 }
 
+/// Where a subscription's records of one partition come from.
+#[derive(Debug)]
+struct Source {
+    log: Arc<PartitionLog>,
+    /// This subscription's hold on `log`.
+    pin: Arc<Pin>,
+}
+
 #[derive(Debug)]
 struct PartitionState {
-    /// The shared window of records of this partition.
-    log: Arc<PartitionLog>,
+    /// The partition's shared window, read by every subscription near its head.
+    shared: Source,
+    /// While this subscription is too far behind for the shared window: its private window,
+    /// filled from Kafka by a catch-up reader, until it reaches the shared window again.
+    catch_up: Option<Source>,
     /// Ack tracking of this subscription on this partition.
     window: AckWindow,
     /// The stream this partition is bound to (ordering=partition).
     bound: Option<StreamId>,
 }
 
-/// One record handed to a stream.
-#[derive(Debug, Clone, PartialEq)]
+impl PartitionState {
+    fn new(log: Arc<PartitionLog>, cursor: Offset) -> Self {
+        let pin = log.pin(cursor);
+        Self {
+            shared: Source { log, pin },
+            catch_up: None,
+            window: AckWindow::new(cursor),
+            bound: None,
+        }
+    }
+
+    /// Gives up both windows (the partition is no longer tracked).
+    fn drop_sources(&mut self) {
+        self.shared.log.unpin(&self.shared.pin);
+        self.end_catch_up();
+    }
+
+    fn end_catch_up(&mut self) {
+        if let Some(c) = self.catch_up.take() {
+            c.log.close();
+            c.log.unpin(&c.pin);
+        }
+    }
+
+    /// Moves to the catch-up path at the cursor (evicted from the shared window, or the
+    /// window no longer holds what is needed), or back to the shared window once everything
+    /// still needed is in it.
+    fn settle(&mut self, limits: &CatchUpLimits, started: &mut Vec<CatchUpStart>) {
+        let cursor = self.window.cursor();
+        match &self.catch_up {
+            None if self.shared.pin.is_evicted() => self.start_catch_up(limits, started),
+            Some(_) if cursor >= self.shared.log.start() => {
+                self.shared.pin.hold(cursor);
+                // The writer may have trimmed past the cursor meanwhile: then stay out.
+                if cursor >= self.shared.log.start() {
+                    self.end_catch_up();
+                } else {
+                    self.shared.pin.release();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn start_catch_up(&mut self, limits: &CatchUpLimits, started: &mut Vec<CatchUpStart>) {
+        self.end_catch_up();
+        self.shared.pin.release();
+        let cursor = self.window.cursor();
+        let log = PartitionLog::with_pool(
+            cursor,
+            LogLimits::bytes(limits.window_bytes),
+            limits.pool.clone(),
+        );
+        let pin = log.pin(cursor);
+        // The caller knows the partition number and fills it in.
+        started.push(CatchUpStart {
+            partition: -1,
+            log: log.clone(),
+        });
+        self.catch_up = Some(Source { log, pin });
+    }
+
+    /// Records from `from` on: from the shared window, or from the private one while
+    /// catching up (and from the shared one past the private head). `None` while they are
+    /// not available yet; a catch-up may have been started for them.
+    fn read(
+        &mut self,
+        from: Offset,
+        max_records: usize,
+        max_bytes: usize,
+        limits: &CatchUpLimits,
+        started: &mut Vec<CatchUpStart>,
+    ) -> Option<Vec<Chunk>> {
+        let Some(c) = &self.catch_up else {
+            let chunks = self.shared.log.read(from, max_records, max_bytes);
+            if chunks.is_none() {
+                self.start_catch_up(limits, started);
+            }
+            return chunks;
+        };
+        match c.log.read(from, max_records, max_bytes) {
+            Some(chunks) if !chunks.is_empty() => Some(chunks),
+            Some(_) if from >= c.log.head() => {
+                // Past what the catch-up reader has fetched: the shared window may hold it.
+                self.shared
+                    .log
+                    .read(from, max_records, max_bytes)
+                    .filter(|chunks| !chunks.is_empty())
+            }
+            Some(_) => None,
+            None => {
+                // Below the private window: only a restart of the catch-up fetches it.
+                self.start_catch_up(limits, started);
+                None
+            }
+        }
+    }
+
+    /// The cursor moved: the windows may let go of what lies below it.
+    fn cursor_moved(&self) {
+        let cursor = self.window.cursor();
+        let source = self.catch_up.as_ref().unwrap_or(&self.shared);
+        source.pin.advance(cursor);
+        source.log.notify_progress();
+    }
+}
+
+/// Sizes of the private windows of subscriptions on the catch-up path.
+#[derive(Debug, Clone)]
+pub struct CatchUpLimits {
+    /// Byte budget of one (subscription, partition)'s private window.
+    pub window_bytes: usize,
+    /// Budget of all private windows of the shard together.
+    pub pool: Arc<MemoryPool>,
+}
+
+impl Default for CatchUpLimits {
+    fn default() -> Self {
+        Self {
+            window_bytes: 4 << 20,
+            pool: MemoryPool::unlimited(),
+        }
+    }
+}
+
+/// A (subscription, partition) that moved to the catch-up path: its private window must be
+/// filled from Kafka, from the window's head on, by a catch-up reader.
+#[derive(Debug, Clone)]
+pub struct CatchUpStart {
+    pub partition: Partition,
+    /// The private window; closed when the subscription no longer needs it.
+    pub log: Arc<PartitionLog>,
+}
+
+/// One delivery handed to a stream: a run of records of one partition with one attempt.
+#[derive(Debug, Clone)]
 pub struct Delivery {
-    pub record: Record,
+    pub chunk: Chunk,
     pub attempt: u32,
 }
 
@@ -101,13 +246,19 @@ pub struct Delivery {
 pub struct Take {
     /// Records to send now, each already counted in flight.
     pub deliveries: Vec<Delivery>,
-    /// Partitions whose next record is below the shared window: the window must be moved
-    /// back there before they can go on.
-    pub behind_window: Vec<(Partition, Offset)>,
+    /// Partitions that moved to the catch-up path: their private windows need a reader.
+    pub catch_up: Vec<CatchUpStart>,
     /// This stream let go of a partition: the subscription's other streams should look.
     pub released: bool,
     /// A partition was reset under this stream: it must end (the subscriber reconnects).
     pub reset: bool,
+}
+
+impl Take {
+    /// Records handed out (a delivery holds a run of them).
+    pub fn records(&self) -> usize {
+        self.deliveries.iter().map(|d| d.chunk.len()).sum()
+    }
 }
 
 /// Limits applied by [`SubscriptionDelivery::take`].
@@ -124,6 +275,8 @@ pub struct TakeLimits {
 /// Delivery state of one subscription on this shard.
 #[derive(Debug, Default)]
 pub struct SubscriptionDelivery {
+    /// Sizes of private windows on the catch-up path.
+    catch_up: CatchUpLimits,
     /// Owned partitions of the subscription's topic.
     partitions: BTreeMap<Partition, PartitionState>,
     /// Live streams and their credits.
@@ -134,22 +287,19 @@ pub struct SubscriptionDelivery {
 }
 
 impl SubscriptionDelivery {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(catch_up: CatchUpLimits) -> Self {
+        Self {
+            catch_up,
+            ..Self::default()
+        }
     }
 
     /// Starts tracking an owned partition at `cursor`. If it was tracked already, its state
     /// is dropped first as by [`Self::remove_partition`].
     pub fn add_partition(&mut self, partition: Partition, log: Arc<PartitionLog>, cursor: Offset) {
         self.remove_partition(partition, Instant::now());
-        self.partitions.insert(
-            partition,
-            PartitionState {
-                log,
-                window: AckWindow::new(cursor),
-                bound: None,
-            },
-        );
+        self.partitions
+            .insert(partition, PartitionState::new(log, cursor));
     }
 
     /// Stops tracking a partition (no longer owned). Its in-flight records are forgotten
@@ -162,6 +312,7 @@ impl SubscriptionDelivery {
         for (&s, st) in self.streams.iter_mut() {
             st.release(p.window.release_stream(s, now));
         }
+        p.drop_sources();
     }
 
     /// Restarts a partition's tracking at `cursor`, dropping what was delivered (retention
@@ -254,52 +405,74 @@ impl SubscriptionDelivery {
         if budget.exhausted() {
             return take;
         }
+        let limits_cu = &self.catch_up;
         for (&partition, p) in self.partitions.iter_mut() {
             if budget.exhausted() {
                 break;
             }
-            if p.bound != Some(stream) || draining.contains(&partition) || p.log.is_closed() {
+            if p.bound != Some(stream) || draining.contains(&partition) || p.shared.log.is_closed()
+            {
                 continue;
             }
+            let started = take.catch_up.len();
+            p.settle(limits_cu, &mut take.catch_up);
             // Redeliveries first, in offset order.
             while let Some(due) = p.window.first_due(now).filter(|_| !budget.exhausted()) {
-                let Some(mut recs) = p.log.read(due.offset, 1, usize::MAX) else {
-                    take.behind_window.push((partition, due.offset));
-                    break;
-                };
-                let Some(record) = recs.pop().filter(|r| r.offset == due.offset) else {
-                    // Not back in the window yet (it is being read again from Kafka).
-                    break;
-                };
-                if !budget.admit(record.size()) {
+                let chunk = p
+                    .read(due.offset, 1, usize::MAX, limits_cu, &mut take.catch_up)
+                    .and_then(|chunks| chunks.into_iter().next())
+                    .filter(|c| c.records()[0].offset == due.offset);
+                // Not there yet: it is being fetched again from Kafka.
+                let Some(chunk) = chunk else { break };
+                if !budget.admit(chunk.records()[0].size()) {
                     break;
                 }
                 p.window.deliver_again(due.offset, stream);
                 take.deliveries.push(Delivery {
-                    record,
+                    chunk,
                     attempt: due.attempt,
                 });
             }
             // First deliveries, bounded by the unacked span.
             let span_left = limits.max_unacked_span - p.window.unacked_span();
-            if budget.exhausted() || span_left <= 0 {
-                continue;
-            }
-            let want = budget
-                .records_left
-                .min(usize::try_from(span_left).unwrap_or(usize::MAX));
-            let Some(recs) = p.log.read(p.window.next(), want, budget.batch_bytes_left) else {
-                take.behind_window.push((partition, p.window.next()));
-                continue;
-            };
-            for record in recs {
-                if record.offset - p.window.cursor() >= limits.max_unacked_span
-                    || !budget.admit(record.size())
-                {
-                    break;
+            if !budget.exhausted() && span_left > 0 {
+                let want = budget
+                    .records_left
+                    .min(usize::try_from(span_left).unwrap_or(usize::MAX));
+                let next = p.window.next();
+                let chunks = p
+                    .read(
+                        next,
+                        want,
+                        budget.batch_bytes_left,
+                        limits_cu,
+                        &mut take.catch_up,
+                    )
+                    .unwrap_or_default();
+                'chunks: for mut chunk in chunks {
+                    let mut n = 0;
+                    let mut stop = false;
+                    for record in chunk.records() {
+                        if record.offset - p.window.cursor() >= limits.max_unacked_span
+                            || !budget.admit(record.size())
+                        {
+                            stop = true;
+                            break;
+                        }
+                        p.window.deliver_first(record.offset, record.size(), stream);
+                        n += 1;
+                    }
+                    if n > 0 {
+                        chunk.truncate(n);
+                        take.deliveries.push(Delivery { chunk, attempt: 1 });
+                    }
+                    if stop {
+                        break 'chunks;
+                    }
                 }
-                p.window.deliver_first(record.offset, record.size(), stream);
-                take.deliveries.push(Delivery { record, attempt: 1 });
+            }
+            for s in &mut take.catch_up[started..] {
+                s.partition = partition;
             }
         }
         if let Some(st) = self.streams.get_mut(&stream) {
@@ -333,7 +506,7 @@ impl SubscriptionDelivery {
                 let before = p.window.cursor();
                 released += p.window.ack(stream, rs);
                 if p.window.cursor() != before {
-                    p.log.notify_progress();
+                    p.cursor_moved();
                 }
             }
         }

@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::delivery::{AckError, Credits, PartitionAckError, StreamId, TakeLimits};
 use crate::model::{NameError, SubscriptionName, TopicName};
-use crate::shard::{LookupError, Shard, SubscriptionRuntime, TopicRuntime};
+use crate::shard::{CatchUpJob, LookupError, Shard, SubscriptionRuntime, TopicRuntime};
 
 pub use fanout_proto::v1::fanout_server::FanoutServer;
 
@@ -318,10 +318,18 @@ impl StreamTask {
             if take.reset {
                 return Ok(false);
             }
-            for (partition, offset) in &take.behind_window {
-                if let Some(owned) = self.topic.partition(*partition) {
-                    owned.request_rewind(*offset);
-                }
+            for start in take.catch_up {
+                tracing::info!(
+                    partition = start.partition,
+                    from = start.log.head(),
+                    "subscription behind the shared window: catching up from Kafka"
+                );
+                self.inner.shard.start_catch_up(CatchUpJob {
+                    topic: self.topic.clone(),
+                    subscription: self.sub.clone(),
+                    partition: start.partition,
+                    log: start.log,
+                });
             }
             if take.deliveries.is_empty() {
                 return Ok(true);

@@ -9,6 +9,7 @@
 //! Offsets are never auto-committed and `auto.offset.reset` is `error`: a start position is
 //! always explicit.
 
+pub mod catchup;
 mod partition;
 
 use std::collections::HashMap;

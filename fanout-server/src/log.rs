@@ -1,29 +1,39 @@
 //! The per-partition window of records shared by every subscription of a topic.
 //!
-//! One writer (the partition's ingest task) appends batches; many readers (the streams of
-//! every subscription) copy out reference-counted records. The window covers the offsets
-//! `[start, head)`: every record Kafka holds in that range is in it (offsets missing from it
-//! are transaction markers, aborted or compacted records). It is trimmed below the lowest
-//! cursor of the partition's subscriptions and bounded by a byte budget; a full window makes
-//! the writer wait, which stops reading that partition from Kafka.
+//! One writer (the partition's ingest task, holding the only [`LogWriter`]) appends
+//! immutable batches; many readers (the streams of every subscription) find them by offset
+//! and take reference-counted [`Chunk`]s of them. Nothing on the read or append path takes
+//! a lock: batches sit in a fixed ring of [`ArcSwapOption`] slots, each batch stamped with
+//! its sequence number so that a reader recognises a slot that was trimmed or reused under
+//! it, and each batch says which offsets it covers so that a reader never returns records
+//! with a hole between them.
 //!
-//! Core module: no I/O. This is the walking-skeleton version guarded by a reader-writer lock;
-//! the delivery-core issue replaces it with a lock-free ring.
+//! The window covers the offsets `[start, head)`: every record Kafka holds in that range is
+//! in it (offsets missing from it are transaction markers, aborted or compacted records).
+//! The writer trims it below what its subscriptions still need and keeps it within a byte
+//! budget per partition, a batch-count budget (the ring), and a byte budget shared by every
+//! partition of the shard ([`MemoryPool`]).
+//!
+//! Core module: no I/O.
 
-use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
-use parking_lot::RwLock;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Notify;
 
 use crate::model::{Offset, Record};
 
-/// Records of one Kafka fetch for one partition, in offset order. Immutable once built.
+/// Records of one Kafka fetch for one partition, in offset order. Immutable once appended.
 #[derive(Debug)]
 pub struct Batch {
     records: Vec<Record>,
     bytes: usize,
+    /// Position in the log's sequence of batches, set at append.
+    seq: u64,
+    /// The window head when the batch was appended: it covers `[covers_from, last + 1)`.
+    covers_from: Offset,
 }
 
 impl Batch {
@@ -33,7 +43,12 @@ impl Batch {
             return None;
         }
         let bytes = records.iter().map(Record::size).sum();
-        Some(Self { records, bytes })
+        Some(Self {
+            records,
+            bytes,
+            seq: 0,
+            covers_from: 0,
+        })
     }
 
     pub fn first_offset(&self) -> Offset {
@@ -47,6 +62,58 @@ impl Batch {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    /// One past the last offset covered.
+    fn covers_to(&self) -> Offset {
+        self.last_offset() + 1
+    }
+}
+
+/// A run of consecutive records of one batch, shared with every other reader of it.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    batch: Arc<Batch>,
+    range: Range<usize>,
+}
+
+impl Chunk {
+    /// A chunk of the records `range` of `batch`.
+    pub fn new(batch: Arc<Batch>, range: Range<usize>) -> Self {
+        debug_assert!(range.start < range.end && range.end <= batch.records.len());
+        Self { batch, range }
+    }
+
+    /// A chunk of one record on its own (records re-read from Kafka, tests).
+    pub fn single(record: Record) -> Self {
+        let batch = Batch {
+            bytes: record.size(),
+            covers_from: record.offset,
+            records: vec![record],
+            seq: 0,
+        };
+        Self::new(Arc::new(batch), 0..1)
+    }
+
+    pub fn records(&self) -> &[Record] {
+        &self.batch.records[self.range.clone()]
+    }
+
+    pub fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+
+    /// Keeps the first `n` records.
+    pub fn truncate(&mut self, n: usize) {
+        self.range.end = self.range.end.min(self.range.start + n);
+    }
 }
 
 /// Why an append was refused.
@@ -54,45 +121,203 @@ impl Batch {
 pub enum AppendError {
     #[error("batch starts at offset {first}, below the window head {head}")]
     BehindHead { first: Offset, head: Offset },
-    #[error("window is full ({bytes} of {budget} bytes)")]
-    Full { bytes: usize, budget: usize },
+    #[error("window is full ({bytes} of {budget} bytes, {batches} batches)")]
+    Full {
+        bytes: usize,
+        budget: usize,
+        batches: usize,
+    },
 }
 
+/// Bytes of record windows held by every partition of a shard, against one limit.
 #[derive(Debug)]
-struct Window {
-    start: Offset,
-    head: Offset,
-    batches: VecDeque<Arc<Batch>>,
-    bytes: usize,
+pub struct MemoryPool {
+    limit: usize,
+    used: AtomicUsize,
 }
 
-/// The shared window of one owned partition.
+impl MemoryPool {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// A pool without a limit (tests, private windows counted elsewhere).
+    pub fn unlimited() -> Arc<Self> {
+        Self::new(usize::MAX)
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    fn has_room_for(&self, bytes: usize) -> bool {
+        self.used().saturating_add(bytes) <= self.limit
+    }
+}
+
+/// A reader's hold on a window: the writer keeps every record from `cursor` on, until the
+/// window is full and this reader is far behind the others; then the writer *evicts* it (it
+/// must go and read from Kafka itself: the catch-up path) and stops keeping records for it.
+#[derive(Debug)]
+pub struct Pin {
+    /// Lowest offset the reader still needs; `Offset::MAX` while it holds nothing.
+    cursor: AtomicI64,
+    /// Set by the writer when it stopped keeping records for this reader.
+    evicted: AtomicBool,
+}
+
+impl Pin {
+    fn new(cursor: Offset) -> Self {
+        Self {
+            cursor: AtomicI64::new(cursor),
+            evicted: AtomicBool::new(false),
+        }
+    }
+
+    /// Holds the records from `cursor` on again (after an eviction, or while holding
+    /// nothing).
+    pub fn hold(&self, cursor: Offset) {
+        self.evicted.store(false, Ordering::Release);
+        self.cursor.store(cursor, Ordering::Release);
+    }
+
+    /// Moves what is held up to `cursor`, unless nothing is held (an eviction may race: it
+    /// wins).
+    pub fn advance(&self, cursor: Offset) {
+        let _ = self
+            .cursor
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c != Offset::MAX).then_some(cursor)
+            });
+    }
+
+    /// Holds nothing.
+    pub fn release(&self) {
+        self.cursor.store(Offset::MAX, Ordering::Release);
+    }
+
+    /// What the pin holds from, if anything.
+    pub fn cursor(&self) -> Option<Offset> {
+        Some(self.cursor.load(Ordering::Acquire)).filter(|&c| c != Offset::MAX)
+    }
+
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Acquire)
+    }
+}
+
+/// Sizes of one partition's window.
+#[derive(Debug, Clone, Copy)]
+pub struct LogLimits {
+    /// Most bytes held.
+    pub bytes: usize,
+    /// Most batches held: the ring's size.
+    pub batches: usize,
+}
+
+impl LogLimits {
+    pub fn bytes(bytes: usize) -> Self {
+        Self {
+            bytes,
+            batches: 1024,
+        }
+    }
+}
+
+/// The shared window of one partition.
 #[derive(Debug)]
 pub struct PartitionLog {
-    /// Most bytes the window holds before the writer must wait for trimming.
-    budget: usize,
-    /// The window itself.
-    window: RwLock<Window>,
+    limits: LogLimits,
+    /// The shard-wide budget this window's bytes count against.
+    pool: Arc<MemoryPool>,
+    /// Batch `seq` lives in slot `seq % slots.len()`.
+    slots: Box<[ArcSwapOption<Batch>]>,
+    /// Sequence number of the oldest batch held.
+    first_seq: AtomicU64,
+    /// Sequence number the next batch gets.
+    next_seq: AtomicU64,
+    /// First offset covered.
+    start: AtomicI64,
+    /// One past the last offset covered.
+    head: AtomicI64,
+    /// Bytes held (written by the writer only).
+    bytes: AtomicUsize,
+    /// Set while a [`LogWriter`] exists: there is at most one.
+    writer: AtomicBool,
     /// Signalled when a reader acked something, so a waiting writer trims and looks again.
     progress: Notify,
     /// Set when the partition is being given up: readers take nothing more from it.
     closed: AtomicBool,
+    /// What readers hold; changed rarely (a reader comes or goes), read by the writer.
+    pins: ArcSwap<Vec<Arc<Pin>>>,
 }
 
 impl PartitionLog {
-    /// An empty window whose coverage begins at `start`.
-    pub fn new(start: Offset, budget: usize) -> Self {
-        Self {
-            budget,
-            window: RwLock::new(Window {
-                start,
-                head: start,
-                batches: VecDeque::new(),
-                bytes: 0,
-            }),
+    /// An empty window whose coverage begins at `start`, with its own unlimited pool.
+    pub fn new(start: Offset, bytes: usize) -> Arc<Self> {
+        Self::with_pool(start, LogLimits::bytes(bytes), MemoryPool::unlimited())
+    }
+
+    /// An empty window whose coverage begins at `start`, counted against `pool`.
+    pub fn with_pool(start: Offset, limits: LogLimits, pool: Arc<MemoryPool>) -> Arc<Self> {
+        let slots = (0..limits.batches.max(2))
+            .map(|_| ArcSwapOption::empty())
+            .collect();
+        Arc::new(Self {
+            limits,
+            pool,
+            slots,
+            first_seq: AtomicU64::new(0),
+            next_seq: AtomicU64::new(0),
+            start: AtomicI64::new(start),
+            head: AtomicI64::new(start),
+            bytes: AtomicUsize::new(0),
+            writer: AtomicBool::new(false),
             progress: Notify::new(),
             closed: AtomicBool::new(false),
-        }
+            pins: ArcSwap::from_pointee(Vec::new()),
+        })
+    }
+
+    /// A new reader that needs the records from `cursor` on.
+    pub fn pin(&self, cursor: Offset) -> Arc<Pin> {
+        let pin = Arc::new(Pin::new(cursor));
+        self.pins.rcu(|pins| {
+            let mut v = Vec::clone(pins);
+            v.push(pin.clone());
+            v
+        });
+        pin
+    }
+
+    /// The reader of `pin` is gone.
+    pub fn unpin(&self, pin: &Arc<Pin>) {
+        self.pins.rcu(|pins| {
+            let mut v = Vec::clone(pins);
+            v.retain(|p| !Arc::ptr_eq(p, pin));
+            v
+        });
+        self.notify_progress();
+    }
+
+    /// The lowest offset any reader holds, if any holds one.
+    pub fn lowest_pin(&self) -> Option<Offset> {
+        self.pins.load().iter().filter_map(|p| p.cursor()).min()
+    }
+
+    /// The writer of this window, unless one exists already.
+    pub fn writer(self: &Arc<Self>) -> Option<LogWriter> {
+        self.writer
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        Some(LogWriter { log: self.clone() })
     }
 
     /// Stops deliveries from this window (its partition is being revoked).
@@ -116,105 +341,283 @@ impl PartitionLog {
 
     /// First offset covered.
     pub fn start(&self) -> Offset {
-        self.window.read().start
+        self.start.load(Ordering::Acquire)
     }
 
     /// One past the last offset covered: the next offset the writer expects.
     pub fn head(&self) -> Offset {
-        self.window.read().head
+        self.head.load(Ordering::Acquire)
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.window.read().bytes
+        self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Appends a batch that follows the head. A non-empty window refuses a batch that would
-    /// exceed the budget; an empty one accepts any batch, so a huge record cannot wedge it.
-    pub fn append(&self, batch: Batch) -> Result<(), AppendError> {
-        let mut w = self.window.write();
-        if batch.first_offset() < w.head {
-            return Err(AppendError::BehindHead {
-                first: batch.first_offset(),
-                head: w.head,
-            });
-        }
-        if !w.batches.is_empty() && w.bytes + batch.bytes > self.budget {
-            return Err(AppendError::Full {
-                bytes: w.bytes,
-                budget: self.budget,
-            });
-        }
-        w.head = batch.last_offset() + 1;
-        w.bytes += batch.bytes;
-        w.batches.push_back(Arc::new(batch));
-        Ok(())
+    /// Batches held.
+    pub fn batches(&self) -> usize {
+        let first = self.first_seq.load(Ordering::Acquire);
+        let next = self.next_seq.load(Ordering::Acquire);
+        usize::try_from(next.saturating_sub(first)).unwrap_or(usize::MAX)
     }
 
-    /// Would a batch of `bytes` fit now?
-    pub fn has_room_for(&self, bytes: usize) -> bool {
-        let w = self.window.read();
-        w.batches.is_empty() || w.bytes + bytes <= self.budget
+    fn slot(&self, seq: u64) -> &ArcSwapOption<Batch> {
+        let i = usize::try_from(seq % self.slots.len() as u64).unwrap_or(0);
+        &self.slots[i]
     }
 
-    /// Copies out up to `max_records` records with offset `>= from`, stopping before the
-    /// total size passes `max_bytes` (at least one record is returned if any is there).
-    /// Returns `None` if `from` is below the window start: those records are not held.
-    pub fn read(&self, from: Offset, max_records: usize, max_bytes: usize) -> Option<Vec<Record>> {
-        let w = self.window.read();
-        if from < w.start {
+    /// The batch `seq`, if it is still held.
+    fn batch(&self, seq: u64) -> Option<Arc<Batch>> {
+        self.slot(seq).load_full().filter(|b| b.seq == seq)
+    }
+
+    /// The last offset of batch `seq`, if it is still held (without touching its count).
+    fn last_offset_of(&self, seq: u64) -> Option<Offset> {
+        let guard = self.slot(seq).load();
+        guard
+            .as_ref()
+            .filter(|b| b.seq == seq)
+            .map(|b| b.last_offset())
+    }
+
+    /// Up to `max_records` records with offset `>= from`, as chunks of shared batches,
+    /// stopping before the total size passes `max_bytes` (at least one record is returned if
+    /// any is there). Returns `None` if the window does not hold `from` any more (or not yet
+    /// again after a reset): the records from there must come from elsewhere.
+    ///
+    /// Lock-free: it may race with the writer, and then returns fewer records or `None`,
+    /// never records with a hole between them.
+    pub fn read(&self, from: Offset, max_records: usize, max_bytes: usize) -> Option<Vec<Chunk>> {
+        if from < self.start() {
             return None;
         }
         let mut out = Vec::new();
         if max_records == 0 {
             return Some(out);
         }
-        // First batch whose last offset is >= from.
-        let first = w.batches.partition_point(|b| b.last_offset() < from);
-        let mut bytes = 0;
-        'batches: for batch in w.batches.range(first..) {
-            let skip = batch.records.partition_point(|r| r.offset < from);
-            for r in &batch.records[skip..] {
-                let size = r.size();
-                if !out.is_empty() && bytes + size > max_bytes {
-                    break 'batches;
-                }
-                bytes += size;
-                out.push(r.clone());
-                if out.len() == max_records {
-                    break 'batches;
-                }
+        let mut lo = self.first_seq.load(Ordering::Acquire);
+        let next = self.next_seq.load(Ordering::Acquire);
+        // First batch whose last offset is >= from; a batch gone from its slot was trimmed,
+        // so it lay below every batch still held.
+        let mut hi = next;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.last_offset_of(mid) {
+                Some(last) if last >= from => hi = mid,
+                _ => lo = mid + 1,
             }
         }
+        let mut expect_from = from;
+        let mut records = 0;
+        let mut bytes = 0;
+        for seq in lo..next {
+            let Some(batch) = self.batch(seq) else {
+                break;
+            };
+            // The batch must continue exactly where the last one (or `from`) ended.
+            let contiguous = if out.is_empty() {
+                batch.covers_from <= from
+            } else {
+                batch.covers_from == expect_from
+            };
+            if !contiguous {
+                if out.is_empty() {
+                    // The window moved under us (trimmed or reset past `from`).
+                    return (from >= self.start() && from >= batch.covers_from).then(Vec::new);
+                }
+                break;
+            }
+            let skip = batch.records.partition_point(|r| r.offset < from);
+            let mut end = skip;
+            for r in &batch.records[skip..] {
+                let size = r.size();
+                if records > 0 && bytes + size > max_bytes {
+                    break;
+                }
+                bytes += size;
+                records += 1;
+                end += 1;
+                if records == max_records {
+                    break;
+                }
+            }
+            expect_from = batch.covers_to();
+            let full = end < batch.records.len() || records == max_records;
+            if end > skip {
+                out.push(Chunk::new(batch, skip..end));
+            }
+            if full {
+                break;
+            }
+        }
+        // A trim may have passed `from` while we read: the records are still the right ones
+        // (Kafka's log is immutable), and contiguous, which is all a reader relies on.
         Some(out)
+    }
+}
+
+/// The only handle that changes a [`PartitionLog`]: appends, trims, resets.
+#[derive(Debug)]
+pub struct LogWriter {
+    log: Arc<PartitionLog>,
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        self.log.writer.store(false, Ordering::Release);
+    }
+}
+
+impl LogWriter {
+    pub fn log(&self) -> &Arc<PartitionLog> {
+        &self.log
+    }
+
+    /// Would a batch of `bytes` fit now? An empty window takes any one batch, so a huge
+    /// record (or a full shard) cannot wedge a partition forever.
+    pub fn has_room_for(&self, bytes: usize) -> bool {
+        let log = &*self.log;
+        let batches = log.batches();
+        batches == 0
+            || (batches < log.slots.len()
+                && log.bytes().saturating_add(bytes) <= log.limits.bytes
+                && log.pool.has_room_for(bytes))
+    }
+
+    /// Bytes that fit now (`usize::MAX` into an empty window, which takes any one batch).
+    pub fn room(&self) -> usize {
+        let log = &*self.log;
+        let batches = log.batches();
+        if batches == 0 {
+            return usize::MAX;
+        }
+        if batches >= log.slots.len() {
+            return 0;
+        }
+        let own = log.limits.bytes.saturating_sub(log.bytes());
+        let shard = log.pool.limit.saturating_sub(log.pool.used());
+        own.min(shard)
+    }
+
+    /// Appends a batch that follows the head, if [`Self::has_room_for`] it.
+    pub fn append(&mut self, mut batch: Batch) -> Result<(), AppendError> {
+        let log = &*self.log;
+        let head = log.head();
+        if batch.first_offset() < head {
+            return Err(AppendError::BehindHead {
+                first: batch.first_offset(),
+                head,
+            });
+        }
+        if !self.has_room_for(batch.bytes) {
+            return Err(AppendError::Full {
+                bytes: log.bytes(),
+                budget: log.limits.bytes,
+                batches: log.batches(),
+            });
+        }
+        let seq = log.next_seq.load(Ordering::Relaxed);
+        batch.seq = seq;
+        batch.covers_from = head;
+        let bytes = batch.bytes;
+        let to = batch.covers_to();
+        log.pool.used.fetch_add(bytes, Ordering::Relaxed);
+        log.bytes.store(log.bytes() + bytes, Ordering::Relaxed);
+        log.slot(seq).store(Some(Arc::new(batch)));
+        // Publish the slot before the sequence and head that make readers look at it.
+        log.next_seq.store(seq + 1, Ordering::Release);
+        log.head.store(to, Ordering::Release);
+        Ok(())
+    }
+
+    /// Trims below what the readers hold (everything, with none holding anything).
+    pub fn trim_to_pins(&mut self) -> usize {
+        let below = self.log.lowest_pin().unwrap_or_else(|| self.log.head());
+        self.trim(below)
+    }
+
+    /// Frees room for a batch of `bytes`: trims to the pins and, if that is not enough,
+    /// evicts the readers more than half a window behind the one furthest ahead (there must
+    /// be one: readers all equally slow are waited for, not evicted). Returns whether the
+    /// batch fits now, and how many readers were evicted.
+    pub fn make_room(&mut self, bytes: usize) -> (bool, usize) {
+        self.trim_to_pins();
+        if self.has_room_for(bytes) {
+            return (true, 0);
+        }
+        let log = &*self.log;
+        let first = log.first_seq.load(Ordering::Relaxed);
+        let next = log.next_seq.load(Ordering::Relaxed);
+        let Some(mid) = log.batch(first + (next - first) / 2).map(|b| b.covers_from) else {
+            return (false, 0);
+        };
+        let pins = log.pins.load();
+        let lead = pins.iter().filter_map(|p| p.cursor()).max();
+        if lead.is_none_or(|l| l < mid) {
+            return (false, 0);
+        }
+        let mut evicted = 0;
+        for p in pins.iter() {
+            if p.cursor().is_some_and(|c| c < mid) {
+                p.evicted.store(true, Ordering::Release);
+                p.release();
+                evicted += 1;
+            }
+        }
+        self.trim_to_pins();
+        (self.has_room_for(bytes), evicted)
     }
 
     /// Drops every batch that lies entirely below `below`, and moves the start up to it
     /// (never past the head). Returns the bytes freed.
-    pub fn trim(&self, below: Offset) -> usize {
-        let mut w = self.window.write();
+    pub fn trim(&mut self, below: Offset) -> usize {
+        let log = &*self.log;
+        let new_start = below.min(log.head());
+        if new_start > log.start() {
+            // Readers asking for offsets below the new start get `None` from here on.
+            log.start.store(new_start, Ordering::Release);
+        }
         let mut freed = 0;
-        while w.batches.front().is_some_and(|b| b.last_offset() < below) {
-            if let Some(b) = w.batches.pop_front() {
-                freed += b.bytes;
+        let next = log.next_seq.load(Ordering::Relaxed);
+        let mut first = log.first_seq.load(Ordering::Relaxed);
+        while first < next {
+            let Some(b) = log.batch(first) else { break };
+            if b.last_offset() >= below {
+                break;
             }
+            freed += b.bytes;
+            first += 1;
+            log.first_seq.store(first, Ordering::Release);
+            log.slot(b.seq).store(None);
         }
-        w.bytes -= freed;
-        let new_start = below.min(w.head);
-        if new_start > w.start {
-            w.start = new_start;
-        }
+        log.bytes.store(log.bytes() - freed, Ordering::Relaxed);
+        log.pool.used.fetch_sub(freed, Ordering::Relaxed);
         freed
     }
 
     /// Empties the window and restarts its coverage at `offset` (after the reader of the
     /// partition was moved there).
-    pub fn reset(&self, offset: Offset) {
-        let mut w = self.window.write();
-        w.batches.clear();
-        w.bytes = 0;
-        w.start = offset;
-        w.head = offset;
+    pub fn reset(&mut self, offset: Offset) {
+        let log = &*self.log;
+        // Readers below the new coverage get `None` from the start check first.
+        log.start.store(offset, Ordering::Release);
+        let next = log.next_seq.load(Ordering::Relaxed);
+        let first = log.first_seq.load(Ordering::Relaxed);
+        log.first_seq.store(next, Ordering::Release);
+        for seq in first..next {
+            log.slot(seq).store(None);
+        }
+        log.pool.used.fetch_sub(log.bytes(), Ordering::Relaxed);
+        log.bytes.store(0, Ordering::Relaxed);
+        log.head.store(offset, Ordering::Release);
+        log.start.store(offset, Ordering::Release);
+    }
+}
+
+impl Drop for PartitionLog {
+    fn drop(&mut self) {
+        // Whatever is still held leaves the shard's budget with the window.
+        self.pool.used.fetch_sub(self.bytes(), Ordering::Relaxed);
     }
 }
 

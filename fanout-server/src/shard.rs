@@ -13,8 +13,10 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
-use crate::delivery::{StreamId, TakeLimits};
-use crate::log::PartitionLog;
+use tokio::sync::mpsc;
+
+use crate::delivery::{CatchUpLimits, StreamId, TakeLimits};
+use crate::log::{LogLimits, MemoryPool, PartitionLog};
 use crate::model::{Offset, Partition, SubscriptionKey, SubscriptionName, TopicName};
 use crate::registry::{Change, DecodeError, Registry, SubscriptionSpec, TopicSpec};
 
@@ -27,6 +29,12 @@ pub use runtime::{OwnedPartition, SubscriptionRuntime, TopicRuntime};
 pub struct ShardLimits {
     /// Byte budget of each owned partition's shared window.
     pub partition_window_bytes: usize,
+    /// Byte budget of all shared windows of the shard together.
+    pub window_memory_bytes: usize,
+    /// Byte budget of one (subscription, partition)'s private window on the catch-up path.
+    pub catch_up_window_bytes: usize,
+    /// Byte budget of all private windows of the shard together.
+    pub catch_up_memory_bytes: usize,
     /// Batch and span limits of deliveries.
     pub take: TakeLimits,
 }
@@ -91,6 +99,18 @@ pub struct Assigned {
     pub losses: Vec<Loss>,
 }
 
+/// A (subscription, partition) that left the shared window: a catch-up reader fills its
+/// private window from Kafka until the subscription no longer needs it (the window is
+/// closed then).
+#[derive(Debug, Clone)]
+pub struct CatchUpJob {
+    pub topic: Arc<TopicRuntime>,
+    pub subscription: Arc<SubscriptionRuntime>,
+    pub partition: Partition,
+    /// The private window, filled from its head on.
+    pub log: Arc<PartitionLog>,
+}
+
 /// The shard's state.
 #[derive(Debug)]
 pub struct Shard {
@@ -109,11 +129,27 @@ pub struct Shard {
     next_stream: AtomicU64,
     /// The registered topics the ingest should subscribe to.
     wanted_topics: watch::Sender<Vec<TopicName>>,
+    /// Budget of all shared windows.
+    window_pool: Arc<MemoryPool>,
+    /// Sizes of private windows on the catch-up path.
+    catch_up: CatchUpLimits,
+    /// Catch-up work for the catch-up readers.
+    catch_up_jobs: mpsc::UnboundedSender<CatchUpJob>,
+    /// The receiving end, until the catch-up readers take it.
+    catch_up_queue: Mutex<Option<mpsc::UnboundedReceiver<CatchUpJob>>>,
 }
 
 impl Shard {
     pub fn new(limits: ShardLimits) -> Self {
+        let (catch_up_jobs, queue) = mpsc::unbounded_channel();
         Self {
+            window_pool: MemoryPool::new(limits.window_memory_bytes),
+            catch_up: CatchUpLimits {
+                window_bytes: limits.catch_up_window_bytes,
+                pool: MemoryPool::new(limits.catch_up_memory_bytes),
+            },
+            catch_up_jobs,
+            catch_up_queue: Mutex::new(Some(queue)),
             limits,
             registry: RwLock::new(Registry::default()),
             registry_next: watch::Sender::new(0),
@@ -122,6 +158,27 @@ impl Shard {
             next_stream: AtomicU64::new(1),
             wanted_topics: watch::Sender::new(Vec::new()),
         }
+    }
+
+    /// Bytes held by shared windows, and their budget.
+    pub fn window_memory(&self) -> (usize, usize) {
+        (self.window_pool.used(), self.window_pool.limit())
+    }
+
+    /// Bytes held by private catch-up windows, and their budget.
+    pub fn catch_up_memory(&self) -> (usize, usize) {
+        (self.catch_up.pool.used(), self.catch_up.pool.limit())
+    }
+
+    /// Hands a catch-up to the catch-up readers.
+    pub fn start_catch_up(&self, job: CatchUpJob) {
+        // Without readers (shutting down) the job is dropped; the subscription waits.
+        let _ = self.catch_up_jobs.send(job);
+    }
+
+    /// The queue of catch-up work; there is one taker.
+    pub fn take_catch_up_queue(&self) -> Option<mpsc::UnboundedReceiver<CatchUpJob>> {
+        self.catch_up_queue.lock().take()
     }
 
     // ---- registry ----
@@ -209,7 +266,10 @@ impl Shard {
         if topic.subscriptions.read().contains_key(&spec.name) {
             return;
         }
-        let rt = Arc::new(SubscriptionRuntime::new(spec.clone()));
+        let rt = Arc::new(SubscriptionRuntime::new(
+            spec.clone(),
+            self.catch_up.clone(),
+        ));
         let key = spec.key();
         // Lock order everywhere: partitions, subscriptions, stored cursors, a delivery. The
         // partition map stays locked until the subscription is listed, so an assignment
@@ -252,11 +312,9 @@ impl Shard {
         }
         subscriptions.insert(spec.name.clone(), rt);
         drop((subscriptions, partitions));
-        for (_, owned, cursor) in cursors {
-            if cursor < owned.log.start() {
-                owned.request_rewind(cursor);
-            }
-        }
+        // A start below a shared window is served by the catch-up path when the
+        // subscription's streams look: the window is not moved back for everyone.
+        drop(cursors);
         topic.wake();
     }
 
@@ -361,7 +419,11 @@ impl Shard {
         let owned = Arc::new(OwnedPartition {
             topic: topic.clone(),
             partition,
-            log: Arc::new(PartitionLog::new(start, self.limits.partition_window_bytes)),
+            log: PartitionLog::with_pool(
+                start,
+                LogLimits::bytes(self.limits.partition_window_bytes),
+                self.window_pool.clone(),
+            ),
             rewind: watch::Sender::new(None),
         });
         for (s, cursor) in cursors {

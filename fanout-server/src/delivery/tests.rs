@@ -6,6 +6,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::log::Batch;
+use crate::model::Record;
 
 const S1: StreamId = StreamId(1);
 const S2: StreamId = StreamId(2);
@@ -23,9 +24,14 @@ fn rec(partition: Partition, offset: Offset) -> Record {
 
 fn log_with(partition: Partition, offsets: &[Offset]) -> Arc<PartitionLog> {
     let log = PartitionLog::new(offsets[0], 1 << 20);
-    log.append(Batch::new(offsets.iter().map(|&o| rec(partition, o)).collect()).unwrap())
+    append(&log, partition, offsets);
+    log
+}
+
+fn append(log: &Arc<PartitionLog>, partition: Partition, offsets: &[Offset]) {
+    let mut w = log.writer().unwrap();
+    w.append(Batch::new(offsets.iter().map(|&o| rec(partition, o)).collect()).unwrap())
         .unwrap();
-    Arc::new(log)
 }
 
 fn range(first: Offset, last: Offset) -> OffsetRange {
@@ -48,7 +54,12 @@ fn credits(records: usize) -> Credits {
 fn offsets(take: &Take) -> Vec<(Partition, Offset, u32)> {
     take.deliveries
         .iter()
-        .map(|d| (d.record.partition, d.record.offset, d.attempt))
+        .flat_map(|d| {
+            d.chunk
+                .records()
+                .iter()
+                .map(|r| (r.partition, r.offset, d.attempt))
+        })
         .collect()
 }
 
@@ -132,7 +143,7 @@ fn nack_makes_records_due_after_the_delay_with_a_higher_attempt() {
 #[test]
 fn one_stream_gets_partitions_in_offset_order_within_credits() {
     let now = Instant::now();
-    let mut d = SubscriptionDelivery::new();
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
     d.add_partition(0, log_with(0, &[0, 1, 2, 3]), 1);
     d.add_partition(1, log_with(1, &[10, 11]), 10);
     d.open_stream(S1, credits(3));
@@ -153,10 +164,10 @@ fn one_stream_gets_partitions_in_offset_order_within_credits() {
 #[test]
 fn a_closed_stream_gives_its_records_back_to_the_next_one() {
     let now = Instant::now();
-    let mut d = SubscriptionDelivery::new();
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
     d.add_partition(0, log_with(0, &[0, 1, 2]), 0);
     d.open_stream(S1, credits(2));
-    assert_eq!(d.take(S1, now, LIMITS).deliveries.len(), 2);
+    assert_eq!(d.take(S1, now, LIMITS).records(), 2);
     d.open_stream(S2, credits(10));
     assert!(
         d.take(S2, now, LIMITS).deliveries.is_empty(),
@@ -175,11 +186,11 @@ fn a_closed_stream_gives_its_records_back_to_the_next_one() {
 #[test]
 fn acks_are_all_or_nothing() {
     let now = Instant::now();
-    let mut d = SubscriptionDelivery::new();
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
     d.add_partition(0, log_with(0, &[0, 1]), 0);
     d.add_partition(1, log_with(1, &[0, 1]), 0);
     d.open_stream(S1, credits(10));
-    assert_eq!(d.take(S1, now, LIMITS).deliveries.len(), 4);
+    assert_eq!(d.take(S1, now, LIMITS).records(), 4);
     let err = d
         .ack(S1, &[(0, vec![range(0, 1)]), (1, vec![range(0, 5)])])
         .unwrap_err();
@@ -197,7 +208,7 @@ fn acks_are_all_or_nothing() {
 #[test]
 fn partitions_spread_over_streams_and_drain_before_moving() {
     let now = Instant::now();
-    let mut d = SubscriptionDelivery::new();
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
     for p in 0..4 {
         d.add_partition(p, log_with(p, &[0, 1]), 0);
     }
@@ -213,8 +224,11 @@ fn partitions_spread_over_streams_and_drain_before_moving() {
         "S1 let go of partitions: the others must be told"
     );
     let t2 = d.take(S2, now, LIMITS);
-    let s2_parts: std::collections::BTreeSet<Partition> =
-        t2.deliveries.iter().map(|x| x.record.partition).collect();
+    let s2_parts: std::collections::BTreeSet<Partition> = t2
+        .deliveries
+        .iter()
+        .map(|x| x.chunk.records()[0].partition)
+        .collect();
     assert_eq!(s2_parts.len(), 2, "S2 got its fair share: {s2_parts:?}");
     assert!(!s2_parts.contains(&0));
 }
@@ -222,7 +236,7 @@ fn partitions_spread_over_streams_and_drain_before_moving() {
 #[test]
 fn a_stream_without_credits_still_lets_go_of_a_drained_partition() {
     let now = Instant::now();
-    let mut d = SubscriptionDelivery::new();
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
     for p in 0..2 {
         d.add_partition(p, log_with(p, &[0, 1]), 0);
     }
@@ -246,11 +260,11 @@ fn a_stream_without_credits_still_lets_go_of_a_drained_partition() {
 #[test]
 fn a_reset_partition_ends_the_streams_that_had_its_records() {
     let now = Instant::now();
-    let mut d = SubscriptionDelivery::new();
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
     let log = log_with(0, &[0, 1, 2]);
     d.add_partition(0, log.clone(), 0);
     d.open_stream(S1, credits(2));
-    assert_eq!(d.take(S1, now, LIMITS).deliveries.len(), 2);
+    assert_eq!(d.take(S1, now, LIMITS).records(), 2);
     // Retention deleted 0..=1 before they were acked: the window restarts at 2.
     d.reset_partition(0, log, 2);
     assert_eq!(d.cursor(0), Some(2));
@@ -268,27 +282,27 @@ fn a_reset_partition_ends_the_streams_that_had_its_records() {
 #[test]
 fn unacked_span_is_bounded() {
     let now = Instant::now();
-    let mut d = SubscriptionDelivery::new();
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
     d.add_partition(0, log_with(0, &[0, 1, 2, 3, 4, 5]), 0);
     d.open_stream(S1, credits(100));
     let limits = TakeLimits {
         max_unacked_span: 3,
         ..LIMITS
     };
-    assert_eq!(d.take(S1, now, limits).deliveries.len(), 3);
+    assert_eq!(d.take(S1, now, limits).records(), 3);
     d.ack(S1, &[(0, vec![range(1, 2)])]).unwrap();
     assert!(
         d.take(S1, now, limits).deliveries.is_empty(),
         "offset 0 unacked pins the span"
     );
     d.ack(S1, &[(0, vec![range(0, 0)])]).unwrap();
-    assert_eq!(d.take(S1, now, limits).deliveries.len(), 3);
+    assert_eq!(d.take(S1, now, limits).records(), 3);
 }
 
 #[test]
 fn byte_credits_bound_flight_but_one_record_always_moves() {
     let now = Instant::now();
-    let mut d = SubscriptionDelivery::new();
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
     d.add_partition(0, log_with(0, &[0, 1, 2]), 0);
     let size = rec(0, 0).size();
     d.open_stream(
@@ -298,7 +312,7 @@ fn byte_credits_bound_flight_but_one_record_always_moves() {
             max_bytes: size + 1,
         },
     );
-    assert_eq!(d.take(S1, now, LIMITS).deliveries.len(), 1);
+    assert_eq!(d.take(S1, now, LIMITS).records(), 1);
     assert!(d.take(S1, now, LIMITS).deliveries.is_empty());
     d.set_credits(
         S1,
@@ -309,21 +323,61 @@ fn byte_credits_bound_flight_but_one_record_always_moves() {
     );
     d.ack(S1, &[(0, vec![range(0, 0)])]).unwrap();
     assert_eq!(
-        d.take(S1, now, LIMITS).deliveries.len(),
+        d.take(S1, now, LIMITS).records(),
         1,
         "idle stream takes one record even above its byte credits"
     );
 }
 
 #[test]
-fn a_cursor_below_the_window_is_reported() {
+fn a_cursor_below_the_window_catches_up_then_rejoins() {
     let now = Instant::now();
-    let mut d = SubscriptionDelivery::new();
-    d.add_partition(0, log_with(0, &[5, 6]), 2);
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
+    let shared = log_with(0, &[5, 6]);
+    d.add_partition(0, shared.clone(), 2);
     d.open_stream(S1, credits(10));
     let t = d.take(S1, now, LIMITS);
     assert!(t.deliveries.is_empty());
-    assert_eq!(t.behind_window, vec![(0, 2)]);
+    assert_eq!(t.catch_up.len(), 1);
+    let private = t.catch_up[0].log.clone();
+    assert_eq!((t.catch_up[0].partition, private.head()), (0, 2));
+    // Asked once: a second take waits for the catch-up reader.
+    assert!(d.take(S1, now, LIMITS).catch_up.is_empty());
+    // The subscription no longer holds the shared window back.
+    assert_eq!(shared.lowest_pin(), None);
+    // The catch-up reader fills the private window (3 is a gap).
+    append(&private, 0, &[2, 4]);
+    let t = d.take(S1, now, LIMITS);
+    assert_eq!(offsets(&t), vec![(0, 2, 1), (0, 4, 1)]);
+    // Past the private head, the shared window serves: no hole between them.
+    let t = d.take(S1, now, LIMITS);
+    assert_eq!(offsets(&t), vec![(0, 5, 1), (0, 6, 1)]);
+    // Acked up to the shared window: it rejoins and the private window is closed.
+    d.ack(S1, &[(0, vec![range(2, 6)])]).unwrap();
+    d.take(S1, now, LIMITS);
+    assert!(private.is_closed());
+    assert_eq!(shared.lowest_pin(), Some(7));
+}
+
+#[test]
+fn an_evicted_subscription_moves_to_the_catch_up_path() {
+    let now = Instant::now();
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
+    let shared = PartitionLog::new(0, 250);
+    d.add_partition(0, shared.clone(), 0);
+    let lead = shared.pin(2);
+    let mut w = shared.writer().unwrap();
+    w.append(Batch::new(vec![rec(0, 0)]).unwrap()).unwrap();
+    w.append(Batch::new(vec![rec(0, 1)]).unwrap()).unwrap();
+    // Full; the subscription at 0 is far behind the lead at 2: evicted, and the window
+    // trimmed up to the lead.
+    assert_eq!(w.make_room(200), (true, 1));
+    assert_eq!(shared.start(), 2);
+    d.open_stream(S1, credits(10));
+    let t = d.take(S1, now, LIMITS);
+    assert_eq!(t.catch_up.len(), 1);
+    assert_eq!(t.catch_up[0].log.head(), 0);
+    drop(lead);
 }
 
 // ---- property test: the ack window against a simple model ----

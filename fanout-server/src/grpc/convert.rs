@@ -8,11 +8,14 @@ use crate::model::{Partition, TimestampKind, TopicName};
 
 /// A batch of deliveries as sent on the wire.
 pub fn batch(topic: &TopicName, deliveries: Vec<Delivery>) -> pb::SubscribeResponse {
-    let mut records = Vec::with_capacity(deliveries.len());
-    let mut attempts = Vec::with_capacity(deliveries.len());
-    for d in deliveries {
-        attempts.push(d.attempt);
-        let r = d.record;
+    let n = deliveries.iter().map(|d| d.chunk.len()).sum();
+    let mut records = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    for (r, attempt) in deliveries
+        .iter()
+        .flat_map(|d| d.chunk.records().iter().map(|r| (r, d.attempt)))
+    {
+        attempts.push(attempt);
         let (timestamp_ms, timestamp_type) = match r.timestamp {
             Some((t, TimestampKind::CreateTime)) => (Some(t), pb::TimestampType::CreateTime),
             Some((t, TimestampKind::LogAppendTime)) => (Some(t), pb::TimestampType::LogAppendTime),
@@ -21,8 +24,8 @@ pub fn batch(topic: &TopicName, deliveries: Vec<Delivery>) -> pb::SubscribeRespo
         records.push(pb::Record {
             partition: r.partition,
             offset: r.offset,
-            key: r.key,
-            value: r.value,
+            key: r.key.clone(),
+            value: r.value.clone(),
             headers: r
                 .headers
                 .iter()

@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use super::{IngestConsumer, IngestContext, report_losses};
 use crate::kafka;
-use crate::log::Batch;
+use crate::log::{Batch, LogWriter};
 use crate::model::{Header, Offset, Record, TimestampKind};
 use crate::shard::{OwnedPartition, Shard, TopicRuntime};
 
@@ -101,14 +101,19 @@ impl Reader {
     }
 
     async fn read(&mut self, cancel: &CancellationToken) -> Exit {
+        // The previous reader of the partition (before a restart) has given its writer up.
+        let Some(mut writer) = self.owned.log.writer() else {
+            tracing::error!("the partition's window has another writer; not reading");
+            return Exit::Done;
+        };
         let initial = std::mem::take(&mut self.initial);
-        if !initial.is_empty() && !self.append(initial, cancel).await {
+        if !initial.is_empty() && !self.append(&mut writer, initial, cancel).await {
             return Exit::Done;
         }
         let mut rewinds = self.owned.rewind_requests();
         // A request made while no reader ran (during a restart) is taken now.
         if rewinds.borrow_and_update().is_some()
-            && let Some(offset) = self.rewind_to().await
+            && let Some(offset) = self.rewind_to(&mut writer).await
         {
             return Exit::Restart(offset);
         }
@@ -128,12 +133,12 @@ impl Reader {
             match event {
                 Event::Cancelled => return Exit::Done,
                 Event::Rewind => {
-                    if let Some(offset) = self.rewind_to().await {
+                    if let Some(offset) = self.rewind_to(&mut writer).await {
                         return Exit::Restart(offset);
                     }
                 }
                 Event::Records(records) => {
-                    if !self.append(records, cancel).await {
+                    if !self.append(&mut writer, records, cancel).await {
                         return Exit::Done;
                     }
                 }
@@ -173,30 +178,50 @@ impl Reader {
     }
 
     /// Appends to the window, waiting for room (this task is the only writer, so room once
-    /// seen stays). Returns false when cancelled. A rewind request drops the batch: the
-    /// rewind reads it again.
-    async fn append(&self, mut records: Vec<Record>, cancel: &CancellationToken) -> bool {
-        let log = &self.owned.log;
-        records.retain(|r| r.offset >= log.head());
+    /// seen stays). Makes room by trimming what every subscription is done with, and by
+    /// evicting subscriptions far behind the others to the catch-up path; subscriptions all
+    /// equally slow are waited for. Returns false when cancelled. A rewind request drops the
+    /// batch: the rewind reads it again.
+    async fn append(
+        &self,
+        writer: &mut LogWriter,
+        mut records: Vec<Record>,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let head = writer.log().head();
+        records.retain(|r| r.offset >= head);
         let Some(batch) = Batch::new(records) else {
             return true;
         };
-        while !log.has_room_for(batch.bytes()) {
-            self.topic.trim(self.owned.partition);
-            if log.has_room_for(batch.bytes()) {
+        loop {
+            let (fits, evicted) = writer.make_room(batch.bytes());
+            if evicted > 0 {
+                tracing::info!(
+                    evicted,
+                    "subscriptions far behind moved to the catch-up path"
+                );
+                // Their streams must notice and start catching up.
+                self.topic.wake_subscriptions();
+            }
+            if fits {
                 break;
             }
             // Wait for acks to free room; look again now and then regardless.
             let mut rewinds = self.owned.rewind_requests();
+            let log = writer.log().clone();
             tokio::select! {
                 _ = cancel.cancelled() => return false,
                 _ = rewinds.changed() => return true,
                 _ = log.progressed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
-        match log.append(batch) {
-            Ok(()) => self.topic.wake(),
+        match writer.append(batch) {
+            Ok(()) => {
+                // Keep only what some subscription still needs.
+                writer.trim_to_pins();
+                self.topic.wake();
+            }
             Err(e) => tracing::error!(error = %e, "records dropped from the window"),
         }
         true
@@ -205,7 +230,7 @@ impl Reader {
     /// Where to read the partition again from, for a pending rewind request: the lowest
     /// cursor (or the requested offset, if lower), but not below the log start, where
     /// retention deleted records (reported as lost). Resets the window there.
-    async fn rewind_to(&self) -> Option<Offset> {
+    async fn rewind_to(&self, writer: &mut LogWriter) -> Option<Offset> {
         let requested = self.owned.take_rewind()?;
         let consumer = self.consumer.upgrade()?;
         let topic = self.owned.topic.clone();
@@ -227,9 +252,10 @@ impl Reader {
         };
         let losses = self.shard.skip_deleted(&topic, p, low);
         report_losses(&losses);
-        let min = self.topic.min_cursor(p).unwrap_or(requested);
+        // Subscriptions on the catch-up path read for themselves: only the pins count.
+        let min = self.owned.log.lowest_pin().unwrap_or(requested);
         let target = requested.min(min).max(low);
-        self.owned.log.reset(target);
+        writer.reset(target);
         self.topic.wake();
         tracing::info!(offset = target, "partition will be read again from here");
         Some(target)

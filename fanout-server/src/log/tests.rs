@@ -16,6 +16,19 @@ fn batch(offsets: &[Offset]) -> Batch {
     Batch::new(offsets.iter().map(|&o| rec(o, 68)).collect()).unwrap()
 }
 
+fn offs(chunks: Vec<Chunk>) -> Vec<Offset> {
+    chunks
+        .iter()
+        .flat_map(|c| c.records().iter().map(|r| r.offset))
+        .collect()
+}
+
+fn log_and_writer(start: Offset, bytes: usize) -> (Arc<PartitionLog>, LogWriter) {
+    let log = PartitionLog::new(start, bytes);
+    let w = log.writer().unwrap();
+    (log, w)
+}
+
 #[test]
 fn batches_must_be_ordered_and_non_empty() {
     assert!(Batch::new(vec![]).is_none());
@@ -25,17 +38,25 @@ fn batches_must_be_ordered_and_non_empty() {
 }
 
 #[test]
+fn there_is_one_writer_at_a_time() {
+    let (log, w) = log_and_writer(0, 1 << 20);
+    assert!(log.writer().is_none());
+    drop(w);
+    assert!(log.writer().is_some());
+}
+
+#[test]
 fn reads_from_any_offset_across_gaps() {
-    let log = PartitionLog::new(10, 1 << 20);
-    log.append(batch(&[10, 11, 13])).unwrap();
-    log.append(batch(&[15, 16])).unwrap();
+    let (log, mut w) = log_and_writer(10, 1 << 20);
+    w.append(batch(&[10, 11, 13])).unwrap();
+    w.append(batch(&[15, 16])).unwrap();
     assert_eq!(log.head(), 17);
-    let offs = |v: Vec<Record>| v.iter().map(|r| r.offset).collect::<Vec<_>>();
     assert_eq!(
         offs(log.read(12, 10, usize::MAX).unwrap()),
         vec![13, 15, 16]
     );
     assert_eq!(offs(log.read(10, 2, usize::MAX).unwrap()), vec![10, 11]);
+    assert_eq!(offs(log.read(14, 10, usize::MAX).unwrap()), vec![15, 16]);
     assert_eq!(
         offs(log.read(17, 10, usize::MAX).unwrap()),
         Vec::<Offset>::new()
@@ -44,55 +65,190 @@ fn reads_from_any_offset_across_gaps() {
     assert_eq!(offs(log.read(10, 10, 250).unwrap()), vec![10, 11]);
     assert_eq!(offs(log.read(10, 10, 1).unwrap()), vec![10]);
     assert!(log.read(9, 10, usize::MAX).is_none());
+    // Chunks share the batches: two chunks for two batches.
+    assert_eq!(log.read(10, 10, usize::MAX).unwrap().len(), 2);
 }
 
 #[test]
 fn append_refuses_offsets_behind_head() {
-    let log = PartitionLog::new(0, 1 << 20);
-    log.append(batch(&[0, 1])).unwrap();
+    let (_log, mut w) = log_and_writer(0, 1 << 20);
+    w.append(batch(&[0, 1])).unwrap();
     assert_eq!(
-        log.append(batch(&[1, 2])),
+        w.append(batch(&[1, 2])),
         Err(AppendError::BehindHead { first: 1, head: 2 })
     );
 }
 
 #[test]
 fn budget_bounds_the_window_but_never_wedges_it() {
-    let log = PartitionLog::new(0, 250);
-    log.append(batch(&[0, 1])).unwrap();
-    assert!(!log.has_room_for(100));
+    let (log, mut w) = log_and_writer(0, 250);
+    w.append(batch(&[0, 1])).unwrap();
+    assert!(!w.has_room_for(100));
     assert_eq!(
-        log.append(batch(&[2])),
+        w.append(batch(&[2])),
         Err(AppendError::Full {
             bytes: 200,
-            budget: 250
+            budget: 250,
+            batches: 1,
         })
     );
-    assert_eq!(log.trim(2), 200);
+    assert_eq!(w.trim(2), 200);
     assert_eq!(log.start(), 2);
     assert_eq!(log.bytes(), 0);
     // An empty window takes a batch larger than the budget.
-    log.append(batch(&[2, 3, 4, 5])).unwrap();
+    w.append(batch(&[2, 3, 4, 5])).unwrap();
     assert_eq!(log.bytes(), 400);
 }
 
 #[test]
+fn the_ring_bounds_the_batch_count() {
+    let log = PartitionLog::with_pool(
+        0,
+        LogLimits {
+            bytes: 1 << 20,
+            batches: 3,
+        },
+        MemoryPool::unlimited(),
+    );
+    let mut w = log.writer().unwrap();
+    for o in 0..3 {
+        w.append(batch(&[o])).unwrap();
+    }
+    assert!(matches!(
+        w.append(batch(&[3])),
+        Err(AppendError::Full { batches: 3, .. })
+    ));
+    w.trim(1);
+    w.append(batch(&[3])).unwrap();
+    // Slot 0 now holds batch 3: reading offset 0 must not find it.
+    assert!(log.read(0, 10, usize::MAX).is_none());
+    assert_eq!(offs(log.read(1, 10, usize::MAX).unwrap()), vec![1, 2, 3]);
+}
+
+#[test]
+fn the_shard_pool_bounds_all_windows() {
+    let pool = MemoryPool::new(300);
+    let a = PartitionLog::with_pool(0, LogLimits::bytes(1 << 20), pool.clone());
+    let b = PartitionLog::with_pool(0, LogLimits::bytes(1 << 20), pool.clone());
+    let (mut wa, mut wb) = (a.writer().unwrap(), b.writer().unwrap());
+    wa.append(batch(&[0, 1])).unwrap();
+    wb.append(batch(&[0])).unwrap();
+    assert_eq!(pool.used(), 300);
+    assert!(!wa.has_room_for(100));
+    // A window that holds nothing still takes one batch.
+    wa.trim(2);
+    assert_eq!(pool.used(), 100);
+    wb.reset(5);
+    assert_eq!(pool.used(), 0);
+    drop(wa);
+    wb.append(batch(&[5])).unwrap();
+    drop((wb, b));
+    assert_eq!(pool.used(), 0);
+}
+
+#[test]
 fn trim_keeps_partial_batches_and_never_passes_head() {
-    let log = PartitionLog::new(0, 1 << 20);
-    log.append(batch(&[0, 1, 2])).unwrap();
-    assert_eq!(log.trim(1), 0);
+    let (log, mut w) = log_and_writer(0, 1 << 20);
+    w.append(batch(&[0, 1, 2])).unwrap();
+    assert_eq!(w.trim(1), 0);
     assert_eq!(log.start(), 1);
-    assert_eq!(log.read(1, 10, usize::MAX).unwrap().len(), 2);
-    log.trim(100);
+    assert_eq!(offs(log.read(1, 10, usize::MAX).unwrap()), vec![1, 2]);
+    w.trim(100);
     assert_eq!(log.start(), 3);
     assert_eq!(log.head(), 3);
 }
 
 #[test]
 fn reset_restarts_coverage() {
-    let log = PartitionLog::new(50, 1 << 20);
-    log.append(batch(&[50, 51])).unwrap();
-    log.reset(7);
+    let (log, mut w) = log_and_writer(50, 1 << 20);
+    w.append(batch(&[50, 51])).unwrap();
+    w.reset(7);
     assert_eq!((log.start(), log.head(), log.bytes()), (7, 7, 0));
-    log.append(batch(&[7])).unwrap();
+    assert!(log.read(50, 10, usize::MAX).unwrap().is_empty());
+    w.append(batch(&[7])).unwrap();
+    assert_eq!(offs(log.read(7, 10, usize::MAX).unwrap()), vec![7]);
+}
+
+/// Readers racing a writer that appends, trims and wraps the ring: every read is a
+/// contiguous run of the records from where it asked, or `None` below the window.
+#[test]
+fn concurrent_reads_never_skip_records() {
+    let log = PartitionLog::with_pool(
+        0,
+        LogLimits {
+            bytes: 1 << 20,
+            batches: 8,
+        },
+        MemoryPool::unlimited(),
+    );
+    let mut w = log.writer().unwrap();
+    // Every third offset is a gap (a "marker"): records are the offsets not divisible by 3.
+    let is_record = |o: Offset| o % 3 != 0;
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut from = 1;
+                let mut reads = 0;
+                while from < 30_000 && reads < 2_000_000 {
+                    reads += 1;
+                    match log.read(from, 7, usize::MAX) {
+                        None => from = log.start().max(from),
+                        Some(chunks) => {
+                            for o in offs(chunks) {
+                                let want = (from..).find(|&x| is_record(x)).unwrap();
+                                assert_eq!(o, want, "read from {from} skipped a record");
+                                from = o + 1;
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut next = 0;
+    while next < 30_000 {
+        let recs: Vec<Offset> = (next..next + 5).filter(|&o| is_record(o)).collect();
+        next += 5;
+        if recs.is_empty() {
+            continue;
+        }
+        while !w.has_room_for(200) {
+            w.trim(log.head() - 10);
+        }
+        w.append(batch(&recs)).unwrap();
+    }
+    for r in readers {
+        r.join().unwrap();
+    }
+}
+
+#[test]
+fn make_room_evicts_readers_far_behind_a_lead_only() {
+    let (log, mut w) = log_and_writer(0, 300);
+    let slow = log.pin(0);
+    let also_slow = log.pin(0);
+    for o in 0..3 {
+        w.append(batch(&[o])).unwrap();
+    }
+    // Everyone equally behind: wait, evict nobody.
+    assert_eq!(w.make_room(100), (false, 0));
+    assert!(!slow.is_evicted());
+    also_slow.advance(1);
+    let lead = log.pin(3);
+    // The middle batch starts at 1: the pin at 0 is evicted, the one at 1 stays.
+    assert_eq!(w.make_room(100), (true, 1));
+    assert!(slow.is_evicted() && slow.cursor().is_none());
+    assert!(!also_slow.is_evicted());
+    assert_eq!(log.start(), 1);
+    // An evicted reader may hold again; advancing while evicted changes nothing.
+    slow.advance(2);
+    assert_eq!(slow.cursor(), None);
+    slow.hold(1);
+    assert!(!slow.is_evicted());
+    assert_eq!(log.lowest_pin(), Some(1));
+    log.unpin(&also_slow);
+    log.unpin(&slow);
+    assert_eq!(log.lowest_pin(), Some(3));
+    drop(lead);
 }

@@ -11,8 +11,8 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
 use crate::delivery::{
-    Credits, OffsetRange, PartitionAckError, Released, StreamId, SubscriptionDelivery, Take,
-    TakeLimits,
+    CatchUpLimits, Credits, OffsetRange, PartitionAckError, Released, StreamId,
+    SubscriptionDelivery, Take, TakeLimits,
 };
 use crate::log::PartitionLog;
 use crate::model::{Offset, Partition, SubscriptionKey, SubscriptionName, TopicName};
@@ -88,6 +88,13 @@ impl TopicRuntime {
         self.wake.subscribe()
     }
 
+    /// Wakes the streams of every subscription (something changed for all of them).
+    pub fn wake_subscriptions(&self) {
+        for s in self.subscriptions.read().values() {
+            s.wake();
+        }
+    }
+
     pub fn partition(&self, partition: Partition) -> Option<Arc<OwnedPartition>> {
         self.partitions.read().get(&partition).cloned()
     }
@@ -100,8 +107,8 @@ impl TopicRuntime {
         self.subscriptions.read().values().cloned().collect()
     }
 
-    /// The lowest cursor of the partition over all subscriptions; with none, the window head
-    /// (nothing is needed).
+    /// The lowest cursor of the partition over all subscriptions (on the shared window or
+    /// catching up); with none, the window head (nothing is needed).
     pub fn min_cursor(&self, partition: Partition) -> Option<Offset> {
         self.partition(partition)
             .map(|owned| self.min_cursor_of(&owned))
@@ -114,12 +121,6 @@ impl TopicRuntime {
             .filter_map(|s| s.delivery.lock().cursor(owned.partition))
             .min();
         min.unwrap_or_else(|| owned.log.head())
-    }
-
-    /// Drops what every subscription is done with from a partition's window.
-    pub fn trim(&self, partition: Partition) -> usize {
-        self.partition(partition)
-            .map_or(0, |owned| owned.log.trim(self.min_cursor_of(&owned)))
     }
 }
 
@@ -136,10 +137,10 @@ pub struct SubscriptionRuntime {
 }
 
 impl SubscriptionRuntime {
-    pub(super) fn new(spec: SubscriptionSpec) -> Self {
+    pub(super) fn new(spec: SubscriptionSpec, catch_up: CatchUpLimits) -> Self {
         Self {
             spec,
-            delivery: Mutex::new(SubscriptionDelivery::new()),
+            delivery: Mutex::new(SubscriptionDelivery::new(catch_up)),
             wake: watch::Sender::new(0),
             removed: AtomicBool::new(false),
         }

@@ -10,6 +10,9 @@ use crate::registry::Entry;
 
 const LIMITS: ShardLimits = ShardLimits {
     partition_window_bytes: 1 << 20,
+    window_memory_bytes: 1 << 30,
+    catch_up_window_bytes: 1 << 20,
+    catch_up_memory_bytes: 1 << 30,
     take: TakeLimits {
         batch_records: 100,
         batch_bytes: 1 << 20,
@@ -59,7 +62,9 @@ fn append(owned: &OwnedPartition, offsets: std::ops::Range<Offset>) {
             timestamp: None,
         })
         .collect();
-    owned.log.append(Batch::new(recs).unwrap()).unwrap();
+    let mut w = owned.log.writer().unwrap();
+    w.append(Batch::new(recs).unwrap()).unwrap();
+    w.trim_to_pins();
 }
 
 #[test]
@@ -130,7 +135,7 @@ fn assignment_starts_at_the_lowest_cursor_and_commits_the_lowest_stored() {
             max_bytes: usize::MAX,
         },
     );
-    assert_eq!(sa.take(s1, Instant::now(), LIMITS.take).deliveries.len(), 4);
+    assert_eq!(sa.take(s1, Instant::now(), LIMITS.take).records(), 4);
     sa.ack(s1, &[(0, vec![OffsetRange { first: 6, last: 9 }])])
         .unwrap();
     let updates = shard.cursor_updates();
@@ -182,26 +187,34 @@ fn no_subscription_means_start_at_the_end_and_commit_the_head() {
     assert_eq!(assigned.start, 42);
     append(&assigned.partition, 42..45);
     assert_eq!(shard.commit_positions(), vec![(t("orders"), 0, 45)]);
-    assert_eq!(shard.topic(&t("orders")).unwrap().trim(0), 3 * (1 + 32));
+    // Nobody holds anything: the window keeps nothing.
+    assert_eq!(assigned.partition.log.bytes(), 0);
 }
 
 #[test]
-fn a_new_subscription_below_the_window_asks_for_a_rewind() {
+fn a_new_subscription_below_the_window_catches_up_without_moving_it() {
     let shard = Shard::new(LIMITS);
     register(&shard, 0, topic_entry("orders"));
     let assigned = shard.assign(&t("orders"), 0, 0, 50);
     let mut rewinds = assigned.partition.rewind_requests();
     rewinds.mark_unchanged();
     register(&shard, 1, sub_entry("orders", "late", &[(0, 10)]));
-    assert!(rewinds.has_changed().unwrap());
-    rewinds.mark_unchanged();
-    assert_eq!(assigned.partition.take_rewind(), Some(10));
-    assert!(
-        !rewinds.has_changed().unwrap(),
-        "taking the request must not wake the reader"
-    );
-    assert_eq!(assigned.partition.take_rewind(), None);
+    assert!(!rewinds.has_changed().unwrap(), "the shared window stays");
     assert_eq!(shard.topic(&t("orders")).unwrap().min_cursor(0), Some(10));
+    let (_, sub) = shard
+        .subscription(&t("orders"), &SubscriptionName::new("late").unwrap())
+        .unwrap();
+    let s = shard.new_stream_id();
+    sub.open_stream(
+        s,
+        crate::delivery::Credits {
+            max_records: 10,
+            max_bytes: 1 << 20,
+        },
+    );
+    let take = sub.take(s, Instant::now(), LIMITS.take);
+    assert_eq!(take.catch_up.len(), 1);
+    assert_eq!(take.catch_up[0].log.head(), 10);
 }
 
 #[test]
@@ -270,7 +283,7 @@ fn a_stopped_partition_delivers_nothing_more() {
             max_bytes: usize::MAX,
         },
     );
-    assert_eq!(a.take(s, Instant::now(), LIMITS.take).deliveries.len(), 2);
+    assert_eq!(a.take(s, Instant::now(), LIMITS.take).records(), 2);
     assert_eq!(a.in_flight(), 2);
     shard.stop_partition(&t("orders"), 0);
     a.ack(s, &[(0, vec![OffsetRange { first: 0, last: 1 }])])
@@ -326,7 +339,7 @@ fn a_stream_letting_go_of_a_partition_wakes_the_others() {
             max_bytes: usize::MAX,
         },
     );
-    assert_eq!(a.take(s1, Instant::now(), LIMITS.take).deliveries.len(), 2);
+    assert_eq!(a.take(s1, Instant::now(), LIMITS.take).records(), 2);
     a.open_stream(
         s2,
         Credits {
@@ -342,5 +355,5 @@ fn a_stream_letting_go_of_a_partition_wakes_the_others() {
     assert!(!s2_wakes.has_changed().unwrap());
     assert!(a.take(s1, Instant::now(), LIMITS.take).released);
     assert!(s2_wakes.has_changed().unwrap());
-    assert_eq!(a.take(s2, Instant::now(), LIMITS.take).deliveries.len(), 2);
+    assert_eq!(a.take(s2, Instant::now(), LIMITS.take).records(), 2);
 }

@@ -1,0 +1,332 @@
+//! The catch-up path: a few pooled Kafka consumers that serve every subscription too far
+//! behind for a partition's shared window. Each reader takes one (subscription, partition)
+//! at a time, assigns it at the head of its private window, fills the window, and moves on
+//! to the next one when the window is full or its time slice is over while others wait. A
+//! lagging subscription never gets a Kafka client of its own, and memory stays within the
+//! private windows' budgets.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use parking_lot::Mutex;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::partition::to_record;
+use super::report_losses;
+use crate::config::Config;
+use crate::kafka;
+use crate::log::{Batch, LogWriter};
+use crate::model::Record;
+use crate::shard::{CatchUpJob, Shard};
+
+/// Longest a reader stays on one (subscription, partition) while others wait.
+const SLICE: Duration = Duration::from_millis(500);
+/// Most records appended to a private window at once.
+const MAX_BATCH: usize = 1000;
+/// Prefetch of one catch-up consumer (librdkafka `queued.max.messages.kbytes`).
+const PREFETCH_KBYTES: &str = "4096";
+
+/// Jobs waiting for a reader.
+#[derive(Default)]
+struct Queue {
+    jobs: Mutex<VecDeque<CatchUpJob>>,
+    ready: Notify,
+}
+
+impl Queue {
+    fn push(&self, job: CatchUpJob) {
+        self.jobs.lock().push_back(job);
+        self.ready.notify_one();
+    }
+
+    fn others_waiting(&self) -> bool {
+        !self.jobs.lock().is_empty()
+    }
+
+    async fn pop(&self, cancel: &CancellationToken) -> Option<CatchUpJob> {
+        loop {
+            let notified = self.ready.notified();
+            if let Some(job) = self.jobs.lock().pop_front() {
+                return Some(job);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                _ = notified => {}
+            }
+        }
+    }
+}
+
+/// Starts `readers` catch-up readers on `tracker`, serving the shard's catch-up queue until
+/// `cancel`.
+pub fn start(
+    cfg: &Config,
+    shard: &Arc<Shard>,
+    readers: usize,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> Result<(), KafkaError> {
+    let Some(mut incoming) = shard.take_catch_up_queue() else {
+        return Ok(());
+    };
+    let queue = Arc::new(Queue::default());
+    {
+        let queue = queue.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    job = incoming.recv() => match job {
+                        Some(job) => queue.push(job),
+                        None => break,
+                    },
+                }
+            }
+        });
+    }
+    for i in 0..readers {
+        let mut c = kafka::reader(cfg, "catch-up");
+        c.set("enable.partition.eof", "false")
+            .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
+        kafka::operator_options(cfg, &mut c);
+        let consumer: kafka::Reader = c.create_with_context(kafka::ReaderContext)?;
+        let reader = CatchUpReader {
+            shard: shard.clone(),
+            queue: queue.clone(),
+            consumer,
+        };
+        let cancel = cancel.clone();
+        tracker.spawn(
+            reader
+                .run(cancel)
+                .instrument(tracing::info_span!("catch_up_reader", reader = i)),
+        );
+    }
+    Ok(())
+}
+
+struct CatchUpReader {
+    shard: Arc<Shard>,
+    queue: Arc<Queue>,
+    consumer: kafka::Reader,
+}
+
+/// How serving one job ended.
+enum Served {
+    /// The subscription no longer needs it (rejoined the shared window, gone, revoked).
+    Done,
+    /// Its slice is over and others wait: back into the queue.
+    Requeue,
+    Cancelled,
+}
+
+impl CatchUpReader {
+    async fn run(self, cancel: CancellationToken) {
+        while let Some(job) = self.queue.pop(&cancel).await {
+            let span = tracing::debug_span!(
+                "catch_up",
+                topic = %job.topic.name,
+                partition = job.partition,
+                subscription = %job.subscription.key()
+            );
+            match self.serve(&job, &cancel).instrument(span).await {
+                Served::Done => {}
+                Served::Requeue => self.queue.push(job),
+                Served::Cancelled => break,
+            }
+        }
+        // Drop the consumer off the async path: closing it may block.
+        let consumer = self.consumer;
+        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    }
+
+    fn finished(job: &CatchUpJob) -> bool {
+        job.log.is_closed() || job.subscription.is_removed()
+    }
+
+    async fn serve(&self, job: &CatchUpJob, cancel: &CancellationToken) -> Served {
+        if Self::finished(job) {
+            return Served::Done;
+        }
+        let Some(mut writer) = job.log.writer() else {
+            // Another reader has it (a duplicate request): that one serves it.
+            return Served::Done;
+        };
+        // Wait for room before fetching anything: a subscription that does not ack must not
+        // keep a consumer busy.
+        let slice_end = tokio::time::Instant::now() + SLICE;
+        loop {
+            writer.trim_to_pins();
+            if writer.has_room_for(1) {
+                break;
+            }
+            if Self::finished(job) {
+                return Served::Done;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Served::Cancelled,
+                _ = job.log.progressed() => {}
+                _ = tokio::time::sleep_until(slice_end) => {
+                    if self.queue.others_waiting() {
+                        return Served::Requeue;
+                    }
+                }
+            }
+        }
+        let from = job.log.head();
+        let mut tpl = TopicPartitionList::new();
+        if let Err(e) = tpl.add_partition_offset(
+            job.topic.name.as_str(),
+            job.partition,
+            KafkaOffset::Offset(from),
+        ) {
+            tracing::error!(error = %e, "cannot build a catch-up assignment");
+            return Served::Requeue;
+        }
+        if let Err(e) = self.consumer.assign(&tpl) {
+            tracing::warn!(error = %e, "cannot assign a catch-up partition; retrying");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return Served::Requeue;
+        }
+        drop(tpl);
+        tracing::debug!(from, "catch-up reading");
+        let served = self.fill(job, &mut writer, slice_end, cancel).await;
+        // Leave the partition before another job's assignment replaces it.
+        let _ = self.consumer.unassign();
+        served
+    }
+
+    /// Reads into the private window until the job is finished, or its slice is over
+    /// while others wait.
+    async fn fill(
+        &self,
+        job: &CatchUpJob,
+        writer: &mut LogWriter,
+        mut slice_end: tokio::time::Instant,
+        cancel: &CancellationToken,
+    ) -> Served {
+        // Fetched records that did not fit yet, in offset order.
+        let mut pending: VecDeque<Record> = VecDeque::new();
+        loop {
+            if Self::finished(job) {
+                return Served::Done;
+            }
+            if tokio::time::Instant::now() >= slice_end {
+                if self.queue.others_waiting() {
+                    return Served::Requeue;
+                }
+                slice_end = tokio::time::Instant::now() + SLICE;
+            }
+            writer.trim_to_pins();
+            if !pending.is_empty() {
+                if Self::append_fitting(job, writer, &mut pending) {
+                    continue;
+                }
+                // Full: wait for acks (or for the slice to end).
+                tokio::select! {
+                    _ = cancel.cancelled() => return Served::Cancelled,
+                    _ = job.log.progressed() => {}
+                    _ = tokio::time::sleep_until(slice_end) => {}
+                }
+                continue;
+            }
+            let first = tokio::select! {
+                _ = cancel.cancelled() => return Served::Cancelled,
+                _ = tokio::time::sleep_until(slice_end) => continue,
+                m = self.consumer.recv() => m,
+            };
+            match first {
+                Ok(m) => pending.push_back(to_record(&m)),
+                Err(e) => {
+                    self.on_error(job, &e);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    return Served::Requeue;
+                }
+            }
+            while pending.len() < MAX_BATCH {
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(m)) => pending.push_back(to_record(&m)),
+                    _ => break,
+                }
+            }
+            let head = job.log.head();
+            pending.retain(|r| r.offset >= head && r.partition == job.partition);
+        }
+    }
+
+    /// Appends the pending records that fit. Returns whether any did.
+    fn append_fitting(
+        job: &CatchUpJob,
+        writer: &mut LogWriter,
+        pending: &mut VecDeque<Record>,
+    ) -> bool {
+        let room = writer.room();
+        let mut bytes = 0;
+        let mut n = 0;
+        for r in pending.iter() {
+            if n > 0 && bytes + r.size() > room {
+                break;
+            }
+            if n == 0 && r.size() > room {
+                return false;
+            }
+            bytes += r.size();
+            n += 1;
+        }
+        let Some(batch) = Batch::new(pending.drain(..n).collect()) else {
+            return false;
+        };
+        match writer.append(batch) {
+            Ok(()) => {
+                job.subscription.wake();
+                true
+            }
+            Err(e) => {
+                // Only a reset of the window (a loss) can cause this: read again from its head.
+                tracing::debug!(error = %e, "catch-up records dropped");
+                pending.clear();
+                false
+            }
+        }
+    }
+
+    fn on_error(&self, job: &CatchUpJob, e: &KafkaError) {
+        match e {
+            KafkaError::MessageConsumption(
+                RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+            ) => {
+                // Retention deleted records this subscription still needed: report the loss
+                // and move it to the log start (its private window is replaced then).
+                let low = self
+                    .consumer
+                    .fetch_watermarks(
+                        job.topic.name.as_str(),
+                        job.partition,
+                        kafka::REQUEST_TIMEOUT,
+                    )
+                    .map(|(lo, _)| lo);
+                match low {
+                    Ok(low) => {
+                        let losses = self.shard.skip_deleted(&job.topic.name, job.partition, low);
+                        report_losses(&losses);
+                        job.subscription.wake();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read watermarks after a catch-up read error")
+                    }
+                }
+            }
+            _ => tracing::warn!(error = %e, "catch-up read error"),
+        }
+    }
+}
