@@ -83,6 +83,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v1/shard", get(get_shard))
         .route("/v1/topics", get(list_topics).post(register_topic))
         .route("/v1/topics/{topic}", get(get_topic))
         .route(
@@ -282,6 +283,31 @@ pub struct SubscriptionView {
     pub unacked: usize,
     /// Streams connected to this shard.
     pub streams: usize,
+    /// Partitions this subscription reads through the catch-up path: it was too far behind
+    /// for the shared window, so fanout reads Kafka again for it until it catches up.
+    pub catching_up: Vec<Partition>,
+}
+
+/// This shard's memory for records, against its budgets.
+#[derive(Debug, Serialize)]
+pub struct ShardView {
+    /// Bytes held by the shared windows of all owned partitions.
+    pub window_bytes: usize,
+    pub window_budget_bytes: usize,
+    /// Bytes held by the private windows of subscriptions on the catch-up path.
+    pub catch_up_bytes: usize,
+    pub catch_up_budget_bytes: usize,
+}
+
+async fn get_shard(State(s): State<AdminState>) -> Json<ShardView> {
+    let (window_bytes, window_budget_bytes) = s.shard.window_memory();
+    let (catch_up_bytes, catch_up_budget_bytes) = s.shard.catch_up_memory();
+    Json(ShardView {
+        window_bytes,
+        window_budget_bytes,
+        catch_up_bytes,
+        catch_up_budget_bytes,
+    })
 }
 
 fn subscription_view(s: &Shard, spec: &SubscriptionSpec) -> SubscriptionView {
@@ -299,6 +325,10 @@ fn subscription_view(s: &Shard, spec: &SubscriptionSpec) -> SubscriptionView {
         durable_cursors: s.durable_cursors(spec),
         unacked: live.as_ref().map_or(0, |(_, l)| l.unacked()),
         streams: live.as_ref().map_or(0, |(_, l)| l.stream_count()),
+        catching_up: live
+            .as_ref()
+            .map(|(_, l)| l.catching_up())
+            .unwrap_or_default(),
     }
 }
 

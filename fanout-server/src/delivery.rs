@@ -338,6 +338,15 @@ impl SubscriptionDelivery {
         self.partitions.get(&partition).map(|p| p.window.cursor())
     }
 
+    /// Partitions served by the catch-up path (too far behind for the shared window).
+    pub fn catching_up(&self) -> Vec<Partition> {
+        self.partitions
+            .iter()
+            .filter(|(_, p)| p.catch_up.is_some())
+            .map(|(&p, _)| p)
+            .collect()
+    }
+
     /// Records delivered and not yet acked, over all partitions.
     pub fn unacked(&self) -> usize {
         self.partitions.values().map(|p| p.window.unacked()).sum()
@@ -402,10 +411,21 @@ impl SubscriptionDelivery {
             return take;
         };
         let mut budget = Budget::new(st, &limits);
+        let limits_cu = &self.catch_up;
+        // Even without credits: an evicted subscription starts catching up (and stops
+        // being counted on the shared window) at once.
+        for (&partition, p) in self.partitions.iter_mut() {
+            if p.bound == Some(stream) && !p.shared.log.is_closed() {
+                let started = take.catch_up.len();
+                p.settle(limits_cu, &mut take.catch_up);
+                for s in &mut take.catch_up[started..] {
+                    s.partition = partition;
+                }
+            }
+        }
         if budget.exhausted() {
             return take;
         }
-        let limits_cu = &self.catch_up;
         for (&partition, p) in self.partitions.iter_mut() {
             if budget.exhausted() {
                 break;
@@ -415,7 +435,6 @@ impl SubscriptionDelivery {
                 continue;
             }
             let started = take.catch_up.len();
-            p.settle(limits_cu, &mut take.catch_up);
             // Redeliveries first, in offset order.
             while let Some(due) = p.window.first_due(now).filter(|_| !budget.exhausted()) {
                 let chunk = p

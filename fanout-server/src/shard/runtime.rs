@@ -215,6 +215,11 @@ impl SubscriptionRuntime {
         self.delivery.lock().cursors().collect()
     }
 
+    /// Partitions served by the catch-up path.
+    pub fn catching_up(&self) -> Vec<Partition> {
+        self.delivery.lock().catching_up()
+    }
+
     pub fn unacked(&self) -> usize {
         self.delivery.lock().unacked()
     }

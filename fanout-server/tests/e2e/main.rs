@@ -7,3 +7,5 @@ mod support;
 mod bad_input;
 mod delivery;
 mod durability;
+mod gaps;
+mod isolation;
