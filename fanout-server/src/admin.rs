@@ -24,7 +24,8 @@ pub use error::ApiError;
 
 use crate::kafka;
 use crate::model::{
-    Offset, Partition, StartOffsets, StartPosition, SubscriptionKey, SubscriptionName, TopicName,
+    DEFAULT_ACK_TIMEOUT_MS, DeliveryPolicy, Offset, Partition, StartOffsets, StartPosition,
+    SubscriptionKey, SubscriptionName, TopicName,
 };
 use crate::registry::{Entry, Key, SubscriptionSpec, TopicSpec};
 use crate::shard::Shard;
@@ -265,6 +266,66 @@ struct CreateSubscription {
     /// `earliest` or `latest` (the default).
     #[serde(default = "default_start")]
     start: StartPosition,
+    /// Milliseconds a delivery may stay unacked before it is delivered again (default 30000).
+    #[serde(default)]
+    ack_timeout_ms: Option<u64>,
+    /// Deliveries before a record goes to the dead-letter topic; 0 or absent: unlimited.
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    /// Kafka topic for records out of attempts (required with `max_attempts`).
+    #[serde(default)]
+    dead_letter_topic: Option<String>,
+}
+
+/// Longest ack timeout: one hour.
+const MAX_ACK_TIMEOUT_MS: u64 = 3_600_000;
+/// Most attempts a subscription may ask for.
+const MAX_ATTEMPTS: u32 = 1_000;
+
+impl CreateSubscription {
+    /// The delivery policy asked for, checked (except that the dead-letter topic exists).
+    fn policy(&self, topic: &TopicName) -> Result<DeliveryPolicy, ApiError> {
+        let ack_timeout_ms = self.ack_timeout_ms.unwrap_or(DEFAULT_ACK_TIMEOUT_MS);
+        if !(100..=MAX_ACK_TIMEOUT_MS).contains(&ack_timeout_ms) {
+            return Err(ApiError::invalid(
+                "ack_timeout_ms",
+                format!("must be between 100 and {MAX_ACK_TIMEOUT_MS}, got {ack_timeout_ms}"),
+            ));
+        }
+        let max_attempts = self.max_attempts.unwrap_or(0);
+        if max_attempts > MAX_ATTEMPTS {
+            return Err(ApiError::invalid(
+                "max_attempts",
+                format!("must be at most {MAX_ATTEMPTS} (0: unlimited), got {max_attempts}"),
+            ));
+        }
+        let dead_letter_topic = match &self.dead_letter_topic {
+            None => None,
+            Some(t) => Some(
+                TopicName::new(t)
+                    .map_err(|e| ApiError::invalid("dead_letter_topic", e.to_string()))?,
+            ),
+        };
+        match (&dead_letter_topic, max_attempts) {
+            (None, 1..) => Err(ApiError::invalid(
+                "dead_letter_topic",
+                "required with max_attempts: records out of attempts must go somewhere",
+            )),
+            (Some(_), 0) => Err(ApiError::invalid(
+                "max_attempts",
+                "a dead_letter_topic needs max_attempts of at least 1",
+            )),
+            (Some(d), _) if d == topic => Err(ApiError::invalid(
+                "dead_letter_topic",
+                "must not be the subscription's own topic",
+            )),
+            _ => Ok(DeliveryPolicy {
+                ack_timeout_ms,
+                max_attempts,
+                dead_letter_topic,
+            }),
+        }
+    }
 }
 
 /// A subscription, with its live state on this shard.
@@ -275,6 +336,8 @@ pub struct SubscriptionView {
     pub start: StartPosition,
     pub start_offsets: BTreeMap<Partition, Offset>,
     pub created_at_ms: i64,
+    /// Ack timeout, attempts and dead-letter topic.
+    pub delivery: DeliveryPolicy,
     /// Cursor per partition owned by this shard: everything below it is acked.
     pub cursors: BTreeMap<Partition, Offset>,
     /// Per partition, where a restart would resume: the cursor last written to Kafka.
@@ -318,6 +381,7 @@ fn subscription_view(s: &Shard, spec: &SubscriptionSpec) -> SubscriptionView {
         start: spec.start,
         start_offsets: spec.start_offsets.0.clone(),
         created_at_ms: spec.created_at_ms,
+        delivery: spec.delivery.clone(),
         cursors: live
             .as_ref()
             .map(|(_, l)| l.cursors().into_iter().collect())
@@ -382,6 +446,17 @@ async fn create_subscription(
     let name =
         SubscriptionName::new(&req.name).map_err(|e| ApiError::invalid("name", e.to_string()))?;
     registered(&s.shard, &topic)?;
+    let delivery = req.policy(&topic)?;
+    if let Some(dlq) = delivery.dead_letter_topic.clone() {
+        let name = dlq.clone();
+        let found = ask_kafka(&s, move |kafka| kafka.partitions(name.as_str())).await?;
+        if found.is_none() {
+            return Err(ApiError::invalid(
+                "dead_letter_topic",
+                format!("Kafka has no topic {dlq:?}; create it first"),
+            ));
+        }
+    }
     let key = SubscriptionKey {
         topic: topic.clone(),
         name: name.clone(),
@@ -428,6 +503,7 @@ async fn create_subscription(
         start,
         start_offsets,
         created_at_ms: now_ms(),
+        delivery,
     };
     let entry = Entry::Subscription(spec.clone());
     debug_assert_eq!(entry.key(), Key::Subscription(key));

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
+use crate::deadletter::DeadLetters;
 use crate::delivery::TakeLimits;
 use crate::grpc::{FanoutServer, FanoutService, StreamControl, StreamLimits};
 use crate::ingest::{self, Committer, Ingest};
@@ -159,6 +160,7 @@ pub async fn run(
         stream_limits(&cfg),
         control.clone(),
         streams.clone(),
+        Arc::new(DeadLetters::new(&cfg).map_err(StoreError::kafka("dead-letter producer"))?),
     );
     let grpc_stop = CancellationToken::new();
     let grpc = tokio::spawn(

@@ -19,7 +19,7 @@ use std::time::Instant;
 use crate::log::{Chunk, LogLimits, MemoryPool, PartitionLog, Pin};
 use crate::model::{Offset, Partition};
 
-pub use window::{AckWindow, Due, OffsetRange, Released};
+pub use window::{AckWindow, Due, OffsetRange, Redelivery, Released};
 
 /// Identifies one live stream within a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -234,6 +234,28 @@ pub struct CatchUpStart {
     pub log: Arc<PartitionLog>,
 }
 
+/// How records are delivered again: the subscription's policy in core terms.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Redeliveries {
+    /// Records not acked this long after delivery are given back; `None`: never.
+    pub ack_timeout: Option<std::time::Duration>,
+    /// Attempts before a record is dead-lettered instead; 0: unlimited.
+    pub max_attempts: u32,
+}
+
+/// A record out of attempts, to publish to the dead-letter topic. Until
+/// [`SubscriptionDelivery::dead_lettered`] (or `dead_letter_failed`) it holds the cursor.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub partition: Partition,
+    /// The record (a chunk of one).
+    pub chunk: Chunk,
+    /// Deliveries made.
+    pub attempts: u32,
+    /// Why the last one failed.
+    pub why: Redelivery,
+}
+
 /// One delivery handed to a stream: a run of records of one partition with one attempt.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -248,6 +270,8 @@ pub struct Take {
     pub deliveries: Vec<Delivery>,
     /// Partitions that moved to the catch-up path: their private windows need a reader.
     pub catch_up: Vec<CatchUpStart>,
+    /// Records out of attempts: publish them to the dead-letter topic, then report back.
+    pub dead_letters: Vec<DeadLetter>,
     /// This stream let go of a partition: the subscription's other streams should look.
     pub released: bool,
     /// A partition was reset under this stream: it must end (the subscriber reconnects).
@@ -277,6 +301,8 @@ pub struct TakeLimits {
 pub struct SubscriptionDelivery {
     /// Sizes of private windows on the catch-up path.
     catch_up: CatchUpLimits,
+    /// Ack timeout and attempts.
+    redeliveries: Redeliveries,
     /// Owned partitions of the subscription's topic.
     partitions: BTreeMap<Partition, PartitionState>,
     /// Live streams and their credits.
@@ -291,6 +317,47 @@ impl SubscriptionDelivery {
         Self {
             catch_up,
             ..Self::default()
+        }
+    }
+
+    pub fn with_redeliveries(mut self, redeliveries: Redeliveries) -> Self {
+        self.redeliveries = redeliveries;
+        self
+    }
+
+    /// Gives back what timed out on any stream, freeing those streams' credits.
+    fn expire(&mut self, now: Instant) {
+        for p in self.partitions.values_mut() {
+            for (s, released) in p.window.expire(now) {
+                if let Some(st) = self.streams.get_mut(&s) {
+                    st.release(released);
+                }
+            }
+        }
+    }
+
+    /// The record at `offset` is in the dead-letter topic: it counts as acked.
+    pub fn dead_lettered(&mut self, partition: Partition, offset: Offset) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            let before = p.window.cursor();
+            p.window.dead_lettered(offset);
+            if p.window.cursor() != before {
+                p.cursor_moved();
+            }
+        }
+    }
+
+    /// Publishing to the dead-letter topic failed: the record waits and is tried again.
+    pub fn dead_letter_failed(
+        &mut self,
+        partition: Partition,
+        offset: Offset,
+        attempts: u32,
+        retry_at: Instant,
+    ) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.window
+                .dead_letter_failed(offset, attempts.saturating_add(1), retry_at);
         }
     }
 
@@ -404,6 +471,9 @@ impl SubscriptionDelivery {
             take.reset = true;
             return take;
         }
+        self.expire(now);
+        let deadline = self.redeliveries.ack_timeout.map(|t| now + t);
+        let max_attempts = self.redeliveries.max_attempts;
         // Rebind even without credits: a drained partition must move on regardless.
         let (draining, released) = self.rebind(stream);
         take.released = released;
@@ -443,10 +513,21 @@ impl SubscriptionDelivery {
                     .filter(|c| c.records()[0].offset == due.offset);
                 // Not there yet: it is being fetched again from Kafka.
                 let Some(chunk) = chunk else { break };
+                if max_attempts > 0 && due.attempt > max_attempts {
+                    if p.window.start_dead_letter(due.offset) {
+                        take.dead_letters.push(DeadLetter {
+                            partition,
+                            chunk,
+                            attempts: due.attempt - 1,
+                            why: due.why,
+                        });
+                    }
+                    continue;
+                }
                 if !budget.admit(chunk.records()[0].size()) {
                     break;
                 }
-                p.window.deliver_again(due.offset, stream);
+                p.window.deliver_again_until(due.offset, stream, deadline);
                 take.deliveries.push(Delivery {
                     chunk,
                     attempt: due.attempt,
@@ -478,7 +559,12 @@ impl SubscriptionDelivery {
                             stop = true;
                             break;
                         }
-                        p.window.deliver_first(record.offset, record.size(), stream);
+                        p.window.deliver_first_until(
+                            record.offset,
+                            record.size(),
+                            stream,
+                            deadline,
+                        );
                         n += 1;
                     }
                     if n > 0 {
@@ -501,12 +587,14 @@ impl SubscriptionDelivery {
         take
     }
 
-    /// When `stream` should look again for a delayed redelivery, if any is pending.
+    /// When `stream` should look again for a delayed redelivery or an ack deadline, if
+    /// any is pending.
     pub fn next_due_at(&self, stream: StreamId, now: Instant) -> Option<Instant> {
         self.partitions
             .values()
             .filter(|p| p.bound.is_none() || p.bound == Some(stream))
-            .filter_map(|p| p.window.next_due_at(now))
+            .flat_map(|p| [p.window.next_due_at(now), p.window.next_deadline()])
+            .flatten()
             .min()
     }
 

@@ -16,7 +16,8 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::delivery::{AckError, Credits, PartitionAckError, StreamId, TakeLimits};
+use crate::deadletter::DeadLetters;
+use crate::delivery::{AckError, Credits, DeadLetter, PartitionAckError, StreamId, TakeLimits};
 use crate::model::{NameError, SubscriptionName, TopicName};
 use crate::shard::{CatchUpJob, LookupError, Shard, SubscriptionRuntime, TopicRuntime};
 
@@ -60,6 +61,8 @@ struct Inner {
     control: StreamControl,
     /// Stream tasks, awaited on shutdown.
     tracker: TaskTracker,
+    /// Where records out of attempts go.
+    dead_letters: Arc<DeadLetters>,
 }
 
 impl FanoutService {
@@ -68,12 +71,14 @@ impl FanoutService {
         limits: StreamLimits,
         control: StreamControl,
         tracker: TaskTracker,
+        dead_letters: Arc<DeadLetters>,
     ) -> Self {
         Self(Arc::new(Inner {
             shard,
             limits,
             control,
             tracker,
+            dead_letters,
         }))
     }
 }
@@ -331,13 +336,58 @@ impl StreamTask {
                     log: start.log,
                 });
             }
+            for letter in &take.dead_letters {
+                self.dead_letter(letter).await;
+            }
             if take.deliveries.is_empty() {
-                return Ok(true);
+                if take.dead_letters.is_empty() {
+                    return Ok(true);
+                }
+                continue;
             }
             let batch = convert::batch(&self.topic.name, take.deliveries);
             tokio::select! {
                 sent = self.tx.send(Ok(batch)) => sent.map_err(|_| ())?,
                 _ = self.inner.control.close.cancelled() => return Ok(true),
+            }
+        }
+    }
+
+    /// Publishes a record out of attempts to the subscription's dead-letter topic; on
+    /// success it counts as acked, on failure it is tried again a little later.
+    async fn dead_letter(&self, letter: &DeadLetter) {
+        let Some(r) = letter.chunk.records().first() else {
+            return;
+        };
+        let (partition, offset) = (letter.partition, r.offset);
+        let published = match &self.sub.spec.delivery.dead_letter_topic {
+            Some(to) => self
+                .inner
+                .dead_letters
+                .publish(to, &self.sub.key(), letter)
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("the subscription has no dead-letter topic".to_owned()),
+        };
+        match published {
+            Ok(()) => {
+                tracing::warn!(
+                    partition,
+                    offset,
+                    attempts = letter.attempts,
+                    reason = letter.why.as_str(),
+                    "record out of attempts sent to the dead-letter topic"
+                );
+                self.sub.dead_lettered(partition, offset);
+            }
+            Err(e) => {
+                tracing::error!(partition, offset, error = %e, "dead-letter publish failed; retrying in 1s");
+                self.sub.dead_letter_failed(
+                    partition,
+                    offset,
+                    letter.attempts,
+                    Instant::now() + Duration::from_secs(1),
+                );
             }
         }
     }

@@ -14,6 +14,7 @@ pub mod shard;
 
 // Adapters.
 pub mod admin;
+pub mod deadletter;
 pub mod grpc;
 pub mod ingest;
 pub mod kafka;

@@ -147,6 +147,38 @@ pub type Partition = i32;
 /// Kafka offset.
 pub type Offset = i64;
 
+/// How a subscription's records are delivered again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryPolicy {
+    /// A record not acked (or nacked) this long after its delivery is delivered again.
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+    /// Deliveries of a record before it goes to `dead_letter_topic` instead; 0: unlimited.
+    #[serde(default)]
+    pub max_attempts: u32,
+    /// Where records out of attempts go (required with `max_attempts`).
+    #[serde(default)]
+    pub dead_letter_topic: Option<TopicName>,
+}
+
+/// Default ack timeout: 30 s.
+pub const DEFAULT_ACK_TIMEOUT_MS: u64 = 30_000;
+
+fn default_ack_timeout_ms() -> u64 {
+    DEFAULT_ACK_TIMEOUT_MS
+}
+
+impl Default for DeliveryPolicy {
+    fn default() -> Self {
+        Self {
+            ack_timeout_ms: DEFAULT_ACK_TIMEOUT_MS,
+            max_attempts: 0,
+            dead_letter_topic: None,
+        }
+    }
+}
+
 /// Where a new subscription starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    NameError, StartOffsets, StartPosition, SubscriptionKey, SubscriptionName, TopicName,
+    DeliveryPolicy, NameError, StartOffsets, StartPosition, SubscriptionKey, SubscriptionName,
+    TopicName,
 };
 
 /// Version written into every registry value; readers skip newer versions they cannot read.
@@ -35,6 +36,10 @@ pub struct SubscriptionSpec {
     /// `start` resolved to offsets when the subscription was created.
     pub start_offsets: StartOffsets,
     pub created_at_ms: i64,
+    /// Ack timeout, attempts and dead-letter topic (absent in entries from before they
+    /// existed: the defaults).
+    #[serde(default)]
+    pub delivery: DeliveryPolicy,
 }
 
 impl SubscriptionSpec {

@@ -133,7 +133,8 @@ fn nack_makes_records_due_after_the_delay_with_a_higher_attempt() {
         due,
         Due {
             offset: 0,
-            attempt: 2
+            attempt: 2,
+            why: Redelivery::Nacked,
         }
     );
     assert_eq!(w.deliver_again(0, S2), Some(2));
@@ -407,6 +408,14 @@ enum Op {
     Tick {
         ms: u64,
     },
+    /// Ack timeouts fire.
+    Expire,
+    /// The first due record goes to the dead-letter topic instead.
+    DeadLetter,
+    /// The oldest dead letter was published (`ok`) or failed.
+    DeadLettered {
+        ok: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -425,6 +434,9 @@ fn op() -> impl Strategy<Value = Op> {
         (0u8..3).prop_map(|stream| Op::Close { stream }),
         (0u8..3).prop_map(|stream| Op::Redeliver { stream }),
         (0u64..60).prop_map(|ms| Op::Tick { ms }),
+        Just(Op::Expire),
+        Just(Op::DeadLetter),
+        any::<bool>().prop_map(|ok| Op::DeadLettered { ok }),
     ]
 }
 
@@ -432,8 +444,12 @@ fn op() -> impl Strategy<Value = Op> {
 enum M {
     InFlight(StreamId),
     Waiting,
+    Dead,
     Acked,
 }
+
+/// Ack timeout of deliveries in the model test.
+const TIMEOUT: Duration = Duration::from_millis(40);
 
 proptest! {
     #[test]
@@ -447,6 +463,7 @@ proptest! {
         for g in gaps { o += 1 + g; log.push(o); }
         let mut w = AckWindow::new(log[0]);
         let mut model: BTreeMap<Offset, M> = BTreeMap::new();
+        let mut deadlines: BTreeMap<Offset, Instant> = BTreeMap::new();
         let mut now = Instant::now();
         for op in ops {
             match op {
@@ -454,8 +471,9 @@ proptest! {
                     let s = StreamId(u64::from(stream));
                     let next = w.next();
                     for &off in log.iter().filter(|&&x| x >= next).take(count) {
-                        w.deliver_first(off, 1, s);
+                        w.deliver_first_until(off, 1, s, Some(now + TIMEOUT));
                         model.insert(off, M::InFlight(s));
+                        deadlines.insert(off, now + TIMEOUT);
                     }
                 }
                 Op::Ack { stream, pick, len } => {
@@ -498,8 +516,38 @@ proptest! {
                     if let Some(due) = w.first_due(now) {
                         prop_assert_eq!(model.get(&due.offset), Some(&M::Waiting));
                         prop_assert!(due.attempt >= 2);
-                        w.deliver_again(due.offset, s);
+                        w.deliver_again_until(due.offset, s, Some(now + TIMEOUT));
                         model.insert(due.offset, M::InFlight(s));
+                        deadlines.insert(due.offset, now + TIMEOUT);
+                    }
+                }
+                Op::Expire => {
+                    let expired = w.expire(now);
+                    let n: usize = expired.iter().map(|(_, r)| r.records).sum();
+                    let mut want = 0;
+                    for (o, m) in model.iter_mut() {
+                        if matches!(m, M::InFlight(_)) && deadlines[o] <= now {
+                            *m = M::Waiting;
+                            want += 1;
+                        }
+                    }
+                    prop_assert_eq!(n, want);
+                }
+                Op::DeadLetter => {
+                    if let Some(due) = w.first_due(now) {
+                        prop_assert!(w.start_dead_letter(due.offset));
+                        model.insert(due.offset, M::Dead);
+                    }
+                }
+                Op::DeadLettered { ok } => {
+                    if let Some((&off, _)) = model.iter().find(|(_, m)| **m == M::Dead) {
+                        if ok {
+                            w.dead_lettered(off);
+                            model.insert(off, M::Acked);
+                        } else {
+                            w.dead_letter_failed(off, 9, now);
+                            model.insert(off, M::Waiting);
+                        }
                     }
                 }
                 Op::Tick { ms } => now += Duration::from_millis(ms),

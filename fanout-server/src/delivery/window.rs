@@ -25,13 +25,39 @@ enum SlotState {
     InFlight {
         stream: StreamId,
         attempt: u32,
+        /// Given back as timed out if not acked by then.
+        deadline: Option<Instant>,
     },
     /// Given back; delivered again (as `attempt`) once `not_before` has passed.
     Waiting {
         attempt: u32,
         not_before: Instant,
+        why: Redelivery,
     },
+    /// Out of attempts: being published to the dead-letter topic.
+    DeadLettering,
     Acked,
+}
+
+/// Why a record is delivered again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redelivery {
+    /// The subscriber nacked it.
+    Nacked,
+    /// It was not acked within the subscription's ack timeout.
+    AckTimeout,
+    /// Its stream ended (or the partition moved) before it was acked.
+    StreamEnded,
+}
+
+impl Redelivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Redelivery::Nacked => "nacked",
+            Redelivery::AckTimeout => "ack_timeout",
+            Redelivery::StreamEnded => "stream_ended",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +86,8 @@ impl std::ops::AddAssign for Released {
 pub struct Due {
     pub offset: Offset,
     pub attempt: u32,
+    /// Why its last attempt failed.
+    pub why: Redelivery,
 }
 
 /// Delivery state of one (subscription, partition).
@@ -76,6 +104,10 @@ pub struct AckWindow {
     /// Number of slots waiting for redelivery: with none (the usual case) nothing scans
     /// the slots looking for them.
     waiting: usize,
+    /// Number of slots being dead-lettered.
+    dead_lettering: usize,
+    /// No in-flight deadline is earlier than this: nothing scans for timeouts before it.
+    next_deadline: Option<Instant>,
 }
 
 impl AckWindow {
@@ -87,6 +119,8 @@ impl AckWindow {
             slots: VecDeque::new(),
             in_flight: 0,
             waiting: 0,
+            dead_lettering: 0,
+            next_deadline: None,
         }
     }
 
@@ -107,9 +141,9 @@ impl AckWindow {
         self.in_flight
     }
 
-    /// Records delivered and not yet acked (in flight or waiting).
+    /// Records delivered and not yet acked (in flight, waiting, being dead-lettered).
     pub fn unacked(&self) -> usize {
-        self.in_flight + self.waiting
+        self.in_flight + self.waiting + self.dead_lettering
     }
 
     /// Streams that have records of this window in flight.
@@ -127,16 +161,129 @@ impl AckWindow {
         out
     }
 
-    /// Records a first delivery of `offset` to `stream`. Offsets must ascend.
+    /// Records a first delivery of `offset` to `stream`, without an ack timeout.
     pub fn deliver_first(&mut self, offset: Offset, size: usize, stream: StreamId) {
+        self.deliver_first_until(offset, size, stream, None);
+    }
+
+    /// Records a first delivery of `offset` to `stream`, timing out at `deadline`. Offsets
+    /// must ascend.
+    pub fn deliver_first_until(
+        &mut self,
+        offset: Offset,
+        size: usize,
+        stream: StreamId,
+        deadline: Option<Instant>,
+    ) {
         debug_assert!(offset >= self.next, "first deliveries ascend");
         self.slots.push_back(Slot {
             offset,
             size,
-            state: SlotState::InFlight { stream, attempt: 1 },
+            state: SlotState::InFlight {
+                stream,
+                attempt: 1,
+                deadline,
+            },
         });
         self.next = offset + 1;
         self.in_flight += 1;
+        self.note_deadline(deadline);
+    }
+
+    fn note_deadline(&mut self, deadline: Option<Instant>) {
+        if let Some(d) = deadline
+            && self.next_deadline.is_none_or(|n| d < n)
+        {
+            self.next_deadline = Some(d);
+        }
+    }
+
+    /// The earliest ack deadline of a record in flight, if any has one.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.next_deadline
+    }
+
+    /// Gives back every record in flight past its deadline, due again at once. Returns
+    /// what each stream lost from flight.
+    pub fn expire(&mut self, now: Instant) -> Vec<(StreamId, Released)> {
+        if self.next_deadline.is_none_or(|d| d > now) {
+            return Vec::new();
+        }
+        let mut out: Vec<(StreamId, Released)> = Vec::new();
+        let mut next = None;
+        for s in self.slots.iter_mut() {
+            let SlotState::InFlight {
+                stream,
+                attempt,
+                deadline: Some(deadline),
+            } = s.state
+            else {
+                continue;
+            };
+            if deadline > now {
+                next = Some(next.map_or(deadline, |n: Instant| n.min(deadline)));
+                continue;
+            }
+            s.state = SlotState::Waiting {
+                attempt: attempt.saturating_add(1),
+                not_before: now,
+                why: Redelivery::AckTimeout,
+            };
+            let r = Released {
+                records: 1,
+                bytes: s.size,
+            };
+            match out.iter_mut().find(|(st, _)| *st == stream) {
+                Some((_, released)) => *released += r,
+                None => out.push((stream, r)),
+            }
+        }
+        let n: usize = out.iter().map(|(_, r)| r.records).sum();
+        self.in_flight -= n;
+        self.waiting += n;
+        self.next_deadline = next;
+        out
+    }
+
+    /// A waiting record out of attempts goes to the dead-letter topic: it is neither in
+    /// flight nor due until [`Self::dead_lettered`] or [`Self::dead_letter_failed`].
+    pub fn start_dead_letter(&mut self, offset: Offset) -> bool {
+        let Some(slot) = self.slot_mut(offset) else {
+            return false;
+        };
+        if !matches!(slot.state, SlotState::Waiting { .. }) {
+            return false;
+        }
+        slot.state = SlotState::DeadLettering;
+        self.waiting -= 1;
+        self.dead_lettering += 1;
+        true
+    }
+
+    /// The record is in the dead-letter topic: it counts as acked.
+    pub fn dead_lettered(&mut self, offset: Offset) {
+        if let Some(slot) = self.slot_mut(offset)
+            && slot.state == SlotState::DeadLettering
+        {
+            slot.state = SlotState::Acked;
+            self.dead_lettering -= 1;
+            self.advance_cursor();
+        }
+    }
+
+    /// Publishing to the dead-letter topic failed: try again from `not_before`.
+    pub fn dead_letter_failed(&mut self, offset: Offset, attempt: u32, not_before: Instant) {
+        if let Some(slot) = self.slot_mut(offset)
+            && slot.state == SlotState::DeadLettering
+        {
+            slot.state = SlotState::Waiting {
+                attempt,
+                not_before,
+                why: Redelivery::Nacked,
+            };
+            self.dead_lettering -= 1;
+            self.waiting += 1;
+        }
     }
 
     /// The lowest-offset record waiting for redelivery whose delay has passed.
@@ -148,9 +295,11 @@ impl AckWindow {
             SlotState::Waiting {
                 attempt,
                 not_before,
+                why,
             } if not_before <= now => Some(Due {
                 offset: s.offset,
                 attempt,
+                why,
             }),
             _ => None,
         })
@@ -170,15 +319,30 @@ impl AckWindow {
             .min()
     }
 
-    /// Records the redelivery of a waiting record to `stream`.
+    /// Records the redelivery of a waiting record to `stream`, without an ack timeout.
     pub fn deliver_again(&mut self, offset: Offset, stream: StreamId) -> Option<u32> {
+        self.deliver_again_until(offset, stream, None)
+    }
+
+    /// Records the redelivery of a waiting record to `stream`, timing out at `deadline`.
+    pub fn deliver_again_until(
+        &mut self,
+        offset: Offset,
+        stream: StreamId,
+        deadline: Option<Instant>,
+    ) -> Option<u32> {
         let slot = self.slot_mut(offset)?;
         let SlotState::Waiting { attempt, .. } = slot.state else {
             return None;
         };
-        slot.state = SlotState::InFlight { stream, attempt };
+        slot.state = SlotState::InFlight {
+            stream,
+            attempt,
+            deadline,
+        };
         self.in_flight += 1;
         self.waiting -= 1;
+        self.note_deadline(deadline);
         Some(attempt)
     }
 
@@ -223,7 +387,7 @@ impl AckWindow {
                     SlotState::InFlight { .. } => {
                         return Err(AckError::OtherStream { offset: s.offset });
                     }
-                    SlotState::Waiting { .. } => {
+                    SlotState::Waiting { .. } | SlotState::DeadLettering => {
                         return Err(AckError::NotInFlight { offset: s.offset });
                     }
                     SlotState::Acked => return Err(AckError::AlreadyAcked { offset: s.offset }),
@@ -240,6 +404,11 @@ impl AckWindow {
     /// the cursor over the acked prefix.
     pub fn ack(&mut self, stream: StreamId, ranges: &[OffsetRange]) -> Released {
         let released = self.transition(stream, ranges, SlotState::Acked);
+        self.advance_cursor();
+        released
+    }
+
+    fn advance_cursor(&mut self) {
         while let Some(front) = self.slots.front() {
             if front.state != SlotState::Acked {
                 break;
@@ -247,7 +416,6 @@ impl AckWindow {
             self.cursor = front.offset + 1;
             self.slots.pop_front();
         }
-        released
     }
 
     /// Gives the records of `ranges` (checked first) back, due again at `not_before`.
@@ -257,6 +425,16 @@ impl AckWindow {
         ranges: &[OffsetRange],
         not_before: Instant,
     ) -> Released {
+        self.give_back(stream, ranges, not_before, Redelivery::Nacked)
+    }
+
+    fn give_back(
+        &mut self,
+        stream: StreamId,
+        ranges: &[OffsetRange],
+        not_before: Instant,
+        why: Redelivery,
+    ) -> Released {
         let mut released = Released::default();
         for r in ranges {
             let (lo, hi) = self.index_range(*r);
@@ -264,12 +442,14 @@ impl AckWindow {
                 if let SlotState::InFlight {
                     stream: st,
                     attempt,
+                    ..
                 } = s.state
                     && st == stream
                 {
                     s.state = SlotState::Waiting {
                         attempt: attempt.saturating_add(1),
                         not_before,
+                        why,
                     };
                     released.records += 1;
                     released.bytes += s.size;
@@ -287,7 +467,7 @@ impl AckWindow {
             first: Offset::MIN,
             last: Offset::MAX,
         };
-        self.nack(stream, &[all], now)
+        self.give_back(stream, &[all], now, Redelivery::StreamEnded)
     }
 
     fn transition(&mut self, stream: StreamId, ranges: &[OffsetRange], to: SlotState) -> Released {

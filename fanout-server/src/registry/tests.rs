@@ -14,6 +14,7 @@ fn sub(t: &str, n: &str) -> Entry {
         start: StartPosition::Latest,
         start_offsets: StartOffsets([(0, 10), (1, 12)].into_iter().collect()),
         created_at_ms: 2,
+        delivery: Default::default(),
     })
 }
 
@@ -105,7 +106,20 @@ fn stored_format_is_stable() {
             "name": "billing",
             "start": "latest",
             "start_offsets": {"0": 10, "1": 12},
-            "created_at_ms": 2
+            "created_at_ms": 2,
+            "delivery": {"ack_timeout_ms": 30000, "max_attempts": 0, "dead_letter_topic": null}
         })
+    );
+    // Entries written before the delivery policy existed read with its defaults.
+    let mut r = Registry::default();
+    let old = br#"{"version":1,"kind":"subscription","topic":"orders","name":"billing","start":"latest","start_offsets":{"0":10,"1":12},"created_at_ms":2}"#;
+    r.apply(b"subscription:orders:billing", Some(old)).unwrap();
+    let key = SubscriptionKey {
+        topic: TopicName::new("orders").unwrap(),
+        name: SubscriptionName::new("billing").unwrap(),
+    };
+    assert_eq!(
+        r.subscription(&key).unwrap().delivery,
+        DeliveryPolicy::default()
     );
 }

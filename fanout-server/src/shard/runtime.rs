@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
 use crate::delivery::{
-    CatchUpLimits, Credits, OffsetRange, PartitionAckError, Released, StreamId,
+    CatchUpLimits, Credits, OffsetRange, PartitionAckError, Redeliveries, Released, StreamId,
     SubscriptionDelivery, Take, TakeLimits,
 };
 use crate::log::PartitionLog;
@@ -138,9 +138,13 @@ pub struct SubscriptionRuntime {
 
 impl SubscriptionRuntime {
     pub(super) fn new(spec: SubscriptionSpec, catch_up: CatchUpLimits) -> Self {
+        let delivery = SubscriptionDelivery::new(catch_up).with_redeliveries(Redeliveries {
+            ack_timeout: Some(Duration::from_millis(spec.delivery.ack_timeout_ms)),
+            max_attempts: spec.delivery.max_attempts,
+        });
         Self {
             spec,
-            delivery: Mutex::new(SubscriptionDelivery::new(catch_up)),
+            delivery: Mutex::new(delivery),
             wake: watch::Sender::new(0),
             removed: AtomicBool::new(false),
         }
@@ -213,6 +217,24 @@ impl SubscriptionRuntime {
 
     pub fn cursors(&self) -> Vec<(Partition, Offset)> {
         self.delivery.lock().cursors().collect()
+    }
+
+    /// A dead letter was published: the record counts as acked.
+    pub fn dead_lettered(&self, partition: Partition, offset: Offset) {
+        self.delivery.lock().dead_lettered(partition, offset);
+    }
+
+    /// A dead letter could not be published: it is tried again from `retry_at`.
+    pub fn dead_letter_failed(
+        &self,
+        partition: Partition,
+        offset: Offset,
+        attempts: u32,
+        retry_at: Instant,
+    ) {
+        self.delivery
+            .lock()
+            .dead_letter_failed(partition, offset, attempts, retry_at);
     }
 
     /// Partitions served by the catch-up path.

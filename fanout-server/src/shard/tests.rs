@@ -48,6 +48,7 @@ fn sub_entry(topic: &str, name: &str, starts: &[(Partition, Offset)]) -> Entry {
         start: StartPosition::Earliest,
         start_offsets: StartOffsets(starts.iter().copied().collect::<BTreeMap<_, _>>()),
         created_at_ms: 0,
+        delivery: Default::default(),
     })
 }
 

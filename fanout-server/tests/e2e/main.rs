@@ -9,3 +9,4 @@ mod delivery;
 mod durability;
 mod gaps;
 mod isolation;
+mod redelivery;
