@@ -49,9 +49,14 @@ fn core_modules_do_no_io() {
         assert!(files[0].exists(), "core module {module} not found");
         for file in files {
             let text = std::fs::read_to_string(&file).unwrap_or_default();
+            // Unit tests of a core module may race threads against it (the lock-free log).
+            let unit_tests = file.file_name().is_some_and(|n| n == "tests.rs");
             for (n, line) in text.lines().enumerate() {
                 let code = line.split("//").next().unwrap_or("");
                 for word in FORBIDDEN {
+                    if unit_tests && *word == "std::thread" {
+                        continue;
+                    }
                     if code.contains(word) {
                         violations.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
                     }
