@@ -24,8 +24,8 @@ pub use error::ApiError;
 
 use crate::kafka;
 use crate::model::{
-    DEFAULT_ACK_TIMEOUT_MS, DeliveryPolicy, Offset, Partition, StartOffsets, StartPosition,
-    SubscriptionKey, SubscriptionName, TopicName,
+    DEFAULT_ACK_TIMEOUT_MS, DeliveryOrder, DeliveryPolicy, Offset, Partition, StartOffsets,
+    StartPosition, SubscriptionKey, SubscriptionName, TopicName,
 };
 use crate::registry::{Entry, Key, SubscriptionSpec, TopicSpec};
 use crate::shard::Shard;
@@ -266,6 +266,9 @@ struct CreateSubscription {
     /// `earliest` or `latest` (the default).
     #[serde(default = "default_start")]
     start: StartPosition,
+    /// `partition` (the default), `key` or `none`.
+    #[serde(default)]
+    ordering: DeliveryOrder,
     /// Milliseconds a delivery may stay unacked before it is delivered again (default 30000).
     #[serde(default)]
     ack_timeout_ms: Option<u64>,
@@ -320,6 +323,7 @@ impl CreateSubscription {
                 "must not be the subscription's own topic",
             )),
             _ => Ok(DeliveryPolicy {
+                ordering: self.ordering,
                 ack_timeout_ms,
                 max_attempts,
                 dead_letter_topic,

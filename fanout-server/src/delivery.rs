@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::log::{Chunk, LogLimits, MemoryPool, PartitionLog, Pin};
-use crate::model::{Offset, Partition};
+use crate::model::{DeliveryOrder, Offset, Partition, Record};
 
 pub use window::{AckWindow, Due, OffsetRange, Redelivery, Released};
 
@@ -303,6 +303,9 @@ pub struct SubscriptionDelivery {
     catch_up: CatchUpLimits,
     /// Ack timeout and attempts.
     redeliveries: Redeliveries,
+    /// Order of deliveries: decides which streams serve which partitions and whether keys
+    /// wait for each other.
+    ordering: DeliveryOrder,
     /// Owned partitions of the subscription's topic.
     partitions: BTreeMap<Partition, PartitionState>,
     /// Live streams and their credits.
@@ -322,6 +325,11 @@ impl SubscriptionDelivery {
 
     pub fn with_redeliveries(mut self, redeliveries: Redeliveries) -> Self {
         self.redeliveries = redeliveries;
+        self
+    }
+
+    pub fn with_ordering(mut self, ordering: DeliveryOrder) -> Self {
+        self.ordering = ordering;
         self
     }
 
@@ -475,8 +483,15 @@ impl SubscriptionDelivery {
         let deadline = self.redeliveries.ack_timeout.map(|t| now + t);
         let max_attempts = self.redeliveries.max_attempts;
         // Rebind even without credits: a drained partition must move on regardless.
-        let (draining, released) = self.rebind(stream);
+        let (draining, released) = if self.ordering == DeliveryOrder::Partition {
+            self.rebind(stream)
+        } else {
+            (Vec::new(), false)
+        };
         take.released = released;
+        let ordering = self.ordering;
+        let serves =
+            |p: &PartitionState| ordering != DeliveryOrder::Partition || p.bound == Some(stream);
         let Some(st) = self.streams.get(&stream) else {
             return take;
         };
@@ -485,7 +500,7 @@ impl SubscriptionDelivery {
         // Even without credits: an evicted subscription starts catching up (and stops
         // being counted on the shared window) at once.
         for (&partition, p) in self.partitions.iter_mut() {
-            if p.bound == Some(stream) && !p.shared.log.is_closed() {
+            if serves(p) && !p.shared.log.is_closed() {
                 let started = take.catch_up.len();
                 p.settle(limits_cu, &mut take.catch_up);
                 for s in &mut take.catch_up[started..] {
@@ -500,8 +515,7 @@ impl SubscriptionDelivery {
             if budget.exhausted() {
                 break;
             }
-            if p.bound != Some(stream) || draining.contains(&partition) || p.shared.log.is_closed()
-            {
+            if !serves(p) || draining.contains(&partition) || p.shared.log.is_closed() {
                 continue;
             }
             let started = take.catch_up.len();
@@ -533,6 +547,19 @@ impl SubscriptionDelivery {
                     attempt: due.attempt,
                 });
             }
+            // Held records whose key became free (ordering=key), in offset order.
+            while let Some(offset) = p.window.first_free_held().filter(|_| !budget.exhausted()) {
+                let chunk = p
+                    .read(offset, 1, usize::MAX, limits_cu, &mut take.catch_up)
+                    .and_then(|chunks| chunks.into_iter().next())
+                    .filter(|c| c.records()[0].offset == offset);
+                let Some(chunk) = chunk else { break };
+                if !budget.admit(chunk.records()[0].size()) {
+                    break;
+                }
+                p.window.deliver_held(offset, stream, deadline);
+                take.deliveries.push(Delivery { chunk, attempt: 1 });
+            }
             // First deliveries, bounded by the unacked span.
             let span_left = limits.max_unacked_span - p.window.unacked_span();
             if !budget.exhausted() && span_left > 0 {
@@ -549,27 +576,49 @@ impl SubscriptionDelivery {
                         &mut take.catch_up,
                     )
                     .unwrap_or_default();
-                'chunks: for mut chunk in chunks {
-                    let mut n = 0;
+                'chunks: for chunk in chunks {
+                    // Runs of delivered records; a held record (its key busy) ends a run.
+                    let mut run_start = 0;
                     let mut stop = false;
-                    for record in chunk.records() {
-                        if record.offset - p.window.cursor() >= limits.max_unacked_span
-                            || !budget.admit(record.size())
-                        {
+                    let mut end = 0;
+                    for (i, record) in chunk.records().iter().enumerate() {
+                        if record.offset - p.window.cursor() >= limits.max_unacked_span {
                             stop = true;
                             break;
                         }
-                        p.window.deliver_first_until(
+                        let key = (ordering == DeliveryOrder::Key)
+                            .then(|| key_hash(record))
+                            .flatten();
+                        if p.window.key_busy(key) {
+                            if i > run_start {
+                                take.deliveries.push(Delivery {
+                                    chunk: chunk.slice(run_start..i),
+                                    attempt: 1,
+                                });
+                            }
+                            p.window.hold(record.offset, record.size(), key);
+                            run_start = i + 1;
+                            end = i + 1;
+                            continue;
+                        }
+                        if !budget.admit(record.size()) {
+                            stop = true;
+                            break;
+                        }
+                        p.window.deliver_first_keyed(
                             record.offset,
                             record.size(),
+                            key,
                             stream,
                             deadline,
                         );
-                        n += 1;
+                        end = i + 1;
                     }
-                    if n > 0 {
-                        chunk.truncate(n);
-                        take.deliveries.push(Delivery { chunk, attempt: 1 });
+                    if end > run_start {
+                        take.deliveries.push(Delivery {
+                            chunk: chunk.slice(run_start..end),
+                            attempt: 1,
+                        });
                     }
                     if stop {
                         break 'chunks;
@@ -716,6 +765,16 @@ impl SubscriptionDelivery {
         }
         (draining, released)
     }
+}
+
+/// The hash a record's key is ordered by (`ordering=key`); records without a key are not
+/// ordered.
+fn key_hash(record: &Record) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let key = record.key.as_ref()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    Some(h.finish())
 }
 
 /// What one `take` may still hand to a stream.

@@ -110,6 +110,13 @@ impl Chunk {
         self.range.is_empty()
     }
 
+    /// The records `range` of this chunk (relative to it), sharing its batch.
+    pub fn slice(&self, range: Range<usize>) -> Chunk {
+        let start = self.range.start + range.start;
+        let end = (self.range.start + range.end).min(self.range.end);
+        Chunk::new(self.batch.clone(), start..end.max(start))
+    }
+
     /// Keeps the first `n` records.
     pub fn truncate(&mut self, n: usize) {
         self.range.end = self.range.end.min(self.range.start + n);

@@ -147,10 +147,27 @@ pub type Partition = i32;
 /// Kafka offset.
 pub type Offset = i64;
 
-/// How a subscription's records are delivered again.
+/// In what order a subscription's records reach its streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryOrder {
+    /// A partition is served by one stream at a time; first deliveries in offset order.
+    #[default]
+    Partition,
+    /// Per key: a key's next record waits until the previous one is acked; keys spread over
+    /// every stream. Records without a key are not ordered.
+    Key,
+    /// No order: every stream takes from every partition.
+    None,
+}
+
+/// How a subscription's records are delivered (order) and delivered again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryPolicy {
+    /// Order of deliveries.
+    #[serde(default)]
+    pub ordering: DeliveryOrder,
     /// A record not acked (or nacked) this long after its delivery is delivered again.
     #[serde(default = "default_ack_timeout_ms")]
     pub ack_timeout_ms: u64,
@@ -172,6 +189,7 @@ fn default_ack_timeout_ms() -> u64 {
 impl Default for DeliveryPolicy {
     fn default() -> Self {
         Self {
+            ordering: DeliveryOrder::Partition,
             ack_timeout_ms: DEFAULT_ACK_TIMEOUT_MS,
             max_attempts: 0,
             dead_letter_topic: None,

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::log::Batch;
-use crate::model::Record;
+use crate::model::{DeliveryOrder, Record};
 
 const S1: StreamId = StreamId(1);
 const S2: StreamId = StreamId(2);
@@ -571,4 +571,68 @@ proptest! {
             );
         }
     }
+}
+
+fn keyed_log(keys: &[&'static str]) -> Arc<PartitionLog> {
+    let log = PartitionLog::new(0, 1 << 20);
+    let records = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Record {
+            key: Some(Bytes::from_static(k.as_bytes())),
+            ..rec(0, i as Offset)
+        })
+        .collect();
+    log.writer()
+        .unwrap()
+        .append(Batch::new(records).unwrap())
+        .unwrap();
+    log
+}
+
+#[test]
+fn ordering_key_holds_a_keys_next_record_until_the_previous_is_acked() {
+    let now = Instant::now();
+    let mut d =
+        SubscriptionDelivery::new(CatchUpLimits::default()).with_ordering(DeliveryOrder::Key);
+    d.add_partition(0, keyed_log(&["a", "b", "a", "c", "a"]), 0);
+    d.open_stream(S1, credits(10));
+    d.open_stream(S2, credits(10));
+    // Different keys go out at once; the second and third "a" wait.
+    assert_eq!(
+        offsets(&d.take(S1, now, LIMITS)),
+        vec![(0, 0, 1), (0, 1, 1), (0, 3, 1)]
+    );
+    assert!(d.take(S2, now, LIMITS).deliveries.is_empty());
+    // Acking a held record is refused: it was never delivered.
+    assert!(d.ack(S1, &[(0, vec![range(2, 2)])]).is_err());
+    d.ack(S1, &[(0, vec![range(0, 0)])]).unwrap();
+    // Any stream may take the next "a" now, and only that one.
+    assert_eq!(offsets(&d.take(S2, now, LIMITS)), vec![(0, 2, 1)]);
+    assert!(d.take(S1, now, LIMITS).deliveries.is_empty());
+    // A nack keeps the key busy: the record comes again before the next "a".
+    d.nack(S2, &[(0, vec![range(2, 2)])], now).unwrap();
+    assert_eq!(offsets(&d.take(S1, now, LIMITS)), vec![(0, 2, 2)]);
+    d.ack(S1, &[(0, vec![range(1, 3)])]).unwrap();
+    assert_eq!(offsets(&d.take(S2, now, LIMITS)), vec![(0, 4, 1)]);
+    d.ack(S2, &[(0, vec![range(4, 4)])]).unwrap();
+    assert_eq!(d.cursor(0), Some(5));
+}
+
+#[test]
+fn ordering_none_lets_every_stream_take_from_every_partition() {
+    let now = Instant::now();
+    let mut d =
+        SubscriptionDelivery::new(CatchUpLimits::default()).with_ordering(DeliveryOrder::None);
+    d.add_partition(0, log_with(0, &[0, 1, 2, 3]), 0);
+    d.open_stream(S1, credits(2));
+    d.open_stream(S2, credits(2));
+    assert_eq!(
+        offsets(&d.take(S1, now, LIMITS)),
+        vec![(0, 0, 1), (0, 1, 1)]
+    );
+    assert_eq!(
+        offsets(&d.take(S2, now, LIMITS)),
+        vec![(0, 2, 1), (0, 3, 1)]
+    );
 }

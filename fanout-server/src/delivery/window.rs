@@ -36,6 +36,9 @@ enum SlotState {
     },
     /// Out of attempts: being published to the dead-letter topic.
     DeadLettering,
+    /// Taken from the log but not delivered yet: an earlier record of its key is unacked
+    /// (`ordering=key`).
+    Held,
     Acked,
 }
 
@@ -64,7 +67,16 @@ impl Redelivery {
 struct Slot {
     offset: Offset,
     size: usize,
+    /// Hash of the record's key, when keys are tracked and it has one.
+    key: Option<u64>,
     state: SlotState,
+}
+
+/// Per key (`ordering=key`): records delivered and not acked, and records held back.
+#[derive(Debug, Clone, Copy, Default)]
+struct KeyLoad {
+    unacked: u32,
+    held: u32,
 }
 
 /// Records and bytes released from flight by an operation: credits handed back.
@@ -108,6 +120,10 @@ pub struct AckWindow {
     dead_lettering: usize,
     /// No in-flight deadline is earlier than this: nothing scans for timeouts before it.
     next_deadline: Option<Instant>,
+    /// Number of held slots.
+    held: usize,
+    /// Keys with records unacked or held (`ordering=key` only; empty otherwise).
+    keys: std::collections::HashMap<u64, KeyLoad>,
 }
 
 impl AckWindow {
@@ -121,6 +137,8 @@ impl AckWindow {
             waiting: 0,
             dead_lettering: 0,
             next_deadline: None,
+            held: 0,
+            keys: std::collections::HashMap::new(),
         }
     }
 
@@ -144,6 +162,84 @@ impl AckWindow {
     /// Records delivered and not yet acked (in flight, waiting, being dead-lettered).
     pub fn unacked(&self) -> usize {
         self.in_flight + self.waiting + self.dead_lettering
+    }
+
+    /// Records taken from the log and held back behind an earlier record of their key.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Is a record of `key` delivered and unacked, or held? (A record without a key is
+    /// never ordered.)
+    pub fn key_busy(&self, key: Option<u64>) -> bool {
+        key.and_then(|k| self.keys.get(&k))
+            .is_some_and(|l| l.unacked + l.held > 0)
+    }
+
+    /// The lowest held record whose key has nothing delivered and unacked.
+    pub fn first_free_held(&self) -> Option<Offset> {
+        if self.held == 0 {
+            return None;
+        }
+        self.slots.iter().find_map(|s| {
+            let free = s.state == SlotState::Held
+                && s.key
+                    .and_then(|k| self.keys.get(&k))
+                    .is_none_or(|l| l.unacked == 0);
+            free.then_some(s.offset)
+        })
+    }
+
+    /// Takes `offset` from the log without delivering it (its key is busy).
+    pub fn hold(&mut self, offset: Offset, size: usize, key: Option<u64>) {
+        debug_assert!(offset >= self.next, "first deliveries ascend");
+        self.slots.push_back(Slot {
+            offset,
+            size,
+            key,
+            state: SlotState::Held,
+        });
+        self.next = offset + 1;
+        self.held += 1;
+        if let Some(k) = key {
+            self.keys.entry(k).or_default().held += 1;
+        }
+    }
+
+    /// Delivers a held record (first attempt) to `stream`.
+    pub fn deliver_held(&mut self, offset: Offset, stream: StreamId, deadline: Option<Instant>) {
+        let Some(slot) = self.slot_mut(offset) else {
+            return;
+        };
+        if slot.state != SlotState::Held {
+            return;
+        }
+        slot.state = SlotState::InFlight {
+            stream,
+            attempt: 1,
+            deadline,
+        };
+        let key = slot.key;
+        self.held -= 1;
+        self.in_flight += 1;
+        if let Some(k) = key {
+            let l = self.keys.entry(k).or_default();
+            l.held -= 1;
+            l.unacked += 1;
+        }
+        self.note_deadline(deadline);
+    }
+
+    /// A record of `key` is done (acked or dead-lettered).
+    fn key_done(&mut self, key: Option<u64>) {
+        if let Some(k) = key
+            && let Some(l) = self.keys.get_mut(&k)
+        {
+            l.unacked = l.unacked.saturating_sub(1);
+            if l.unacked == 0 && l.held == 0 {
+                self.keys.remove(&k);
+            }
+        }
     }
 
     /// Streams that have records of this window in flight.
@@ -175,10 +271,26 @@ impl AckWindow {
         stream: StreamId,
         deadline: Option<Instant>,
     ) {
+        self.deliver_first_keyed(offset, size, None, stream, deadline);
+    }
+
+    /// Like [`Self::deliver_first_until`], counting the record against `key`.
+    pub fn deliver_first_keyed(
+        &mut self,
+        offset: Offset,
+        size: usize,
+        key: Option<u64>,
+        stream: StreamId,
+        deadline: Option<Instant>,
+    ) {
         debug_assert!(offset >= self.next, "first deliveries ascend");
+        if let Some(k) = key {
+            self.keys.entry(k).or_default().unacked += 1;
+        }
         self.slots.push_back(Slot {
             offset,
             size,
+            key,
             state: SlotState::InFlight {
                 stream,
                 attempt: 1,
@@ -266,7 +378,9 @@ impl AckWindow {
             && slot.state == SlotState::DeadLettering
         {
             slot.state = SlotState::Acked;
+            let key = slot.key;
             self.dead_lettering -= 1;
+            self.key_done(key);
             self.advance_cursor();
         }
     }
@@ -390,6 +504,7 @@ impl AckWindow {
                     SlotState::Waiting { .. } | SlotState::DeadLettering => {
                         return Err(AckError::NotInFlight { offset: s.offset });
                     }
+                    SlotState::Held => return Err(AckError::NotDelivered { offset: s.offset }),
                     SlotState::Acked => return Err(AckError::AlreadyAcked { offset: s.offset }),
                 }
             }
@@ -472,6 +587,7 @@ impl AckWindow {
 
     fn transition(&mut self, stream: StreamId, ranges: &[OffsetRange], to: SlotState) -> Released {
         let mut released = Released::default();
+        let mut done_keys = Vec::new();
         for r in ranges {
             let (lo, hi) = self.index_range(*r);
             for s in self.slots.range_mut(lo..hi) {
@@ -479,8 +595,14 @@ impl AckWindow {
                     s.state = to;
                     released.records += 1;
                     released.bytes += s.size;
+                    if s.key.is_some() {
+                        done_keys.push(s.key);
+                    }
                 }
             }
+        }
+        for k in done_keys {
+            self.key_done(k);
         }
         self.in_flight -= released.records;
         released

@@ -107,7 +107,7 @@ fn stored_format_is_stable() {
             "start": "latest",
             "start_offsets": {"0": 10, "1": 12},
             "created_at_ms": 2,
-            "delivery": {"ack_timeout_ms": 30000, "max_attempts": 0, "dead_letter_topic": null}
+            "delivery": {"ordering": "partition", "ack_timeout_ms": 30000, "max_attempts": 0, "dead_letter_topic": null}
         })
     );
     // Entries written before the delivery policy existed read with its defaults.

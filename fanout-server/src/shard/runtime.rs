@@ -138,10 +138,12 @@ pub struct SubscriptionRuntime {
 
 impl SubscriptionRuntime {
     pub(super) fn new(spec: SubscriptionSpec, catch_up: CatchUpLimits) -> Self {
-        let delivery = SubscriptionDelivery::new(catch_up).with_redeliveries(Redeliveries {
-            ack_timeout: Some(Duration::from_millis(spec.delivery.ack_timeout_ms)),
-            max_attempts: spec.delivery.max_attempts,
-        });
+        let delivery = SubscriptionDelivery::new(catch_up)
+            .with_redeliveries(Redeliveries {
+                ack_timeout: Some(Duration::from_millis(spec.delivery.ack_timeout_ms)),
+                max_attempts: spec.delivery.max_attempts,
+            })
+            .with_ordering(spec.delivery.ordering);
         Self {
             spec,
             delivery: Mutex::new(delivery),

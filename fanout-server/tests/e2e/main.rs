@@ -9,4 +9,5 @@ mod delivery;
 mod durability;
 mod gaps;
 mod isolation;
+mod ordering;
 mod redelivery;
