@@ -19,7 +19,7 @@ use std::time::Instant;
 use crate::log::{Chunk, LogLimits, MemoryPool, PartitionLog, Pin};
 use crate::model::{DeliveryOrder, Offset, Partition, Record};
 
-pub use window::{AckWindow, Due, OffsetRange, Redelivery, Released};
+pub use window::{AckWindow, Due, MAX_STORED_RANGES, OffsetRange, Redelivery, Released};
 
 /// Identifies one live stream within a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -101,12 +101,12 @@ struct PartitionState {
 }
 
 impl PartitionState {
-    fn new(log: Arc<PartitionLog>, cursor: Offset) -> Self {
+    fn new(log: Arc<PartitionLog>, cursor: Offset, acked: &[OffsetRange]) -> Self {
         let pin = log.pin(cursor);
         Self {
             shared: Source { log, pin },
             catch_up: None,
-            window: AckWindow::new(cursor),
+            window: AckWindow::restore(cursor, acked),
             bound: None,
         }
     }
@@ -372,9 +372,21 @@ impl SubscriptionDelivery {
     /// Starts tracking an owned partition at `cursor`. If it was tracked already, its state
     /// is dropped first as by [`Self::remove_partition`].
     pub fn add_partition(&mut self, partition: Partition, log: Arc<PartitionLog>, cursor: Offset) {
+        self.add_partition_restored(partition, log, cursor, &[]);
+    }
+
+    /// Like [`Self::add_partition`], with the ranges above the cursor acked before (as
+    /// stored with it): those records are not delivered again.
+    pub fn add_partition_restored(
+        &mut self,
+        partition: Partition,
+        log: Arc<PartitionLog>,
+        cursor: Offset,
+        acked: &[OffsetRange],
+    ) {
         self.remove_partition(partition, Instant::now());
         self.partitions
-            .insert(partition, PartitionState::new(log, cursor));
+            .insert(partition, PartitionState::new(log, cursor, acked));
     }
 
     /// Stops tracking a partition (no longer owned). Its in-flight records are forgotten
@@ -407,6 +419,20 @@ impl SubscriptionDelivery {
     /// Cursor of every owned partition.
     pub fn cursors(&self) -> impl Iterator<Item = (Partition, Offset)> + '_ {
         self.partitions.iter().map(|(&p, s)| (p, s.window.cursor()))
+    }
+
+    /// Cursor and acked ranges above it (at most [`MAX_STORED_RANGES`]) of every owned
+    /// partition, as stored.
+    pub fn cursor_states(
+        &self,
+    ) -> impl Iterator<Item = (Partition, Offset, Vec<OffsetRange>)> + '_ {
+        self.partitions.iter().map(|(&p, s)| {
+            (
+                p,
+                s.window.cursor(),
+                s.window.acked_ranges(MAX_STORED_RANGES),
+            )
+        })
     }
 
     pub fn cursor(&self, partition: Partition) -> Option<Offset> {
@@ -576,6 +602,7 @@ impl SubscriptionDelivery {
                         &mut take.catch_up,
                     )
                     .unwrap_or_default();
+                let mut moved = false;
                 'chunks: for chunk in chunks {
                     // Runs of delivered records; a held record (its key busy) ends a run.
                     let mut run_start = 0;
@@ -586,11 +613,25 @@ impl SubscriptionDelivery {
                             stop = true;
                             break;
                         }
+                        if p.window.pre_acked(record.offset) {
+                            // Acked before a restart: done, not delivered again.
+                            if i > run_start && end > run_start {
+                                take.deliveries.push(Delivery {
+                                    chunk: chunk.slice(run_start..end),
+                                    attempt: 1,
+                                });
+                            }
+                            p.window.skip_acked(record.offset, record.size());
+                            moved = true;
+                            run_start = i + 1;
+                            end = i + 1;
+                            continue;
+                        }
                         let key = (ordering == DeliveryOrder::Key)
                             .then(|| key_hash(record))
                             .flatten();
                         if p.window.key_busy(key) {
-                            if i > run_start {
+                            if end > run_start {
                                 take.deliveries.push(Delivery {
                                     chunk: chunk.slice(run_start..i),
                                     attempt: 1,
@@ -623,6 +664,9 @@ impl SubscriptionDelivery {
                     if stop {
                         break 'chunks;
                     }
+                }
+                if moved {
+                    p.cursor_moved();
                 }
             }
             for s in &mut take.catch_up[started..] {

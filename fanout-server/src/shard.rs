@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use tokio::sync::mpsc;
 
-use crate::delivery::{CatchUpLimits, StreamId, TakeLimits};
+use crate::delivery::{CatchUpLimits, OffsetRange, StreamId, TakeLimits};
 use crate::log::{LogLimits, MemoryPool, PartitionLog};
 use crate::model::{Offset, Partition, SubscriptionKey, SubscriptionName, TopicName};
 use crate::registry::{Change, DecodeError, Registry, SubscriptionSpec, TopicSpec};
@@ -70,17 +70,44 @@ pub struct CursorUpdate {
     pub incarnation: i64,
     pub partition: Partition,
     pub cursor: Offset,
+    /// Acked ranges above the cursor (bounded).
+    pub acked: Vec<OffsetRange>,
 }
 
 /// A cursor as stored in Kafka (or as a restart would derive it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCursor {
     pub offset: Offset,
     /// The creation time of the subscription it belongs to.
     pub incarnation: i64,
+    /// Ranges above the cursor acked already: not delivered again after a restart.
+    pub acked: Vec<OffsetRange>,
+}
+
+impl StoredCursor {
+    /// A cursor with nothing acked above it.
+    pub fn at(offset: Offset, incarnation: i64) -> Self {
+        Self {
+            offset,
+            incarnation,
+            acked: Vec::new(),
+        }
+    }
 }
 
 type StoredCursors = HashMap<(SubscriptionKey, Partition), StoredCursor>;
+
+/// The stored cursor of this life of the subscription, with its acked ranges.
+fn stored_state_for(
+    stored: &StoredCursors,
+    spec: &SubscriptionSpec,
+    p: Partition,
+) -> Option<StoredCursor> {
+    stored
+        .get(&(spec.key(), p))
+        .filter(|c| c.incarnation == spec.created_at_ms)
+        .cloned()
+}
 
 /// The stored cursor of this life of the subscription, if there is one.
 fn stored_for(stored: &StoredCursors, spec: &SubscriptionSpec, p: Partition) -> Option<Offset> {
@@ -280,7 +307,7 @@ impl Shard {
         {
             let mut stored = self.stored.lock();
             for (&p, owned) in partitions.iter() {
-                let cursor = match stored_for(&stored, spec, p) {
+                let cursor = match stored_state_for(&stored, spec, p) {
                     Some(c) => c,
                     None => {
                         let c = spec.start_offsets.get(p).unwrap_or_else(|| {
@@ -291,13 +318,8 @@ impl Shard {
                             );
                             owned.log.head()
                         });
-                        stored.insert(
-                            (key.clone(), p),
-                            StoredCursor {
-                                offset: c,
-                                incarnation: spec.created_at_ms,
-                            },
-                        );
+                        let c = StoredCursor::at(c, spec.created_at_ms);
+                        stored.insert((key.clone(), p), c.clone());
                         c
                     }
                 };
@@ -306,8 +328,8 @@ impl Shard {
         }
         {
             let mut delivery = rt.delivery.lock();
-            for (p, owned, cursor) in &cursors {
-                delivery.add_partition(*p, owned.log.clone(), *cursor);
+            for (p, owned, c) in &cursors {
+                delivery.add_partition_restored(*p, owned.log.clone(), c.offset, &c.acked);
             }
         }
         subscriptions.insert(spec.name.clone(), rt);
@@ -393,10 +415,17 @@ impl Shard {
             let mut stored = self.stored.lock();
             for s in subs.values() {
                 let key = s.key();
-                let mut cursor = stored_for(&stored, &s.spec, partition)
+                let restored = stored_state_for(&stored, &s.spec, partition);
+                let mut acked = restored
+                    .as_ref()
+                    .map(|c| c.acked.clone())
+                    .unwrap_or_default();
+                let mut cursor = restored
+                    .map(|c| c.offset)
                     .or_else(|| s.spec.start_offsets.get(partition))
                     .unwrap_or(low);
                 if cursor < low {
+                    acked.clear();
                     losses.push(Loss {
                         subscription: key.clone(),
                         partition,
@@ -410,12 +439,13 @@ impl Shard {
                     StoredCursor {
                         offset: cursor,
                         incarnation: s.spec.created_at_ms,
+                        acked: acked.clone(),
                     },
                 );
-                cursors.push((s.clone(), cursor));
+                cursors.push((s.clone(), cursor, acked));
             }
         }
-        let start = cursors.iter().map(|(_, c)| *c).min().unwrap_or(high);
+        let start = cursors.iter().map(|(_, c, _)| *c).min().unwrap_or(high);
         let owned = Arc::new(OwnedPartition {
             topic: topic.clone(),
             partition,
@@ -426,10 +456,10 @@ impl Shard {
             ),
             rewind: watch::Sender::new(None),
         });
-        for (s, cursor) in cursors {
+        for (s, cursor, acked) in cursors {
             s.delivery
                 .lock()
-                .add_partition(partition, owned.log.clone(), cursor);
+                .add_partition_restored(partition, owned.log.clone(), cursor, &acked);
         }
         partitions.insert(partition, owned.clone());
         drop((partitions, subs));
@@ -490,10 +520,7 @@ impl Shard {
             if let Some(cursor) = lost {
                 self.stored.lock().insert(
                     (s.key(), partition),
-                    StoredCursor {
-                        offset: low,
-                        incarnation: s.spec.created_at_ms,
-                    },
+                    StoredCursor::at(low, s.spec.created_at_ms),
                 );
                 losses.push(Loss {
                     subscription: s.key(),
@@ -513,18 +540,22 @@ impl Shard {
     pub fn cursor_updates(&self) -> Vec<CursorUpdate> {
         let mut live = Vec::new();
         for s in self.topics().iter().flat_map(|t| t.subscriptions()) {
-            for (partition, cursor) in s.cursors() {
-                live.push((s.clone(), partition, cursor));
+            for (partition, cursor, acked) in s.cursor_states() {
+                live.push((s.clone(), partition, cursor, acked));
             }
         }
         let stored = self.stored.lock();
         live.into_iter()
-            .filter(|(s, p, cursor)| stored_for(&stored, &s.spec, *p) != Some(*cursor))
-            .map(|(s, partition, cursor)| CursorUpdate {
+            .filter(|(s, p, cursor, acked)| {
+                stored_state_for(&stored, &s.spec, *p)
+                    .is_none_or(|c| c.offset != *cursor || c.acked != *acked)
+            })
+            .map(|(s, partition, cursor, acked)| CursorUpdate {
                 subscription: s.key(),
                 incarnation: s.spec.created_at_ms,
                 partition,
                 cursor,
+                acked,
             })
             .collect()
     }
@@ -548,6 +579,7 @@ impl Shard {
                     StoredCursor {
                         offset: u.cursor,
                         incarnation: u.incarnation,
+                        acked: u.acked.clone(),
                     },
                 );
             }

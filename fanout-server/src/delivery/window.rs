@@ -124,7 +124,14 @@ pub struct AckWindow {
     held: usize,
     /// Keys with records unacked or held (`ordering=key` only; empty otherwise).
     keys: std::collections::HashMap<u64, KeyLoad>,
+    /// Ranges at or above `next` known to be acked already (restored from a stored cursor
+    /// after a restart or failover): records in them are not delivered again.
+    pre_acked: VecDeque<OffsetRange>,
 }
+
+/// Most acked ranges above the cursor kept with a stored cursor; beyond them, records are
+/// delivered again after a restart (never lost).
+pub const MAX_STORED_RANGES: usize = 32;
 
 impl AckWindow {
     /// A window with nothing delivered, whose cursor (and first delivery) is `cursor`.
@@ -139,7 +146,86 @@ impl AckWindow {
             next_deadline: None,
             held: 0,
             keys: std::collections::HashMap::new(),
+            pre_acked: VecDeque::new(),
         }
+    }
+
+    /// A window at `cursor` whose records in `acked` (ranges above it, as stored) are done.
+    pub fn restore(cursor: Offset, acked: &[OffsetRange]) -> Self {
+        let mut w = Self::new(cursor);
+        let mut ranges: Vec<OffsetRange> = acked
+            .iter()
+            .filter(|r| r.first <= r.last && r.last >= cursor)
+            .map(|r| OffsetRange {
+                first: r.first.max(cursor),
+                last: r.last,
+            })
+            .collect();
+        ranges.sort_by_key(|r| r.first);
+        for r in ranges {
+            match w.pre_acked.back_mut() {
+                Some(b) if r.first <= b.last.saturating_add(1) => b.last = b.last.max(r.last),
+                _ => w.pre_acked.push_back(r),
+            }
+        }
+        w
+    }
+
+    /// Was `offset` acked before a restart? (Offsets must be asked in ascending order.)
+    pub fn pre_acked(&mut self, offset: Offset) -> bool {
+        while self.pre_acked.front().is_some_and(|r| r.last < offset) {
+            self.pre_acked.pop_front();
+        }
+        self.pre_acked.front().is_some_and(|r| r.first <= offset)
+    }
+
+    /// Takes `offset` from the log as already acked (see [`Self::pre_acked`]).
+    pub fn skip_acked(&mut self, offset: Offset, size: usize) {
+        debug_assert!(offset >= self.next, "first deliveries ascend");
+        self.slots.push_back(Slot {
+            offset,
+            size,
+            key: None,
+            state: SlotState::Acked,
+        });
+        self.next = offset + 1;
+        self.advance_cursor();
+    }
+
+    /// Acked ranges above the cursor, lowest first, at most `max`: stored with the cursor so
+    /// that a restart delivers again only what was really unacked.
+    pub fn acked_ranges(&self, max: usize) -> Vec<OffsetRange> {
+        let mut out: Vec<OffsetRange> = Vec::new();
+        let mut run: Option<OffsetRange> = None;
+        for s in &self.slots {
+            if s.state == SlotState::Acked {
+                run = Some(match run {
+                    Some(r) => OffsetRange {
+                        first: r.first,
+                        last: s.offset,
+                    },
+                    None => OffsetRange {
+                        first: s.offset,
+                        last: s.offset,
+                    },
+                });
+            } else if let Some(r) = run.take() {
+                out.push(r);
+            }
+        }
+        out.extend(run);
+        // Restored ranges not reached yet still hold.
+        out.extend(
+            self.pre_acked
+                .iter()
+                .filter(|r| r.last >= self.next)
+                .map(|r| OffsetRange {
+                    first: r.first.max(self.next),
+                    last: r.last,
+                }),
+        );
+        out.truncate(max);
+        out
     }
 
     pub fn cursor(&self) -> Offset {

@@ -217,6 +217,11 @@ impl SubscriptionRuntime {
         self.delivery.lock().nack(stream, ranges, not_before)
     }
 
+    /// Cursors with the acked ranges above them, per partition.
+    pub fn cursor_states(&self) -> Vec<(Partition, Offset, Vec<OffsetRange>)> {
+        self.delivery.lock().cursor_states().collect()
+    }
+
     pub fn cursors(&self) -> Vec<(Partition, Offset)> {
         self.delivery.lock().cursors().collect()
     }

@@ -109,13 +109,7 @@ fn assignment_starts_at_the_lowest_cursor_and_commits_the_lowest_stored() {
         topic: t("orders"),
         name: SubscriptionName::new("a").unwrap(),
     };
-    shard.load_stored([(
-        (a.clone(), 0),
-        StoredCursor {
-            offset: 6,
-            incarnation: 0,
-        },
-    )]);
+    shard.load_stored([((a.clone(), 0), StoredCursor::at(6, 0))]);
     let assigned = shard.assign(&t("orders"), 0, 2, 100);
     assert_eq!(
         assigned.start, 6,
@@ -146,7 +140,8 @@ fn assignment_starts_at_the_lowest_cursor_and_commits_the_lowest_stored() {
             subscription: a.clone(),
             incarnation: 0,
             partition: 0,
-            cursor: 10
+            cursor: 10,
+            acked: vec![],
         }]
     );
     assert_eq!(
@@ -306,13 +301,7 @@ fn a_recreated_subscription_does_not_inherit_old_cursors() {
         topic: t("orders"),
         name: SubscriptionName::new("a").unwrap(),
     };
-    shard.load_stored([(
-        (a, 0),
-        StoredCursor {
-            offset: 900,
-            incarnation: 0,
-        },
-    )]);
+    shard.load_stored([((a, 0), StoredCursor::at(900, 0))]);
     register(&shard, 1, entry);
     let assigned = shard.assign(&t("orders"), 0, 0, 1000);
     assert_eq!(
@@ -357,4 +346,82 @@ fn a_stream_letting_go_of_a_partition_wakes_the_others() {
     assert!(a.take(s1, Instant::now(), LIMITS.take).released);
     assert!(s2_wakes.has_changed().unwrap());
     assert_eq!(a.take(s2, Instant::now(), LIMITS.take).records(), 2);
+}
+
+#[test]
+fn acked_ranges_above_the_cursor_survive_a_restart() {
+    let key = SubscriptionKey {
+        topic: t("orders"),
+        name: SubscriptionName::new("a").unwrap(),
+    };
+    let now = Instant::now();
+    let credits = crate::delivery::Credits {
+        max_records: 100,
+        max_bytes: 1 << 20,
+    };
+    // First life: 10 records delivered; 3..=5 and 8 acked, 0..=2, 6, 7, 9 not.
+    let before = Shard::new(LIMITS);
+    register(&before, 0, topic_entry("orders"));
+    register(&before, 1, sub_entry("orders", "a", &[(0, 0)]));
+    let assigned = before.assign(&t("orders"), 0, 0, 10);
+    append(&assigned.partition, 0..10);
+    let (_, sub) = before.subscription(&t("orders"), &key.name).unwrap();
+    let s = before.new_stream_id();
+    sub.open_stream(s, credits);
+    assert_eq!(sub.take(s, now, LIMITS.take).records(), 10);
+    let acked = [
+        OffsetRange { first: 3, last: 5 },
+        OffsetRange { first: 8, last: 8 },
+    ];
+    sub.ack(s, &[(0, acked.to_vec())]).unwrap();
+    let updates = before.cursor_updates();
+    assert_eq!(updates.len(), 1);
+    assert_eq!(
+        (updates[0].cursor, updates[0].acked.clone()),
+        (0, acked.to_vec())
+    );
+    // The stored value round-trips through the cursors topic's format.
+    let stored = crate::shard::StoredCursor {
+        offset: updates[0].cursor,
+        incarnation: updates[0].incarnation,
+        acked: updates[0].acked.clone(),
+    };
+    let raw = crate::store::cursors::encode_value(&stored);
+
+    // Second life (restart or another shard): only the unacked records come again.
+    let after = Shard::new(LIMITS);
+    after.load_stored([(
+        (key.clone(), 0),
+        crate::store::cursors::decode_value_for_tests(&raw),
+    )]);
+    register(&after, 0, topic_entry("orders"));
+    register(&after, 1, sub_entry("orders", "a", &[(0, 0)]));
+    let assigned = after.assign(&t("orders"), 0, 0, 10);
+    append(&assigned.partition, 0..10);
+    let (_, sub) = after.subscription(&t("orders"), &key.name).unwrap();
+    let s = after.new_stream_id();
+    sub.open_stream(s, credits);
+    let take = sub.take(s, now, LIMITS.take);
+    let offsets: Vec<i64> = take
+        .deliveries
+        .iter()
+        .flat_map(|d| d.chunk.records().iter().map(|r| r.offset))
+        .collect();
+    assert_eq!(offsets, vec![0, 1, 2, 6, 7, 9]);
+    sub.ack(s, &[(0, vec![OffsetRange { first: 0, last: 2 }])])
+        .unwrap();
+    assert_eq!(sub.cursors(), vec![(0, 6)]);
+    // 8 was acked before: it is not in flight, so it is acked around.
+    sub.ack(
+        s,
+        &[(
+            0,
+            vec![
+                OffsetRange { first: 6, last: 7 },
+                OffsetRange { first: 9, last: 9 },
+            ],
+        )],
+    )
+    .unwrap();
+    assert_eq!(sub.cursors(), vec![(0, 10)]);
 }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::config::Config;
+use crate::delivery::{MAX_STORED_RANGES, OffsetRange};
 use crate::kafka;
 use crate::model::{Offset, Partition, SubscriptionKey, SubscriptionName, TopicName};
 use crate::shard::{CursorUpdate, Shard, StoredCursor};
@@ -29,6 +30,10 @@ struct Stored {
     cursor: Offset,
     /// Creation time of the subscription the cursor belongs to.
     subscription_created_at_ms: i64,
+    /// Ranges above the cursor acked already, `[first, last]` inclusive (absent in records
+    /// written before they were stored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    acked: Vec<(Offset, Offset)>,
 }
 
 /// Every stored cursor, by (subscription, partition).
@@ -47,20 +52,41 @@ pub fn decode_key(raw: &[u8]) -> Option<(SubscriptionKey, Partition)> {
     Some((SubscriptionKey { topic, name }, partition))
 }
 
-pub fn encode_value(cursor: StoredCursor) -> Vec<u8> {
+pub fn encode_value(cursor: &StoredCursor) -> Vec<u8> {
     serde_json::to_vec(&Stored {
         version: SCHEMA_VERSION,
         cursor: cursor.offset,
         subscription_created_at_ms: cursor.incarnation,
+        acked: cursor
+            .acked
+            .iter()
+            .take(MAX_STORED_RANGES)
+            .map(|r| (r.first, r.last))
+            .collect(),
     })
     .unwrap_or_default()
 }
 
+/// Decodes a stored value (for the shard's tests, which cannot reach this adapter's
+/// private parts otherwise).
+#[cfg(test)]
+pub fn decode_value_for_tests(raw: &[u8]) -> StoredCursor {
+    decode_value(raw).unwrap_or_else(|| StoredCursor::at(0, 0))
+}
+
 fn decode_value(raw: &[u8]) -> Option<StoredCursor> {
     let s: Stored = serde_json::from_slice(raw).ok()?;
-    (s.version <= SCHEMA_VERSION && s.cursor >= 0).then_some(StoredCursor {
+    (s.version <= SCHEMA_VERSION && s.cursor >= 0).then(|| StoredCursor {
         offset: s.cursor,
         incarnation: s.subscription_created_at_ms,
+        // Ranges that make no sense are dropped: their records are delivered again.
+        acked: s
+            .acked
+            .into_iter()
+            .filter(|&(first, last)| first <= last && first > s.cursor)
+            .take(MAX_STORED_RANGES)
+            .map(|(first, last)| OffsetRange { first, last })
+            .collect(),
     })
 }
 
@@ -184,10 +210,11 @@ impl CursorWriter {
                 let value = StoredCursor {
                     offset: u.cursor,
                     incarnation: u.incarnation,
+                    acked: u.acked.clone(),
                 };
                 (
                     encode_key(&u.subscription, u.partition),
-                    encode_value(value),
+                    encode_value(&value),
                 )
             })
             .collect();
@@ -268,8 +295,27 @@ mod tests {
         let c = StoredCursor {
             offset: 42,
             incarnation: 7,
+            acked: vec![
+                OffsetRange {
+                    first: 44,
+                    last: 50,
+                },
+                OffsetRange {
+                    first: 60,
+                    last: 60,
+                },
+            ],
         };
-        assert_eq!(decode_value(&encode_value(c)), Some(c));
+        assert_eq!(decode_value(&encode_value(&c)), Some(c));
+        // Written before acked ranges were stored: none.
+        let old = br#"{"version":1,"cursor":5,"subscription_created_at_ms":1}"#;
+        assert_eq!(decode_value(old), Some(StoredCursor::at(5, 1)));
+        // Nonsense ranges are dropped, not trusted.
+        let bad = br#"{"version":1,"cursor":5,"subscription_created_at_ms":1,"acked":[[9,7],[2,3],[6,6]]}"#;
+        assert_eq!(
+            decode_value(bad).unwrap().acked,
+            vec![OffsetRange { first: 6, last: 6 }]
+        );
         assert_eq!(
             decode_value(b"{\"version\":2,\"cursor\":1,\"subscription_created_at_ms\":7}"),
             None

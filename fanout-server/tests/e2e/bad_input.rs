@@ -270,7 +270,11 @@ async fn admin_bad_input_is_refused_precisely_and_changes_nothing() {
             "invalid_body",
         ),
         (json!({"name": "t x"}), 400, "invalid_field"),
-        (json!({"name": "t", "ordering": "key"}), 422, "invalid_body"),
+        (
+            json!({"name": "t", "ordering": "fifo"}),
+            422,
+            "invalid_body",
+        ),
     ] {
         let (s, b) = admin.post(&subs, body.clone()).await;
         assert_eq!(

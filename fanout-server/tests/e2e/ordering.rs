@@ -42,7 +42,6 @@ async fn ordering_key_keeps_each_keys_order_and_uses_every_stream() {
         .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["delivery"]["ordering"], "key");
-    let want = produce(&topic, 0, 4_000).await;
 
     let events = Arc::new(Mutex::new(Vec::<Event>::new()));
     let seq = Arc::new(AtomicU64::new(0));
@@ -80,6 +79,8 @@ async fn ordering_key_keeps_each_keys_order_and_uses_every_stream() {
             sub.close().await;
         }));
     }
+    // All streams are open before the records exist, so each can take its share.
+    let want = produce(&topic, 0, 4_000).await;
     eventually("every record is received", || async {
         let got: BTreeSet<(i32, i64)> = events.lock().iter().map(|e| e.offset).collect();
         (got == want).then_some(())
