@@ -113,6 +113,7 @@ impl PartitionState {
 
     /// Gives up both windows (the partition is no longer tracked).
     fn drop_sources(&mut self) {
+        // Done once: a second call (explicit, then on drop) finds nothing to release.
         self.shared.log.unpin(&self.shared.pin);
         self.end_catch_up();
     }
@@ -131,6 +132,13 @@ impl PartitionState {
         let cursor = self.window.cursor();
         match &self.catch_up {
             None if self.shared.pin.is_evicted() => self.start_catch_up(limits, started),
+            // Holding nothing on the shared window (a catch-up ended without streams).
+            None if self.shared.pin.cursor().is_none() => {
+                self.shared.pin.hold(cursor);
+                if cursor < self.shared.log.start() {
+                    self.start_catch_up(limits, started);
+                }
+            }
             Some(_) if cursor >= self.shared.log.start() => {
                 self.shared.pin.hold(cursor);
                 // The writer may have trimmed past the cursor meanwhile: then stay out.
@@ -204,6 +212,12 @@ impl PartitionState {
         let source = self.catch_up.as_ref().unwrap_or(&self.shared);
         source.pin.advance(cursor);
         source.log.notify_progress();
+    }
+}
+
+impl Drop for PartitionState {
+    fn drop(&mut self) {
+        self.drop_sources();
     }
 }
 
@@ -399,7 +413,12 @@ impl SubscriptionDelivery {
         for (&s, st) in self.streams.iter_mut() {
             st.release(p.window.release_stream(s, now));
         }
-        p.drop_sources();
+        // Dropping `p` lets go of its windows (pins, private window).
+    }
+
+    /// The subscription is gone: lets go of every window it held.
+    pub fn clear(&mut self) {
+        self.partitions.clear();
     }
 
     /// Restarts a partition's tracking at `cursor`, dropping what was delivered (retention
@@ -491,6 +510,12 @@ impl SubscriptionDelivery {
         }
         self.streams.remove(&stream);
         self.reset.remove(&stream);
+        if self.streams.is_empty() {
+            // Nobody reads: private windows would only hold memory and a catch-up reader.
+            for p in self.partitions.values_mut() {
+                p.end_catch_up();
+            }
+        }
         given_back
     }
 
@@ -686,7 +711,12 @@ impl SubscriptionDelivery {
         self.partitions
             .values()
             .filter(|p| p.bound.is_none() || p.bound == Some(stream))
-            .flat_map(|p| [p.window.next_due_at(now), p.window.next_deadline()])
+            .flat_map(|p| {
+                [
+                    p.window.next_due_at(now),
+                    p.window.next_deadline().filter(|&d| d > now),
+                ]
+            })
             .flatten()
             .min()
     }

@@ -336,58 +336,22 @@ impl StreamTask {
                     log: start.log,
                 });
             }
-            for letter in &take.dead_letters {
-                self.dead_letter(letter).await;
+            for letter in take.dead_letters {
+                // Published on a task of its own (awaited on shutdown with the streams): a
+                // slow dead-letter topic must not stop this stream sending and taking acks.
+                self.inner.tracker.spawn(dead_letter(
+                    self.inner.dead_letters.clone(),
+                    self.sub.clone(),
+                    letter,
+                ));
             }
             if take.deliveries.is_empty() {
-                if take.dead_letters.is_empty() {
-                    return Ok(true);
-                }
-                continue;
+                return Ok(true);
             }
             let batch = convert::batch(&self.topic.name, take.deliveries);
             tokio::select! {
                 sent = self.tx.send(Ok(batch)) => sent.map_err(|_| ())?,
                 _ = self.inner.control.close.cancelled() => return Ok(true),
-            }
-        }
-    }
-
-    /// Publishes a record out of attempts to the subscription's dead-letter topic; on
-    /// success it counts as acked, on failure it is tried again a little later.
-    async fn dead_letter(&self, letter: &DeadLetter) {
-        let Some(r) = letter.chunk.records().first() else {
-            return;
-        };
-        let (partition, offset) = (letter.partition, r.offset);
-        let published = match &self.sub.spec.delivery.dead_letter_topic {
-            Some(to) => self
-                .inner
-                .dead_letters
-                .publish(to, &self.sub.key(), letter)
-                .await
-                .map_err(|e| e.to_string()),
-            None => Err("the subscription has no dead-letter topic".to_owned()),
-        };
-        match published {
-            Ok(()) => {
-                tracing::warn!(
-                    partition,
-                    offset,
-                    attempts = letter.attempts,
-                    reason = letter.why.as_str(),
-                    "record out of attempts sent to the dead-letter topic"
-                );
-                self.sub.dead_lettered(partition, offset);
-            }
-            Err(e) => {
-                tracing::error!(partition, offset, error = %e, "dead-letter publish failed; retrying in 1s");
-                self.sub.dead_letter_failed(
-                    partition,
-                    offset,
-                    letter.attempts,
-                    Instant::now() + Duration::from_secs(1),
-                );
             }
         }
     }
@@ -427,6 +391,47 @@ impl StreamTask {
             None => return Err(SubscribeError::Empty),
         }
         Ok(())
+    }
+}
+
+/// Publishes a record out of attempts to the subscription's dead-letter topic; on
+/// success it counts as acked, on failure it is tried again a little later.
+async fn dead_letter(
+    dead_letters: Arc<DeadLetters>,
+    sub: Arc<SubscriptionRuntime>,
+    letter: DeadLetter,
+) {
+    let Some(r) = letter.chunk.records().first() else {
+        return;
+    };
+    let (partition, offset) = (letter.partition, r.offset);
+    let published = match &sub.spec.delivery.dead_letter_topic {
+        Some(to) => dead_letters
+            .publish(to, &sub.key(), &letter)
+            .await
+            .map_err(|e| e.to_string()),
+        None => Err("the subscription has no dead-letter topic".to_owned()),
+    };
+    match published {
+        Ok(()) => {
+            tracing::warn!(
+                partition,
+                offset,
+                attempts = letter.attempts,
+                reason = letter.why.as_str(),
+                "record out of attempts sent to the dead-letter topic"
+            );
+            sub.dead_lettered(partition, offset);
+        }
+        Err(e) => {
+            tracing::error!(partition, offset, error = %e, "dead-letter publish failed; retrying in 1s");
+            sub.dead_letter_failed(
+                partition,
+                offset,
+                letter.attempts,
+                Instant::now() + Duration::from_secs(1),
+            );
+        }
     }
 }
 

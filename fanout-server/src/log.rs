@@ -491,12 +491,12 @@ impl LogWriter {
                 && log.pool.has_room_for(bytes))
     }
 
-    /// Bytes that fit now (`usize::MAX` into an empty window, which takes any one batch).
+    /// Bytes that fit now. An empty window takes any one batch; this says its budget then.
     pub fn room(&self) -> usize {
         let log = &*self.log;
         let batches = log.batches();
         if batches == 0 {
-            return usize::MAX;
+            return log.limits.bytes;
         }
         if batches >= log.slots.len() {
             return 0;
@@ -506,7 +506,14 @@ impl LogWriter {
         own.min(shard)
     }
 
-    /// Appends a batch that follows the head, if [`Self::has_room_for`] it.
+    /// Is the window empty (it then takes any one batch)?
+    pub fn is_empty(&self) -> bool {
+        self.log.batches() == 0
+    }
+
+    /// Appends a batch that follows the head, if [`Self::has_room_for`] it. Only this
+    /// writer changes what the check depends on (apart from the shard pool, which it does
+    /// not re-check): after a `has_room_for` that said yes, it succeeds.
     pub fn append(&mut self, mut batch: Batch) -> Result<(), AppendError> {
         let log = &*self.log;
         let head = log.head();
@@ -516,7 +523,14 @@ impl LogWriter {
                 head,
             });
         }
-        if !self.has_room_for(batch.bytes) {
+        // The shard-wide pool is shared with other writers: it is checked by
+        // `has_room_for` / `make_room` before, not here, so a race with another partition
+        // can overshoot it by a batch but never make an append that was cleared fail.
+        let batches = log.batches();
+        let fits = batches == 0
+            || (batches < log.slots.len()
+                && log.bytes().saturating_add(batch.bytes) <= log.limits.bytes);
+        if !fits {
             return Err(AppendError::Full {
                 bytes: log.bytes(),
                 budget: log.limits.bytes,

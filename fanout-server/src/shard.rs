@@ -346,6 +346,8 @@ impl Shard {
         };
         if let Some(s) = topic.subscriptions.write().remove(&key.name) {
             s.removed.store(true, Ordering::Release);
+            // Its holds on the windows go now, not when its last stream ends.
+            s.delivery.lock().clear();
             s.wake();
         }
         self.stored.lock().retain(|(k, _), _| k != key);

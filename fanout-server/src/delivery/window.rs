@@ -587,9 +587,9 @@ impl AckWindow {
                     SlotState::InFlight { .. } => {
                         return Err(AckError::OtherStream { offset: s.offset });
                     }
-                    SlotState::Waiting { .. } | SlotState::DeadLettering => {
-                        return Err(AckError::NotInFlight { offset: s.offset });
-                    }
+                    // Given back (timed out, nacked, its stream ended) or being
+                    // dead-lettered: a late ack still counts, a late nack changes nothing.
+                    SlotState::Waiting { .. } | SlotState::DeadLettering => {}
                     SlotState::Held => return Err(AckError::NotDelivered { offset: s.offset }),
                     SlotState::Acked => return Err(AckError::AlreadyAcked { offset: s.offset }),
                 }
@@ -605,6 +605,21 @@ impl AckWindow {
     /// the cursor over the acked prefix.
     pub fn ack(&mut self, stream: StreamId, ranges: &[OffsetRange]) -> Released {
         let released = self.transition(stream, ranges, SlotState::Acked);
+        // Late acks of records given back meanwhile: done all the same.
+        let mut late = Vec::new();
+        for r in ranges {
+            let (lo, hi) = self.index_range(*r);
+            for s in self.slots.range_mut(lo..hi) {
+                if matches!(s.state, SlotState::Waiting { .. }) {
+                    s.state = SlotState::Acked;
+                    late.push(s.key);
+                }
+            }
+        }
+        self.waiting -= late.len();
+        for k in late {
+            self.key_done(k);
+        }
         self.advance_cursor();
         released
     }

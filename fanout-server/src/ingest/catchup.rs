@@ -13,6 +13,7 @@ use futures::FutureExt;
 use parking_lot::Mutex;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use tokio::sync::Notify;
@@ -121,6 +122,16 @@ struct CatchUpReader {
     consumer: kafka::Reader,
 }
 
+/// What [`CatchUpReader::append_fitting`] did.
+enum Appended {
+    /// Appended some records.
+    Some,
+    /// Nothing fits now.
+    None,
+    /// The window refused them: read again from its head.
+    Refused,
+}
+
 /// How serving one job ended.
 enum Served {
     /// The subscription no longer needs it (rejoined the shared window, gone, revoked).
@@ -164,7 +175,7 @@ impl CatchUpReader {
         };
         // Wait for room before fetching anything: a subscription that does not ack must not
         // keep a consumer busy.
-        let slice_end = tokio::time::Instant::now() + SLICE;
+        let mut slice_end = tokio::time::Instant::now() + SLICE;
         loop {
             writer.trim_to_pins();
             if writer.has_room_for(1) {
@@ -180,6 +191,7 @@ impl CatchUpReader {
                     if self.queue.others_waiting() {
                         return Served::Requeue;
                     }
+                    slice_end = tokio::time::Instant::now() + SLICE;
                 }
             }
         }
@@ -229,8 +241,11 @@ impl CatchUpReader {
             }
             writer.trim_to_pins();
             if !pending.is_empty() {
-                if Self::append_fitting(job, writer, &mut pending) {
-                    continue;
+                match Self::append_fitting(job, writer, &mut pending) {
+                    Appended::Some => continue,
+                    Appended::None => {}
+                    // Read again from the window's head rather than leave a hole.
+                    Appended::Refused => return Served::Requeue,
                 }
                 // Full: wait for acks (or for the slice to end).
                 tokio::select! {
@@ -245,7 +260,9 @@ impl CatchUpReader {
                 _ = tokio::time::sleep_until(slice_end) => continue,
                 m = self.consumer.recv() => m,
             };
+            let topic = job.topic.name.as_str();
             match first {
+                Ok(m) if m.topic() != topic => continue,
                 Ok(m) => pending.push_back(to_record(&m)),
                 Err(e) => {
                     self.on_error(job, &e);
@@ -255,7 +272,7 @@ impl CatchUpReader {
             }
             while pending.len() < MAX_BATCH {
                 match self.consumer.recv().now_or_never() {
-                    Some(Ok(m)) => pending.push_back(to_record(&m)),
+                    Some(Ok(m)) if m.topic() == topic => pending.push_back(to_record(&m)),
                     _ => break,
                 }
             }
@@ -264,38 +281,41 @@ impl CatchUpReader {
         }
     }
 
-    /// Appends the pending records that fit. Returns whether any did.
+    /// Appends the pending records that fit (an empty window takes at least one).
     fn append_fitting(
         job: &CatchUpJob,
         writer: &mut LogWriter,
         pending: &mut VecDeque<Record>,
-    ) -> bool {
+    ) -> Appended {
         let room = writer.room();
+        let empty = writer.is_empty();
         let mut bytes = 0;
         let mut n = 0;
         for r in pending.iter() {
-            if n > 0 && bytes + r.size() > room {
+            let fits = bytes + r.size() <= room || (n == 0 && empty);
+            if !fits {
                 break;
-            }
-            if n == 0 && r.size() > room {
-                return false;
             }
             bytes += r.size();
             n += 1;
         }
-        let Some(batch) = Batch::new(pending.drain(..n).collect()) else {
-            return false;
+        if n == 0 {
+            return Appended::None;
+        }
+        let Some(batch) = Batch::new(pending.iter().take(n).cloned().collect()) else {
+            pending.clear();
+            return Appended::Refused;
         };
         match writer.append(batch) {
             Ok(()) => {
+                pending.drain(..n);
                 job.subscription.wake();
-                true
+                Appended::Some
             }
             Err(e) => {
-                // Only a reset of the window (a loss) can cause this: read again from its head.
-                tracing::debug!(error = %e, "catch-up records dropped");
+                tracing::debug!(error = %e, "catch-up batch refused; reading again from the head");
                 pending.clear();
-                false
+                Appended::Refused
             }
         }
     }

@@ -222,7 +222,11 @@ impl Reader {
                 writer.trim_to_pins();
                 self.topic.wake();
             }
-            Err(e) => tracing::error!(error = %e, "records dropped from the window"),
+            Err(e) => {
+                // Never go on past records that are not in the window: read them again.
+                tracing::error!(error = %e, "batch refused by the window; reading it again");
+                self.owned.request_rewind(head);
+            }
         }
         true
     }

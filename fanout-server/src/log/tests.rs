@@ -252,3 +252,20 @@ fn make_room_evicts_readers_far_behind_a_lead_only() {
     assert_eq!(log.lowest_pin(), Some(3));
     drop(lead);
 }
+
+#[test]
+fn an_append_cleared_by_has_room_for_never_fails_on_the_shared_pool() {
+    let pool = MemoryPool::new(300);
+    let a = PartitionLog::with_pool(0, LogLimits::bytes(1 << 20), pool.clone());
+    let b = PartitionLog::with_pool(0, LogLimits::bytes(1 << 20), pool.clone());
+    let (mut wa, mut wb) = (a.writer().unwrap(), b.writer().unwrap());
+    wa.append(batch(&[0])).unwrap();
+    assert!(wa.has_room_for(100));
+    // Another partition takes the pool's last bytes in between.
+    wb.append(batch(&[0])).unwrap();
+    wb.append(batch(&[1])).unwrap();
+    // Records are never dropped for that: the pool overshoots by this batch.
+    wa.append(batch(&[1])).unwrap();
+    assert_eq!(pool.used(), 400);
+    assert!(!wa.has_room_for(1));
+}

@@ -233,15 +233,19 @@ fn revoke_forgets_the_partition_everywhere() {
 fn deleting_a_subscription_ends_it() {
     let shard = Shard::new(LIMITS);
     register(&shard, 0, topic_entry("orders"));
-    register(&shard, 1, sub_entry("orders", "a", &[]));
+    register(&shard, 1, sub_entry("orders", "a", &[(0, 3)]));
+    let assigned = shard.assign(&t("orders"), 0, 0, 10);
     let (_, a) = shard
         .subscription(&t("orders"), &SubscriptionName::new("a").unwrap())
         .unwrap();
+    assert_eq!(assigned.partition.log.lowest_pin(), Some(3));
     let change = shard
         .apply_registry(2, b"subscription:orders:a", None)
         .unwrap();
     assert!(matches!(change, Some(Change::SubscriptionRemoved(_))));
     assert!(a.is_removed());
+    // It holds the window no longer, though its handle is still alive.
+    assert_eq!(assigned.partition.log.lowest_pin(), None);
 }
 
 #[test]
