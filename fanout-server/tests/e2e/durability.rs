@@ -354,3 +354,84 @@ async fn records_deleted_under_a_running_partition_are_skipped_and_streams_resum
     sub.close().await;
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_mid_stream_causes_no_duplicates_when_subscribers_ack() {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    let topic = name("term");
+    let cluster = name("c");
+    create_topic(&topic, 4).await;
+    let (grpc, http) = free_addrs();
+    let mut server = ServerProcess::spawn(&cluster, grpc, http).await;
+    let admin = Admin {
+        http: reqwest::Client::new(),
+        base: server.admin.clone(),
+    };
+    admin.register(&topic).await;
+    let subs = ["a", "b", "c"];
+    for s in subs {
+        admin.subscribe(&topic, s, "earliest").await;
+    }
+    let want = produce(&topic, 0, 10_000).await;
+
+    // Subscribers ack every record as they get it (well within the drain timeout), paced
+    // so that the SIGTERM lands mid-stream.
+    let (progress_tx, mut progress_rx) = tokio::sync::watch::channel(0usize);
+    let progress_tx = std::sync::Arc::new(progress_tx);
+    let mut tasks = Vec::new();
+    for s in subs {
+        let cfg = SubscriberConfig::new(&server.grpc, &topic, s).max_in_flight(100);
+        let mut sub = Subscriber::connect(cfg).await.unwrap();
+        let want = want.clone();
+        let progress = progress_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Received::default();
+            let mut connections = BTreeSet::new();
+            let deadline = tokio::time::Instant::now() + WAIT * 2;
+            let mut counted = false;
+            while !want.is_subset(&got.unique) {
+                let r = tokio::time::timeout_at(deadline, sub.next())
+                    .await
+                    .expect("all records within the deadline")
+                    .expect("subscriber ended")
+                    .expect("subscriber error");
+                connections.insert(r.connection());
+                note(&mut got, &r);
+                sub.ack(&r);
+                if got.deliveries % 5 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                if !counted && got.unique.len() >= 2_500 {
+                    counted = true;
+                    progress.send_modify(|n| *n += 1);
+                }
+            }
+            sub.close().await;
+            (got, connections)
+        }));
+    }
+    progress_rx.wait_for(|n| *n == subs.len()).await.unwrap();
+    assert!(server.terminate().await, "graceful exit with status 0");
+    let _server = ServerProcess::spawn(&cluster, grpc, http).await;
+    for (s, t) in subs.iter().zip(tasks) {
+        let (got, connections) = t.await.unwrap();
+        assert!(want.is_subset(&got.unique), "subscription {s} lost records");
+        assert!(
+            connections.len() >= 2,
+            "subscription {s} finished before the restart"
+        );
+        println!(
+            "subscription {s}: {} records over {} connections, {} duplicates",
+            got.unique.len(),
+            connections.len(),
+            got.duplicates()
+        );
+        assert_eq!(
+            got.duplicates(),
+            0,
+            "subscription {s}: duplicates after a graceful restart"
+        );
+    }
+}
