@@ -61,7 +61,7 @@ pub struct Config {
 
     /// Catch-up readers: Kafka consumers shared by every subscription on the catch-up path,
     /// so a lagging subscription never gets a Kafka client of its own.
-    #[arg(long, env = "FANOUT_CATCH_UP_READERS", default_value_t = 2)]
+    #[arg(long, env = "FANOUT_CATCH_UP_READERS", default_value_t = 4)]
     pub catch_up_readers: usize,
 
     /// Most records a stream may ask to have in flight (its credits).

@@ -697,6 +697,10 @@ impl SubscriptionDelivery {
             for s in &mut take.catch_up[started..] {
                 s.partition = partition;
             }
+            // Tell the shared window's writer how far this subscription has come.
+            if p.catch_up.is_none() {
+                p.shared.pin.reach(p.window.next());
+            }
         }
         if let Some(st) = self.streams.get_mut(&stream) {
             st.in_flight_records += budget.taken_records;

@@ -25,6 +25,11 @@ use tokio::sync::Notify;
 
 use crate::model::{Offset, Record};
 
+/// Memory a held record takes beyond what [`Record::size`] counts: the record itself and
+/// the allocator's headers of its key and value. Budgets count it, so that what they bound
+/// is close to what the process holds.
+pub const RECORD_MEMORY: usize = std::mem::size_of::<Record>() + 32;
+
 /// Records of one Kafka fetch for one partition, in offset order. Immutable once appended.
 #[derive(Debug)]
 pub struct Batch {
@@ -42,7 +47,7 @@ impl Batch {
         if records.is_empty() || records.windows(2).any(|w| w[0].offset >= w[1].offset) {
             return None;
         }
-        let bytes = records.iter().map(Record::size).sum();
+        let bytes = records.iter().map(|r| r.size() + RECORD_MEMORY).sum();
         Some(Self {
             records,
             bytes,
@@ -90,7 +95,7 @@ impl Chunk {
     /// A chunk of one record on its own (records re-read from Kafka, tests).
     pub fn single(record: Record) -> Self {
         let batch = Batch {
-            bytes: record.size(),
+            bytes: record.size() + RECORD_MEMORY,
             covers_from: record.offset,
             records: vec![record],
             seq: 0,
@@ -176,6 +181,8 @@ impl MemoryPool {
 pub struct Pin {
     /// Lowest offset the reader still needs; `Offset::MAX` while it holds nothing.
     cursor: AtomicI64,
+    /// The next offset the reader will take: at the window's head, it waits for more.
+    frontier: AtomicI64,
     /// Set by the writer when it stopped keeping records for this reader.
     evicted: AtomicBool,
 }
@@ -184,8 +191,18 @@ impl Pin {
     fn new(cursor: Offset) -> Self {
         Self {
             cursor: AtomicI64::new(cursor),
+            frontier: AtomicI64::new(cursor),
             evicted: AtomicBool::new(false),
         }
+    }
+
+    /// The reader will next take `offset`.
+    pub fn reach(&self, offset: Offset) {
+        self.frontier.store(offset, Ordering::Release);
+    }
+
+    fn frontier(&self) -> Offset {
+        self.frontier.load(Ordering::Acquire)
     }
 
     /// Holds the records from `cursor` on again (after an eviction, or while holding
@@ -506,6 +523,11 @@ impl LogWriter {
         own.min(shard)
     }
 
+    /// The window's own byte budget.
+    pub fn budget(&self) -> usize {
+        self.log.limits.bytes
+    }
+
     /// Is the window empty (it then takes any one batch)?
     pub fn is_empty(&self) -> bool {
         self.log.batches() == 0
@@ -558,8 +580,8 @@ impl LogWriter {
     }
 
     /// Frees room for a batch of `bytes`: trims to the pins and, if that is not enough,
-    /// evicts the readers more than half a window behind the one furthest ahead (there must
-    /// be one: readers all equally slow are waited for, not evicted). Returns whether the
+    /// evicts the readers in the oldest quarter of the window when another one waits at
+    /// the head (readers all busy with the window are waited for, not evicted). Returns whether the
     /// batch fits now, and how many readers were evicted.
     pub fn make_room(&mut self, bytes: usize) -> (bool, usize) {
         self.trim_to_pins();
@@ -569,17 +591,25 @@ impl LogWriter {
         let log = &*self.log;
         let first = log.first_seq.load(Ordering::Relaxed);
         let next = log.next_seq.load(Ordering::Relaxed);
-        let Some(mid) = log.batch(first + (next - first) / 2).map(|b| b.covers_from) else {
+        let n = next - first;
+        // Readers in the oldest quarter of the window are evicted, but only while another
+        // reader has taken everything and waits for more: a full window that every reader
+        // is still busy with is waited for (nobody is held back), and readers that keep
+        // pace may drift three quarters of a window apart.
+        let Some(low) = log.batch(first + (n / 4).max(1)).map(|b| b.covers_from) else {
             return (false, 0);
         };
+        let head = log.head();
         let pins = log.pins.load();
-        let lead = pins.iter().filter_map(|p| p.cursor()).max();
-        if lead.is_none_or(|l| l < mid) {
+        let waiting = pins
+            .iter()
+            .any(|p| p.cursor().is_some() && p.frontier() >= head);
+        if !waiting {
             return (false, 0);
         }
         let mut evicted = 0;
         for p in pins.iter() {
-            if p.cursor().is_some_and(|c| c < mid) {
+            if p.cursor().is_some_and(|c| c < low) {
                 p.evicted.store(true, Ordering::Release);
                 p.release();
                 evicted += 1;

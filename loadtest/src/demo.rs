@@ -68,26 +68,30 @@ mod counts {
 }
 
 async fn ensure_topic(args: &Args) -> anyhow::Result<()> {
+    create_topic(&args.kafka_bootstrap, &args.topic, args.partitions).await
+}
+
+/// Creates `topic` in Kafka (fine if it exists).
+pub(crate) async fn create_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &args.kafka_bootstrap)
+        .set("bootstrap.servers", bootstrap)
         .create()
         .context("Kafka admin client")?;
     let results = admin
         .create_topics(
             [&NewTopic::new(
-                &args.topic,
-                args.partitions,
+                topic,
+                partitions,
                 TopicReplication::Fixed(1),
             )],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         )
         .await
-        .with_context(|| {
-            format!(
-                "creating {} in Kafka at {}",
-                args.topic, args.kafka_bootstrap
-            )
-        })?;
+        .with_context(|| format!("creating {topic} in Kafka at {bootstrap}"))?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -98,7 +102,7 @@ async fn ensure_topic(args: &Args) -> anyhow::Result<()> {
 }
 
 /// POSTs to the admin API; 201 and 409 (already there) are both fine.
-async fn ensure(
+pub(crate) async fn ensure(
     http: &reqwest::Client,
     url: String,
     body: serde_json::Value,

@@ -1,12 +1,14 @@
 //! `fanout-loadtest`: load generator and benchmark harness for fanout.
 //!
 //! `demo` produces sample events to a topic and follows several subscriptions of it,
-//! printing live per-subscription counts (what `scripts/demo` runs).
+//! printing live per-subscription counts (what `scripts/demo` runs). `isolation` measures
+//! G10 (what `scripts/bench-isolation` runs).
 
 // A command-line tool: stdout is its output.
 #![allow(clippy::print_stdout)]
 
 mod demo;
+mod isolation;
 
 use std::process::ExitCode;
 
@@ -27,6 +29,8 @@ struct Cli {
 enum Command {
     /// Produce sample events and follow several subscriptions, with live counts.
     Demo(demo::Args),
+    /// G10: fast subscriptions' drain rate with and without one throttled to 10%.
+    Isolation(isolation::Args),
 }
 
 #[tokio::main]
@@ -41,6 +45,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args).await,
+        Command::Isolation(args) => isolation::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -362,7 +362,8 @@ fn a_cursor_below_the_window_catches_up_then_rejoins() {
 fn an_evicted_subscription_moves_to_the_catch_up_path() {
     let now = Instant::now();
     let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
-    let shared = PartitionLog::new(0, 250);
+    // Room for two records of 42 bytes (as counted), not three.
+    let shared = PartitionLog::new(0, 2 * (42 + crate::log::RECORD_MEMORY) + 10);
     d.add_partition(0, shared.clone(), 0);
     let lead = shared.pin(2);
     let mut w = shared.writer().unwrap();
@@ -370,7 +371,7 @@ fn an_evicted_subscription_moves_to_the_catch_up_path() {
     w.append(Batch::new(vec![rec(0, 1)]).unwrap()).unwrap();
     // Full; the subscription at 0 is far behind the lead at 2: evicted, and the window
     // trimmed up to the lead.
-    assert_eq!(w.make_room(200), (true, 1));
+    assert_eq!(w.make_room(100), (true, 1));
     assert_eq!(shared.start(), 2);
     d.open_stream(S1, credits(10));
     let t = d.take(S1, now, LIMITS);

@@ -33,8 +33,10 @@ use crate::shard::{CatchUpJob, Shard};
 const SLICE: Duration = Duration::from_millis(500);
 /// Most records appended to a private window at once.
 const MAX_BATCH: usize = 1000;
-/// Prefetch of one catch-up consumer (librdkafka `queued.max.messages.kbytes`).
-const PREFETCH_KBYTES: &str = "4096";
+/// Prefetch of one catch-up consumer (librdkafka `queued.max.messages.kbytes`, and the
+/// most fetched per partition per request): what moving to another job may throw away.
+const PREFETCH_KBYTES: &str = "1024";
+const FETCH_PARTITION_BYTES: &str = "524288";
 
 /// Jobs waiting for a reader.
 #[derive(Default)]
@@ -98,7 +100,8 @@ pub fn start(
     for i in 0..readers {
         let mut c = kafka::reader(cfg, "catch-up");
         c.set("enable.partition.eof", "false")
-            .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
+            .set("queued.max.messages.kbytes", PREFETCH_KBYTES)
+            .set("max.partition.fetch.bytes", FETCH_PARTITION_BYTES);
         kafka::operator_options(cfg, &mut c);
         let consumer: kafka::Reader = c.create_with_context(kafka::ReaderContext)?;
         let reader = CatchUpReader {
@@ -174,11 +177,17 @@ impl CatchUpReader {
             return Served::Done;
         };
         // Wait for room before fetching anything: a subscription that does not ack must not
-        // keep a consumer busy.
+        // keep a consumer busy. While others wait, room for half a window at least, so that
+        // an assignment (and the prefetch a move to another job throws away) pays off.
         let mut slice_end = tokio::time::Instant::now() + SLICE;
         loop {
             writer.trim_to_pins();
-            if writer.has_room_for(1) {
+            let wanted = if self.queue.others_waiting() {
+                writer.budget() / 2
+            } else {
+                1
+            };
+            if writer.is_empty() || writer.room() >= wanted {
                 break;
             }
             if Self::finished(job) {

@@ -53,6 +53,7 @@ enum Exit {
 enum Event {
     Cancelled,
     Rewind,
+    Progress,
     Records(Vec<Record>),
 }
 
@@ -117,6 +118,7 @@ impl Reader {
         {
             return Exit::Restart(offset);
         }
+        let log = self.owned.log.clone();
         loop {
             let event = tokio::select! {
                 biased;
@@ -129,9 +131,14 @@ impl Reader {
                         Event::Records(Vec::new())
                     }
                 },
+                // Acks while no records come: let go of what everyone is done with.
+                _ = log.progressed() => Event::Progress,
             };
             match event {
                 Event::Cancelled => return Exit::Done,
+                Event::Progress => {
+                    writer.trim_to_pins();
+                }
                 Event::Rewind => {
                     if let Some(offset) = self.rewind_to(&mut writer).await {
                         return Exit::Restart(offset);

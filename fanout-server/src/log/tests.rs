@@ -12,6 +12,10 @@ fn rec(offset: Offset, size: usize) -> Record {
     }
 }
 
+/// Memory one test record counts against budgets: 100 bytes of size, plus what holding it
+/// costs.
+const R: usize = 100 + RECORD_MEMORY;
+
 fn batch(offsets: &[Offset]) -> Batch {
     Batch::new(offsets.iter().map(|&o| rec(o, 68)).collect()).unwrap()
 }
@@ -34,7 +38,7 @@ fn batches_must_be_ordered_and_non_empty() {
     assert!(Batch::new(vec![]).is_none());
     assert!(Batch::new(vec![rec(2, 1), rec(1, 1)]).is_none());
     assert!(Batch::new(vec![rec(1, 1), rec(1, 1)]).is_none());
-    assert_eq!(batch(&[1, 3]).bytes(), 200);
+    assert_eq!(batch(&[1, 3]).bytes(), 2 * R);
 }
 
 #[test]
@@ -81,23 +85,23 @@ fn append_refuses_offsets_behind_head() {
 
 #[test]
 fn budget_bounds_the_window_but_never_wedges_it() {
-    let (log, mut w) = log_and_writer(0, 250);
+    let (log, mut w) = log_and_writer(0, 2 * R + R / 2);
     w.append(batch(&[0, 1])).unwrap();
-    assert!(!w.has_room_for(100));
+    assert!(!w.has_room_for(R));
     assert_eq!(
         w.append(batch(&[2])),
         Err(AppendError::Full {
-            bytes: 200,
-            budget: 250,
+            bytes: 2 * R,
+            budget: 2 * R + R / 2,
             batches: 1,
         })
     );
-    assert_eq!(w.trim(2), 200);
+    assert_eq!(w.trim(2), 2 * R);
     assert_eq!(log.start(), 2);
     assert_eq!(log.bytes(), 0);
     // An empty window takes a batch larger than the budget.
     w.append(batch(&[2, 3, 4, 5])).unwrap();
-    assert_eq!(log.bytes(), 400);
+    assert_eq!(log.bytes(), 4 * R);
 }
 
 #[test]
@@ -127,17 +131,17 @@ fn the_ring_bounds_the_batch_count() {
 
 #[test]
 fn the_shard_pool_bounds_all_windows() {
-    let pool = MemoryPool::new(300);
+    let pool = MemoryPool::new(3 * R);
     let a = PartitionLog::with_pool(0, LogLimits::bytes(1 << 20), pool.clone());
     let b = PartitionLog::with_pool(0, LogLimits::bytes(1 << 20), pool.clone());
     let (mut wa, mut wb) = (a.writer().unwrap(), b.writer().unwrap());
     wa.append(batch(&[0, 1])).unwrap();
     wb.append(batch(&[0])).unwrap();
-    assert_eq!(pool.used(), 300);
-    assert!(!wa.has_room_for(100));
+    assert_eq!(pool.used(), 3 * R);
+    assert!(!wa.has_room_for(R));
     // A window that holds nothing still takes one batch.
     wa.trim(2);
-    assert_eq!(pool.used(), 100);
+    assert_eq!(pool.used(), R);
     wb.reset(5);
     assert_eq!(pool.used(), 0);
     drop(wa);
@@ -225,19 +229,20 @@ fn concurrent_reads_never_skip_records() {
 
 #[test]
 fn make_room_evicts_readers_far_behind_a_lead_only() {
-    let (log, mut w) = log_and_writer(0, 300);
+    let (log, mut w) = log_and_writer(0, 3 * R);
     let slow = log.pin(0);
     let also_slow = log.pin(0);
     for o in 0..3 {
         w.append(batch(&[o])).unwrap();
     }
-    // Everyone equally behind: wait, evict nobody.
-    assert_eq!(w.make_room(100), (false, 0));
+    // Everyone busy with the window (nobody at the head): wait, evict nobody.
+    assert_eq!(w.make_room(R), (false, 0));
     assert!(!slow.is_evicted());
     also_slow.advance(1);
     let lead = log.pin(3);
-    // The middle batch starts at 1: the pin at 0 is evicted, the one at 1 stays.
-    assert_eq!(w.make_room(100), (true, 1));
+    // A reader waits at the head; the oldest quarter ends at 1: the pin at 0 is evicted,
+    // the one at 1 stays.
+    assert_eq!(w.make_room(R), (true, 1));
     assert!(slow.is_evicted() && slow.cursor().is_none());
     assert!(!also_slow.is_evicted());
     assert_eq!(log.start(), 1);
@@ -255,17 +260,17 @@ fn make_room_evicts_readers_far_behind_a_lead_only() {
 
 #[test]
 fn an_append_cleared_by_has_room_for_never_fails_on_the_shared_pool() {
-    let pool = MemoryPool::new(300);
+    let pool = MemoryPool::new(3 * R);
     let a = PartitionLog::with_pool(0, LogLimits::bytes(1 << 20), pool.clone());
     let b = PartitionLog::with_pool(0, LogLimits::bytes(1 << 20), pool.clone());
     let (mut wa, mut wb) = (a.writer().unwrap(), b.writer().unwrap());
     wa.append(batch(&[0])).unwrap();
-    assert!(wa.has_room_for(100));
+    assert!(wa.has_room_for(R));
     // Another partition takes the pool's last bytes in between.
     wb.append(batch(&[0])).unwrap();
     wb.append(batch(&[1])).unwrap();
     // Records are never dropped for that: the pool overshoots by this batch.
     wa.append(batch(&[1])).unwrap();
-    assert_eq!(pool.used(), 400);
+    assert_eq!(pool.used(), 4 * R);
     assert!(!wa.has_room_for(1));
 }
