@@ -73,7 +73,7 @@ impl Batch {
     }
 
     /// One past the last offset covered.
-    fn covers_to(&self) -> Offset {
+    pub fn covers_to(&self) -> Offset {
         self.last_offset() + 1
     }
 }
@@ -363,6 +363,11 @@ impl PartitionLog {
         self.progress.notified().await;
     }
 
+    /// The window's own byte budget.
+    pub fn budget(&self) -> usize {
+        self.limits.bytes
+    }
+
     /// First offset covered.
     pub fn start(&self) -> Offset {
         self.start.load(Ordering::Acquire)
@@ -596,20 +601,20 @@ impl LogWriter {
         // reader has taken everything and waits for more: a full window that every reader
         // is still busy with is waited for (nobody is held back), and readers that keep
         // pace may drift three quarters of a window apart.
-        let Some(low) = log.batch(first + (n / 4).max(1)).map(|b| b.covers_from) else {
+        // The end of the oldest quarter's batches (the oldest batch, in a short window).
+        let Some(low) = log.batch(first + n / 4).map(|b| b.covers_to()) else {
             return (false, 0);
         };
         let head = log.head();
         let pins = log.pins.load();
-        let waiting = pins
-            .iter()
-            .any(|p| p.cursor().is_some() && p.frontier() >= head);
+        let at_head = |p: &Pin| p.frontier() >= head;
+        let waiting = pins.iter().any(|p| p.cursor().is_some() && at_head(p));
         if !waiting {
             return (false, 0);
         }
         let mut evicted = 0;
         for p in pins.iter() {
-            if p.cursor().is_some_and(|c| c < low) {
+            if !at_head(p) && p.cursor().is_some_and(|c| c < low) {
                 p.evicted.store(true, Ordering::Release);
                 p.release();
                 evicted += 1;

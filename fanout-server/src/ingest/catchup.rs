@@ -25,7 +25,7 @@ use super::partition::to_record;
 use super::report_losses;
 use crate::config::Config;
 use crate::kafka;
-use crate::log::{Batch, LogWriter};
+use crate::log::{Batch, LogWriter, RECORD_MEMORY};
 use crate::model::Record;
 use crate::shard::{CatchUpJob, Shard};
 
@@ -301,11 +301,13 @@ impl CatchUpReader {
         let mut bytes = 0;
         let mut n = 0;
         for r in pending.iter() {
-            let fits = bytes + r.size() <= room || (n == 0 && empty);
+            // Counted as the window counts it.
+            let size = r.size() + RECORD_MEMORY;
+            let fits = bytes + size <= room || (n == 0 && empty);
             if !fits {
                 break;
             }
-            bytes += r.size();
+            bytes += size;
             n += 1;
         }
         if n == 0 {

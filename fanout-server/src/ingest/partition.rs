@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use super::{IngestConsumer, IngestContext, report_losses};
 use crate::kafka;
-use crate::log::{Batch, LogWriter};
+use crate::log::{Batch, LogWriter, RECORD_MEMORY};
 use crate::model::{Header, Offset, Record, TimestampKind};
 use crate::shard::{OwnedPartition, Shard, TopicRuntime};
 
@@ -153,12 +153,20 @@ impl Reader {
         }
     }
 
-    /// Adds whatever else is already fetched, without waiting.
+    /// Adds whatever else is already fetched, without waiting, up to a quarter of the
+    /// window's budget (a batch must fit beside others to be appended without waiting for
+    /// an empty window).
     fn drain_ready(&self, first: Record) -> Vec<Record> {
+        let max_bytes = self.owned.log.budget() / 4;
+        let mut bytes = first.size() + RECORD_MEMORY;
         let mut records = vec![first];
-        while records.len() < MAX_BATCH {
+        while records.len() < MAX_BATCH && bytes < max_bytes {
             match self.queue.recv().now_or_never() {
-                Some(Ok(m)) => records.push(to_record(&m)),
+                Some(Ok(m)) => {
+                    let r = to_record(&m);
+                    bytes += r.size() + RECORD_MEMORY;
+                    records.push(r);
+                }
                 Some(Err(e)) => {
                     self.on_error(&e);
                     break;

@@ -274,3 +274,22 @@ fn an_append_cleared_by_has_room_for_never_fails_on_the_shared_pool() {
     assert_eq!(pool.used(), 4 * R);
     assert!(!wa.has_room_for(1));
 }
+
+#[test]
+fn one_batch_pinned_by_a_stalled_reader_is_evicted_for_a_waiting_one() {
+    let (log, mut w) = log_and_writer(0, 3 * R);
+    let stalled = log.pin(0);
+    // The other reader took everything and has it in flight: its cursor is still 0.
+    let waiting = log.pin(0);
+    w.append(batch(&[0, 1, 2])).unwrap();
+    waiting.reach(3);
+    assert_eq!(w.make_room(R), (false, 1));
+    assert!(stalled.is_evicted());
+    assert!(
+        !waiting.is_evicted(),
+        "a reader at the head is never evicted"
+    );
+    // Once it acks, the window empties and takes the next batch.
+    waiting.advance(3);
+    assert_eq!(w.make_room(R), (true, 0));
+}
