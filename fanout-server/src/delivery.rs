@@ -458,6 +458,13 @@ impl SubscriptionDelivery {
         self.partitions.get(&partition).map(|p| p.window.cursor())
     }
 
+    /// Is a held record's key free, so that it can be delivered (`ordering=key`)?
+    pub fn has_free_held(&self) -> bool {
+        self.partitions
+            .values()
+            .any(|p| p.window.first_free_held().is_some())
+    }
+
     /// Partitions served by the catch-up path (too far behind for the shared window).
     pub fn catching_up(&self) -> Vec<Partition> {
         self.partitions
@@ -511,9 +518,11 @@ impl SubscriptionDelivery {
         self.streams.remove(&stream);
         self.reset.remove(&stream);
         if self.streams.is_empty() {
-            // Nobody reads: private windows would only hold memory and a catch-up reader.
+            // Nobody reads: private windows would only hold memory and a catch-up reader,
+            // and the subscription waits at no window's head.
             for p in self.partitions.values_mut() {
                 p.end_catch_up();
+                p.shared.pin.reach(p.window.cursor());
             }
         }
         given_back

@@ -614,7 +614,11 @@ impl LogWriter {
         }
         let mut evicted = 0;
         for p in pins.iter() {
-            if !at_head(p) && p.cursor().is_some_and(|c| c < low) {
+            // A reader at the head with its cursor in the oldest quarter holds everyone back
+            // (a record it never acks): evicted too, once the window has batches enough to
+            // tell that from records simply in flight.
+            let exempt = at_head(p) && n < 4;
+            if !exempt && p.cursor().is_some_and(|c| c < low) {
                 p.evicted.store(true, Ordering::Release);
                 p.release();
                 evicted += 1;

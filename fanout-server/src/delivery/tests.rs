@@ -496,9 +496,7 @@ proptest! {
                             .filter(|(_, m)| **m == M::InFlight(s))
                             .count();
                         prop_assert_eq!(released.records, n);
-                        for (_, m) in model.range_mut(first..=last) {
-                            if *m != M::Dead { *m = M::Acked; }
-                        }
+                        for (_, m) in model.range_mut(first..=last) { *m = M::Acked; }
                     }
                 }
                 Op::Nack { stream, pick, delay_ms } => {

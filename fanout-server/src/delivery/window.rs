@@ -607,16 +607,22 @@ impl AckWindow {
         let released = self.transition(stream, ranges, SlotState::Acked);
         // Late acks of records given back meanwhile: done all the same.
         let mut late = Vec::new();
+        let (mut waiting, mut dead) = (0, 0);
         for r in ranges {
             let (lo, hi) = self.index_range(*r);
             for s in self.slots.range_mut(lo..hi) {
-                if matches!(s.state, SlotState::Waiting { .. }) {
-                    s.state = SlotState::Acked;
-                    late.push(s.key);
+                match s.state {
+                    SlotState::Waiting { .. } => waiting += 1,
+                    // Acked while being dead-lettered: done (the letter may still go out).
+                    SlotState::DeadLettering => dead += 1,
+                    _ => continue,
                 }
+                s.state = SlotState::Acked;
+                late.push(s.key);
             }
         }
-        self.waiting -= late.len();
+        self.waiting -= waiting;
+        self.dead_lettering -= dead;
         for k in late {
             self.key_done(k);
         }

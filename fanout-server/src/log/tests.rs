@@ -293,3 +293,16 @@ fn one_batch_pinned_by_a_stalled_reader_is_evicted_for_a_waiting_one() {
     waiting.advance(3);
     assert_eq!(w.make_room(R), (true, 0));
 }
+
+#[test]
+fn a_reader_at_the_head_that_never_acks_is_evicted_too() {
+    let (log, mut w) = log_and_writer(0, 4 * R);
+    // It took everything but never acks offset 0 (a poison record, a crashed consumer).
+    let stuck = log.pin(0);
+    for o in 0..4 {
+        w.append(batch(&[o])).unwrap();
+    }
+    stuck.reach(4);
+    assert_eq!(w.make_room(R), (true, 1));
+    assert!(stuck.is_evicted());
+}

@@ -196,15 +196,25 @@ impl SubscriptionRuntime {
         self.delivery.lock().next_due_at(stream, now)
     }
 
-    /// Acks on behalf of `stream`. No other stream is woken: the records were in flight on
-    /// this stream's partitions, and it looks again itself after handling the ack (a
-    /// partition it lets go of wakes the others through [`Self::take`]).
+    /// Acks on behalf of `stream`. Other streams are woken only if held records of a key
+    /// became free (`ordering=key`); otherwise this stream looks again itself after handling
+    /// the ack (a partition it lets go of wakes the others through [`Self::take`]).
     pub fn ack(
         &self,
         stream: StreamId,
         ranges: &[(Partition, Vec<OffsetRange>)],
     ) -> Result<Released, PartitionAckError> {
-        self.delivery.lock().ack(stream, ranges)
+        let (released, freed) = {
+            let mut d = self.delivery.lock();
+            let released = d.ack(stream, ranges)?;
+            (released, d.has_free_held())
+        };
+        // ordering=key: records of a key this ack freed go to whichever stream asks first,
+        // idle ones included.
+        if freed {
+            self.wake();
+        }
+        Ok(released)
     }
 
     /// Gives records back for redelivery by `stream` (see [`Self::ack`] on wake-ups).
@@ -229,6 +239,8 @@ impl SubscriptionRuntime {
     /// A dead letter was published: the record counts as acked.
     pub fn dead_lettered(&self, partition: Partition, offset: Offset) {
         self.delivery.lock().dead_lettered(partition, offset);
+        // The cursor may have moved and a key may be free: the streams look again.
+        self.wake();
     }
 
     /// A dead letter could not be published: it is tried again from `retry_at`.
@@ -242,6 +254,8 @@ impl SubscriptionRuntime {
         self.delivery
             .lock()
             .dead_letter_failed(partition, offset, attempts, retry_at);
+        // Streams asleep until a time computed before this retry was scheduled look again.
+        self.wake();
     }
 
     /// Partitions served by the catch-up path.
