@@ -384,20 +384,16 @@ fn acked_ranges_above_the_cursor_survive_a_restart() {
         (updates[0].cursor, updates[0].acked.clone()),
         (0, acked.to_vec())
     );
-    // The stored value round-trips through the cursors topic's format.
+    // As stored (the cursors topic's format round-trips it: see store::cursors' tests).
     let stored = crate::shard::StoredCursor {
         offset: updates[0].cursor,
         incarnation: updates[0].incarnation,
         acked: updates[0].acked.clone(),
     };
-    let raw = crate::store::cursors::encode_value(&stored);
 
     // Second life (restart or another shard): only the unacked records come again.
     let after = Shard::new(LIMITS);
-    after.load_stored([(
-        (key.clone(), 0),
-        crate::store::cursors::decode_value_for_tests(&raw),
-    )]);
+    after.load_stored([((key.clone(), 0), stored)]);
     register(&after, 0, topic_entry("orders"));
     register(&after, 1, sub_entry("orders", "a", &[(0, 0)]));
     let assigned = after.assign(&t("orders"), 0, 0, 10);

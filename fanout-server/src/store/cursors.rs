@@ -67,13 +67,6 @@ pub fn encode_value(cursor: &StoredCursor) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// Decodes a stored value (for the shard's tests, which cannot reach this adapter's
-/// private parts otherwise).
-#[cfg(test)]
-pub fn decode_value_for_tests(raw: &[u8]) -> StoredCursor {
-    decode_value(raw).unwrap_or_else(|| StoredCursor::at(0, 0))
-}
-
 fn decode_value(raw: &[u8]) -> Option<StoredCursor> {
     let s: Stored = serde_json::from_slice(raw).ok()?;
     (s.version <= SCHEMA_VERSION && s.cursor >= 0).then(|| StoredCursor {
