@@ -28,7 +28,7 @@ use crate::model::{
     StartPosition, SubscriptionKey, SubscriptionName, TopicName,
 };
 use crate::registry::{Entry, Key, SubscriptionSpec, TopicSpec};
-use crate::shard::Shard;
+use crate::shard::{LossTotal, Shard};
 use crate::store::registry::RegistryWriter;
 
 /// Largest request body accepted.
@@ -350,6 +350,9 @@ pub struct SubscriptionView {
     pub unacked: usize,
     /// Streams connected to this shard.
     pub streams: usize,
+    /// Per partition: records Kafka's retention deleted before this subscription acked
+    /// them, since this shard started (also logged as errors when it happens).
+    pub lost: BTreeMap<Partition, LossTotal>,
     /// Partitions this subscription reads through the catch-up path: it was too far behind
     /// for the shared window, so fanout reads Kafka again for it until it catches up.
     pub catching_up: Vec<Partition>,
@@ -397,6 +400,7 @@ fn subscription_view(s: &Shard, spec: &SubscriptionSpec) -> SubscriptionView {
             .as_ref()
             .map(|(_, l)| l.catching_up())
             .unwrap_or_default(),
+        lost: s.losses_of(&spec.key()),
     }
 }
 

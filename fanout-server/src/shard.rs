@@ -138,6 +138,18 @@ pub struct CatchUpJob {
     pub log: Arc<PartitionLog>,
 }
 
+/// Records retention deleted before a subscription acked them, on one partition, since
+/// this shard started (shown by the admin API).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LossTotal {
+    /// Records (offsets) lost.
+    pub records: i64,
+    /// Times it happened.
+    pub events: u64,
+    /// The log start the cursor was moved to the last time.
+    pub last_log_start: Offset,
+}
+
 /// The shard's state.
 #[derive(Debug)]
 pub struct Shard {
@@ -164,6 +176,8 @@ pub struct Shard {
     catch_up_jobs: mpsc::UnboundedSender<CatchUpJob>,
     /// The receiving end, until the catch-up readers take it.
     catch_up_queue: Mutex<Option<mpsc::UnboundedReceiver<CatchUpJob>>>,
+    /// Losses to retention per (subscription, partition), for the admin API.
+    losses: Mutex<HashMap<(SubscriptionKey, Partition), LossTotal>>,
 }
 
 impl Shard {
@@ -177,6 +191,7 @@ impl Shard {
             },
             catch_up_jobs,
             catch_up_queue: Mutex::new(Some(queue)),
+            losses: Mutex::new(HashMap::new()),
             limits,
             registry: RwLock::new(Registry::default()),
             registry_next: watch::Sender::new(0),
@@ -195,6 +210,29 @@ impl Shard {
     /// Bytes held by private catch-up windows, and their budget.
     pub fn catch_up_memory(&self) -> (usize, usize) {
         (self.catch_up.pool.used(), self.catch_up.pool.limit())
+    }
+
+    /// Counts losses (they are also logged by the caller).
+    fn record_losses(&self, losses: &[Loss]) {
+        let mut totals = self.losses.lock();
+        for l in losses {
+            let t = totals
+                .entry((l.subscription.clone(), l.partition))
+                .or_default();
+            t.records += l.log_start - l.cursor;
+            t.events += 1;
+            t.last_log_start = l.log_start;
+        }
+    }
+
+    /// Losses to retention of a subscription since this shard started, per partition.
+    pub fn losses_of(&self, key: &SubscriptionKey) -> BTreeMap<Partition, LossTotal> {
+        self.losses
+            .lock()
+            .iter()
+            .filter(|((k, _), _)| k == key)
+            .map(|((_, p), t)| (*p, *t))
+            .collect()
     }
 
     /// Hands a catch-up to the catch-up readers.
@@ -465,6 +503,7 @@ impl Shard {
         }
         partitions.insert(partition, owned.clone());
         drop((partitions, subs));
+        self.record_losses(&losses);
         rt.wake();
         Assigned {
             start,
@@ -533,6 +572,7 @@ impl Shard {
                 s.wake();
             }
         }
+        self.record_losses(&losses);
         losses
     }
 

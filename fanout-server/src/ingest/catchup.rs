@@ -267,6 +267,8 @@ impl CatchUpReader {
             let first = tokio::select! {
                 _ = cancel.cancelled() => return Served::Cancelled,
                 _ = tokio::time::sleep_until(slice_end) => continue,
+                // Acks, or the window closed (the subscription rejoined, left): look again.
+                _ = job.log.progressed() => continue,
                 m = self.consumer.recv() => m,
             };
             let topic = job.topic.name.as_str();

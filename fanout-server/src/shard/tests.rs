@@ -173,6 +173,21 @@ fn cursors_below_the_log_start_are_reported_as_losses() {
             log_start: 10
         }]
     );
+    let key = SubscriptionKey {
+        topic: t("orders"),
+        name: SubscriptionName::new("a").unwrap(),
+    };
+    assert_eq!(
+        shard.losses_of(&key),
+        BTreeMap::from([(
+            0,
+            LossTotal {
+                records: 7,
+                events: 1,
+                last_log_start: 10
+            }
+        )])
+    );
 }
 
 #[test]

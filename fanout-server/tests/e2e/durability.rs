@@ -255,6 +255,14 @@ async fn records_deleted_before_delivery_are_skipped_not_waited_for() {
         got.unique, left,
         "continues at the new log start, nothing older"
     );
+    // Loss is loud: the admin API shows it per partition.
+    let view = server
+        .admin_api()
+        .get(&format!("/v1/topics/{topic}/subscriptions/s"))
+        .await
+        .1;
+    assert_eq!(view["lost"]["0"]["records"], 40, "{view}");
+    assert_eq!(view["lost"]["0"]["last_log_start"], 40, "{view}");
     sub.close().await;
     server.stop().await.unwrap();
 }

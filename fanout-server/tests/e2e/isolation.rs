@@ -109,8 +109,10 @@ async fn a_stalled_subscription_holds_back_neither_others_nor_memory_and_loses_n
         peak_w <= 2 * WINDOW as u64,
         "shared windows peaked at {peak_w} B"
     );
+    // Catch-up windows: two live ones within budget, plus at most one closed one (the
+    // subscription rejoined, or started over) until its catch-up reader lets go of it.
     assert!(
-        peak_c <= 2 * WINDOW as u64,
+        peak_c <= 3 * WINDOW as u64,
         "catch-up windows peaked at {peak_c} B"
     );
     // The catch-up readers are shared: once the stalled subscription is back, no private
