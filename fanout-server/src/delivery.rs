@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::log::{Chunk, LogLimits, MemoryPool, PartitionLog, Pin};
-use crate::model::{DeliveryOrder, Offset, Partition, Record};
+use crate::model::{DeliveryOrder, DeliveryPolicy, Offset, Partition, Record};
 
 pub use window::{AckWindow, Due, MAX_STORED_RANGES, OffsetRange, Redelivery, Released};
 
@@ -89,6 +89,8 @@ struct Source {
 
 #[derive(Debug)]
 struct PartitionState {
+    /// Which partition this is (catch-up work names it).
+    partition: Partition,
     /// The partition's shared window, read by every subscription near its head.
     shared: Source,
     /// While this subscription is too far behind for the shared window: its private window,
@@ -101,9 +103,15 @@ struct PartitionState {
 }
 
 impl PartitionState {
-    fn new(log: Arc<PartitionLog>, cursor: Offset, acked: &[OffsetRange]) -> Self {
+    fn new(
+        partition: Partition,
+        log: Arc<PartitionLog>,
+        cursor: Offset,
+        acked: &[OffsetRange],
+    ) -> Self {
         let pin = log.pin(cursor);
         Self {
+            partition,
             shared: Source { log, pin },
             catch_up: None,
             window: AckWindow::restore(cursor, acked),
@@ -162,9 +170,8 @@ impl PartitionState {
             limits.pool.clone(),
         );
         let pin = log.pin(cursor);
-        // The caller knows the partition number and fills it in.
         started.push(CatchUpStart {
-            partition: -1,
+            partition: self.partition,
             log: log.clone(),
         });
         self.catch_up = Some(Source { log, pin });
@@ -204,6 +211,19 @@ impl PartitionState {
                 None
             }
         }
+    }
+
+    /// The record at `offset` alone, if it can be read now.
+    fn read_one(
+        &mut self,
+        offset: Offset,
+        limits: &CatchUpLimits,
+        started: &mut Vec<CatchUpStart>,
+    ) -> Option<Chunk> {
+        self.read(offset, 1, usize::MAX, limits, started)?
+            .into_iter()
+            .next()
+            .filter(|c| c.records()[0].offset == offset)
     }
 
     /// The cursor moved: the windows may let go of what lies below it.
@@ -246,15 +266,6 @@ pub struct CatchUpStart {
     pub partition: Partition,
     /// The private window; closed when the subscription no longer needs it.
     pub log: Arc<PartitionLog>,
-}
-
-/// How records are delivered again: the subscription's policy in core terms.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Redeliveries {
-    /// Records not acked this long after delivery are given back; `None`: never.
-    pub ack_timeout: Option<std::time::Duration>,
-    /// Attempts before a record is dead-lettered instead; 0: unlimited.
-    pub max_attempts: u32,
 }
 
 /// A record out of attempts, to publish to the dead-letter topic. Until
@@ -315,11 +326,9 @@ pub struct TakeLimits {
 pub struct SubscriptionDelivery {
     /// Sizes of private windows on the catch-up path.
     catch_up: CatchUpLimits,
-    /// Ack timeout and attempts.
-    redeliveries: Redeliveries,
-    /// Order of deliveries: decides which streams serve which partitions and whether keys
-    /// wait for each other.
-    ordering: DeliveryOrder,
+    /// Order of deliveries (which streams serve which partitions, whether keys wait for
+    /// each other), ack timeout and attempts.
+    policy: DeliveryPolicy,
     /// Owned partitions of the subscription's topic.
     partitions: BTreeMap<Partition, PartitionState>,
     /// Live streams and their credits.
@@ -337,13 +346,8 @@ impl SubscriptionDelivery {
         }
     }
 
-    pub fn with_redeliveries(mut self, redeliveries: Redeliveries) -> Self {
-        self.redeliveries = redeliveries;
-        self
-    }
-
-    pub fn with_ordering(mut self, ordering: DeliveryOrder) -> Self {
-        self.ordering = ordering;
+    pub fn with_policy(mut self, policy: DeliveryPolicy) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -399,8 +403,10 @@ impl SubscriptionDelivery {
         acked: &[OffsetRange],
     ) {
         self.remove_partition(partition, Instant::now());
-        self.partitions
-            .insert(partition, PartitionState::new(log, cursor, acked));
+        self.partitions.insert(
+            partition,
+            PartitionState::new(partition, log, cursor, acked),
+        );
     }
 
     /// Stops tracking a partition (no longer owned). Its in-flight records are forgotten
@@ -540,16 +546,16 @@ impl SubscriptionDelivery {
             return take;
         }
         self.expire(now);
-        let deadline = self.redeliveries.ack_timeout.map(|t| now + t);
-        let max_attempts = self.redeliveries.max_attempts;
+        let deadline = Some(now + std::time::Duration::from_millis(self.policy.ack_timeout_ms));
+        let max_attempts = self.policy.max_attempts;
+        let ordering = self.policy.ordering;
         // Rebind even without credits: a drained partition must move on regardless.
-        let (draining, released) = if self.ordering == DeliveryOrder::Partition {
+        let (draining, released) = if ordering == DeliveryOrder::Partition {
             self.rebind(stream)
         } else {
             (Vec::new(), false)
         };
         take.released = released;
-        let ordering = self.ordering;
         let serves =
             |p: &PartitionState| ordering != DeliveryOrder::Partition || p.bound == Some(stream);
         let Some(st) = self.streams.get(&stream) else {
@@ -559,13 +565,9 @@ impl SubscriptionDelivery {
         let limits_cu = &self.catch_up;
         // Even without credits: an evicted subscription starts catching up (and stops
         // being counted on the shared window) at once.
-        for (&partition, p) in self.partitions.iter_mut() {
+        for p in self.partitions.values_mut() {
             if serves(p) && !p.shared.log.is_closed() {
-                let started = take.catch_up.len();
                 p.settle(limits_cu, &mut take.catch_up);
-                for s in &mut take.catch_up[started..] {
-                    s.partition = partition;
-                }
             }
         }
         if budget.exhausted() {
@@ -578,15 +580,12 @@ impl SubscriptionDelivery {
             if !serves(p) || draining.contains(&partition) || p.shared.log.is_closed() {
                 continue;
             }
-            let started = take.catch_up.len();
             // Redeliveries first, in offset order.
             while let Some(due) = p.window.first_due(now).filter(|_| !budget.exhausted()) {
-                let chunk = p
-                    .read(due.offset, 1, usize::MAX, limits_cu, &mut take.catch_up)
-                    .and_then(|chunks| chunks.into_iter().next())
-                    .filter(|c| c.records()[0].offset == due.offset);
                 // Not there yet: it is being fetched again from Kafka.
-                let Some(chunk) = chunk else { break };
+                let Some(chunk) = p.read_one(due.offset, limits_cu, &mut take.catch_up) else {
+                    break;
+                };
                 if max_attempts > 0 && due.attempt > max_attempts {
                     if p.window.start_dead_letter(due.offset) {
                         take.dead_letters.push(DeadLetter {
@@ -601,7 +600,7 @@ impl SubscriptionDelivery {
                 if !budget.admit(chunk.records()[0].size()) {
                     break;
                 }
-                p.window.deliver_again_until(due.offset, stream, deadline);
+                p.window.deliver_again(due.offset, stream, deadline);
                 take.deliveries.push(Delivery {
                     chunk,
                     attempt: due.attempt,
@@ -609,11 +608,9 @@ impl SubscriptionDelivery {
             }
             // Held records whose key became free (ordering=key), in offset order.
             while let Some(offset) = p.window.first_free_held().filter(|_| !budget.exhausted()) {
-                let chunk = p
-                    .read(offset, 1, usize::MAX, limits_cu, &mut take.catch_up)
-                    .and_then(|chunks| chunks.into_iter().next())
-                    .filter(|c| c.records()[0].offset == offset);
-                let Some(chunk) = chunk else { break };
+                let Some(chunk) = p.read_one(offset, limits_cu, &mut take.catch_up) else {
+                    break;
+                };
                 if !budget.admit(chunk.records()[0].size()) {
                     break;
                 }
@@ -680,13 +677,8 @@ impl SubscriptionDelivery {
                             stop = true;
                             break;
                         }
-                        p.window.deliver_first_keyed(
-                            record.offset,
-                            record.size(),
-                            key,
-                            stream,
-                            deadline,
-                        );
+                        p.window
+                            .deliver_first(record.offset, record.size(), key, stream, deadline);
                         end = i + 1;
                     }
                     if end > run_start {
@@ -702,9 +694,6 @@ impl SubscriptionDelivery {
                 if moved {
                     p.cursor_moved();
                 }
-            }
-            for s in &mut take.catch_up[started..] {
-                s.partition = partition;
             }
             // Tell the shared window's writer how far this subscription has come.
             if p.catch_up.is_none() {

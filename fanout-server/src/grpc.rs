@@ -329,7 +329,7 @@ impl StreamTask {
                     from = start.log.head(),
                     "subscription behind the shared window: catching up from Kafka"
                 );
-                self.inner.shard.start_catch_up(CatchUpJob {
+                self.inner.shard.catch_up_queue().push(CatchUpJob {
                     topic: self.topic.clone(),
                     subscription: self.sub.clone(),
                     partition: start.partition,

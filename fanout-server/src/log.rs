@@ -30,6 +30,11 @@ use crate::model::{Offset, Record};
 /// is close to what the process holds.
 pub const RECORD_MEMORY: usize = std::mem::size_of::<Record>() + 32;
 
+/// What holding `record` in a window counts against the budgets.
+pub fn held_bytes(record: &Record) -> usize {
+    record.size() + RECORD_MEMORY
+}
+
 /// Records of one Kafka fetch for one partition, in offset order. Immutable once appended.
 #[derive(Debug)]
 pub struct Batch {
@@ -47,7 +52,7 @@ impl Batch {
         if records.is_empty() || records.windows(2).any(|w| w[0].offset >= w[1].offset) {
             return None;
         }
-        let bytes = records.iter().map(|r| r.size() + RECORD_MEMORY).sum();
+        let bytes = records.iter().map(held_bytes).sum();
         Some(Self {
             records,
             bytes,
@@ -95,7 +100,7 @@ impl Chunk {
     /// A chunk of one record on its own (records re-read from Kafka, tests).
     pub fn single(record: Record) -> Self {
         let batch = Batch {
-            bytes: record.size() + RECORD_MEMORY,
+            bytes: held_bytes(&record),
             covers_from: record.offset,
             records: vec![record],
             seq: 0,
@@ -120,11 +125,6 @@ impl Chunk {
         let start = self.range.start + range.start;
         let end = (self.range.start + range.end).min(self.range.end);
         Chunk::new(self.batch.clone(), start..end.max(start))
-    }
-
-    /// Keeps the first `n` records.
-    pub fn truncate(&mut self, n: usize) {
-        self.range.end = self.range.end.min(self.range.start + n);
     }
 }
 
@@ -506,11 +506,13 @@ impl LogWriter {
     /// record (or a full shard) cannot wedge a partition forever.
     pub fn has_room_for(&self, bytes: usize) -> bool {
         let log = &*self.log;
-        let batches = log.batches();
-        batches == 0
-            || (batches < log.slots.len()
-                && log.bytes().saturating_add(bytes) <= log.limits.bytes
-                && log.pool.has_room_for(bytes))
+        log.batches() == 0 || (self.fits_own(bytes) && log.pool.has_room_for(bytes))
+    }
+
+    /// Would `bytes` more fit this window's own budget and ring (the shard pool aside)?
+    fn fits_own(&self, bytes: usize) -> bool {
+        let log = &*self.log;
+        log.batches() < log.slots.len() && log.bytes().saturating_add(bytes) <= log.limits.bytes
     }
 
     /// Bytes that fit now. An empty window takes any one batch; this says its budget then.
@@ -526,11 +528,6 @@ impl LogWriter {
         let own = log.limits.bytes.saturating_sub(log.bytes());
         let shard = log.pool.limit.saturating_sub(log.pool.used());
         own.min(shard)
-    }
-
-    /// The window's own byte budget.
-    pub fn budget(&self) -> usize {
-        self.log.limits.bytes
     }
 
     /// Is the window empty (it then takes any one batch)?
@@ -553,11 +550,7 @@ impl LogWriter {
         // The shard-wide pool is shared with other writers: it is checked by
         // `has_room_for` / `make_room` before, not here, so a race with another partition
         // can overshoot it by a batch but never make an append that was cleared fail.
-        let batches = log.batches();
-        let fits = batches == 0
-            || (batches < log.slots.len()
-                && log.bytes().saturating_add(batch.bytes) <= log.limits.bytes);
-        if !fits {
+        if log.batches() > 0 && !self.fits_own(batch.bytes) {
             return Err(AppendError::Full {
                 bytes: log.bytes(),
                 budget: log.limits.bytes,

@@ -5,7 +5,7 @@
 //! ingest applies assignments and appends records, the gRPC service runs streams, the cursor
 //! flusher reads cursors out. Wake-ups go out through `tokio::sync` channels (no I/O).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -13,7 +13,7 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::delivery::{CatchUpLimits, OffsetRange, StreamId, TakeLimits};
 use crate::log::{LogLimits, MemoryPool, PartitionLog};
@@ -98,23 +98,19 @@ impl StoredCursor {
 type StoredCursors = HashMap<(SubscriptionKey, Partition), StoredCursor>;
 
 /// The stored cursor of this life of the subscription, with its acked ranges.
-fn stored_state_for(
-    stored: &StoredCursors,
+fn stored_entry<'a>(
+    stored: &'a StoredCursors,
     spec: &SubscriptionSpec,
     p: Partition,
-) -> Option<StoredCursor> {
+) -> Option<&'a StoredCursor> {
     stored
         .get(&(spec.key(), p))
         .filter(|c| c.incarnation == spec.created_at_ms)
-        .cloned()
 }
 
 /// The stored cursor of this life of the subscription, if there is one.
 fn stored_for(stored: &StoredCursors, spec: &SubscriptionSpec, p: Partition) -> Option<Offset> {
-    stored
-        .get(&(spec.key(), p))
-        .filter(|c| c.incarnation == spec.created_at_ms)
-        .map(|c| c.offset)
+    stored_entry(stored, spec, p).map(|c| c.offset)
 }
 
 /// What the shard decided when it was given a partition.
@@ -136,6 +132,37 @@ pub struct CatchUpJob {
     pub partition: Partition,
     /// The private window, filled from its head on.
     pub log: Arc<PartitionLog>,
+}
+
+/// Catch-up work waiting for a catch-up reader (readers put back what they leave unfinished).
+#[derive(Debug, Default)]
+pub struct CatchUpQueue {
+    jobs: Mutex<VecDeque<CatchUpJob>>,
+    /// Signalled for each job pushed.
+    ready: Notify,
+}
+
+impl CatchUpQueue {
+    pub fn push(&self, job: CatchUpJob) {
+        self.jobs.lock().push_back(job);
+        self.ready.notify_one();
+    }
+
+    /// Are jobs waiting for a reader?
+    pub fn others_waiting(&self) -> bool {
+        !self.jobs.lock().is_empty()
+    }
+
+    /// The oldest job, once there is one.
+    pub async fn pop(&self) -> CatchUpJob {
+        loop {
+            let notified = self.ready.notified();
+            if let Some(job) = self.jobs.lock().pop_front() {
+                return job;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Records retention deleted before a subscription acked them, on one partition, since
@@ -173,24 +200,20 @@ pub struct Shard {
     /// Sizes of private windows on the catch-up path.
     catch_up: CatchUpLimits,
     /// Catch-up work for the catch-up readers.
-    catch_up_jobs: mpsc::UnboundedSender<CatchUpJob>,
-    /// The receiving end, until the catch-up readers take it.
-    catch_up_queue: Mutex<Option<mpsc::UnboundedReceiver<CatchUpJob>>>,
+    catch_up_queue: CatchUpQueue,
     /// Losses to retention per (subscription, partition), for the admin API.
     losses: Mutex<HashMap<(SubscriptionKey, Partition), LossTotal>>,
 }
 
 impl Shard {
     pub fn new(limits: ShardLimits) -> Self {
-        let (catch_up_jobs, queue) = mpsc::unbounded_channel();
         Self {
             window_pool: MemoryPool::new(limits.window_memory_bytes),
             catch_up: CatchUpLimits {
                 window_bytes: limits.catch_up_window_bytes,
                 pool: MemoryPool::new(limits.catch_up_memory_bytes),
             },
-            catch_up_jobs,
-            catch_up_queue: Mutex::new(Some(queue)),
+            catch_up_queue: CatchUpQueue::default(),
             losses: Mutex::new(HashMap::new()),
             limits,
             registry: RwLock::new(Registry::default()),
@@ -235,15 +258,9 @@ impl Shard {
             .collect()
     }
 
-    /// Hands a catch-up to the catch-up readers.
-    pub fn start_catch_up(&self, job: CatchUpJob) {
-        // Without readers (shutting down) the job is dropped; the subscription waits.
-        let _ = self.catch_up_jobs.send(job);
-    }
-
-    /// The queue of catch-up work; there is one taker.
-    pub fn take_catch_up_queue(&self) -> Option<mpsc::UnboundedReceiver<CatchUpJob>> {
-        self.catch_up_queue.lock().take()
+    /// The catch-up work of the shard: subscriptions' streams push, catch-up readers pop.
+    pub fn catch_up_queue(&self) -> &CatchUpQueue {
+        &self.catch_up_queue
     }
 
     // ---- registry ----
@@ -345,7 +362,7 @@ impl Shard {
         {
             let mut stored = self.stored.lock();
             for (&p, owned) in partitions.iter() {
-                let cursor = match stored_state_for(&stored, spec, p) {
+                let cursor = match stored_entry(&stored, spec, p).cloned() {
                     Some(c) => c,
                     None => {
                         let c = spec.start_offsets.get(p).unwrap_or_else(|| {
@@ -455,15 +472,13 @@ impl Shard {
             let mut stored = self.stored.lock();
             for s in subs.values() {
                 let key = s.key();
-                let restored = stored_state_for(&stored, &s.spec, partition);
-                let mut acked = restored
-                    .as_ref()
-                    .map(|c| c.acked.clone())
-                    .unwrap_or_default();
-                let mut cursor = restored
-                    .map(|c| c.offset)
-                    .or_else(|| s.spec.start_offsets.get(partition))
-                    .unwrap_or(low);
+                let (mut cursor, mut acked) = match stored_entry(&stored, &s.spec, partition) {
+                    Some(c) => (c.offset, c.acked.clone()),
+                    None => (
+                        s.spec.start_offsets.get(partition).unwrap_or(low),
+                        Vec::new(),
+                    ),
+                };
                 if cursor < low {
                     acked.clear();
                     losses.push(Loss {
@@ -589,7 +604,7 @@ impl Shard {
         let stored = self.stored.lock();
         live.into_iter()
             .filter(|(s, p, cursor, acked)| {
-                stored_state_for(&stored, &s.spec, *p)
+                stored_entry(&stored, &s.spec, *p)
                     .is_none_or(|c| c.offset != *cursor || c.acked != *acked)
             })
             .map(|(s, partition, cursor, acked)| CursorUpdate {

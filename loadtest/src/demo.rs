@@ -19,15 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "FANOUT_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    kafka_bootstrap: String,
-    /// Admin API of the fanout server.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    admin: String,
-    /// gRPC endpoint of the fanout server.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    grpc: String,
+    #[command(flatten)]
+    endpoints: crate::Endpoints,
     /// Topic to produce to (created with `--partitions` if missing).
     #[arg(long, default_value = "demo-events")]
     topic: String,
@@ -68,7 +61,12 @@ mod counts {
 }
 
 async fn ensure_topic(args: &Args) -> anyhow::Result<()> {
-    create_topic(&args.kafka_bootstrap, &args.topic, args.partitions).await
+    create_topic(
+        &args.endpoints.kafka_bootstrap,
+        &args.topic,
+        args.partitions,
+    )
+    .await
 }
 
 /// Creates `topic` in Kafka (fine if it exists).
@@ -132,14 +130,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     ensure(
         &http,
-        format!("{}/v1/topics", args.admin),
+        format!("{}/v1/topics", args.endpoints.admin),
         serde_json::json!({ "name": args.topic }),
     )
     .await?;
     for s in &args.subscriptions {
         ensure(
             &http,
-            format!("{}/v1/topics/{}/subscriptions", args.admin, args.topic),
+            format!(
+                "{}/v1/topics/{}/subscriptions",
+                args.endpoints.admin, args.topic
+            ),
             serde_json::json!({ "name": s, "start": "latest" }),
         )
         .await?;
@@ -152,10 +153,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for s in &args.subscriptions {
         let c = Arc::new(Counts::default());
         counts.push((s.clone(), c.clone()));
-        let cfg = SubscriberConfig::new(&args.grpc, &args.topic, s).max_in_flight(500);
-        let mut sub = Subscriber::connect(cfg)
-            .await
-            .with_context(|| format!("subscribing to {}/{s} at {}", args.topic, args.grpc))?;
+        let cfg = SubscriberConfig::new(&args.endpoints.grpc, &args.topic, s).max_in_flight(500);
+        let mut sub = Subscriber::connect(cfg).await.with_context(|| {
+            format!(
+                "subscribing to {}/{s} at {}",
+                args.topic, args.endpoints.grpc
+            )
+        })?;
         let stop = stop.clone();
         followers.push(tokio::spawn(async move {
             let mut seen: HashSet<(i32, i64)> = HashSet::new();
@@ -185,7 +189,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.kafka_bootstrap)
+        .set("bootstrap.servers", &args.endpoints.kafka_bootstrap)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .create()

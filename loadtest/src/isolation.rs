@@ -1,16 +1,18 @@
 //! `isolation` (G10): do fast subscriptions keep their rate while another one crawls?
 //!
-//! Two phases on the same server, each on a fresh topic with its subscriptions connected
-//! before `--records` records are produced as fast as Kafka takes them:
+//! After an unmeasured warm-up run, two phases on the same server, each on a fresh topic
+//! with its subscriptions connected before `--records` records are produced as fast as
+//! Kafka takes them:
 //! 1. baseline: `--fast` subscriptions read them at full speed;
 //! 2. throttled: the same, plus one subscription throttled to `--slow-fraction` of the
 //!    baseline rate.
 //!
 //! A subscription's rate is its records ÷ the time from its first record to its last.
 //!
-//! It prints each fast subscription's drain rate in both phases, their ratio (the goal is
-//! ≥ 0.95, ideally ≥ 0.99), checks that every subscription — the slow one too — received
-//! every record, and samples the server's RSS (`--server-pid`) throughout.
+//! The pair runs `--rounds` times (on 2 shared cores one pair alone varies by ±10%). It
+//! prints each fast subscription's rate in both phases, each round's ratio and the median
+//! (the goal is ≥ 0.95, ideally ≥ 0.99), checks that every subscription (the slow one too)
+//! received every record, and samples the server's RSS (`--server-pid`) throughout.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -27,15 +29,8 @@ use crate::demo::{create_topic, ensure};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "FANOUT_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    kafka_bootstrap: String,
-    /// Admin API of the fanout server.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    admin: String,
-    /// gRPC endpoint of the fanout server.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    grpc: String,
+    #[command(flatten)]
+    endpoints: crate::Endpoints,
     #[arg(long, default_value_t = 4)]
     partitions: i32,
     /// Records in the backlog of each phase.
@@ -50,6 +45,9 @@ pub struct Args {
     /// Rate of the throttled subscription, as a fraction of the baseline rate.
     #[arg(long, default_value_t = 0.1)]
     slow_fraction: f64,
+    /// Baseline / throttled pairs to run (the figure is the median ratio).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
     /// Credits of each subscriber.
     #[arg(long, default_value_t = 1000)]
     credits: u32,
@@ -59,6 +57,13 @@ pub struct Args {
     /// Give up after this long per phase.
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+}
+
+fn fmt3(v: &[f64]) -> String {
+    v.iter()
+        .map(|r| format!("{r:.3}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Resident memory of `pid` in bytes (`VmRSS`), if readable.
@@ -71,7 +76,7 @@ fn rss(pid: u32) -> Option<u64> {
 
 async fn produce(args: &Args, topic: &str) -> anyhow::Result<()> {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.kafka_bootstrap)
+        .set("bootstrap.servers", &args.endpoints.kafka_bootstrap)
         .set("linger.ms", "5")
         .set("batch.size", "1000000")
         .set("enable.idempotence", "true")
@@ -119,11 +124,13 @@ async fn drain(
     max_rate: Option<f64>,
     deadline: Instant,
 ) -> anyhow::Result<f64> {
-    let cfg = SubscriberConfig::new(&args.grpc, topic, sub).max_in_flight(if max_rate.is_some() {
-        100
-    } else {
-        args.credits
-    });
+    let cfg = SubscriberConfig::new(&args.endpoints.grpc, topic, sub).max_in_flight(
+        if max_rate.is_some() {
+            100
+        } else {
+            args.credits
+        },
+    );
     let mut s = Subscriber::connect(cfg)
         .await
         .with_context(|| format!("subscribe {topic}/{sub}"))?;
@@ -164,10 +171,10 @@ async fn phase(
 ) -> anyhow::Result<(Vec<f64>, Option<f64>)> {
     let http = reqwest::Client::new();
     let topic = format!("iso-{name}-{}", rand::random::<u32>());
-    create_topic(&args.kafka_bootstrap, &topic, args.partitions).await?;
+    create_topic(&args.endpoints.kafka_bootstrap, &topic, args.partitions).await?;
     ensure(
         &http,
-        format!("{}/v1/topics", args.admin),
+        format!("{}/v1/topics", args.endpoints.admin),
         serde_json::json!({ "name": topic }),
     )
     .await?;
@@ -180,7 +187,7 @@ async fn phase(
     for (s, _) in &subs {
         ensure(
             &http,
-            format!("{}/v1/topics/{topic}/subscriptions", args.admin),
+            format!("{}/v1/topics/{topic}/subscriptions", args.endpoints.admin),
             serde_json::json!({ "name": s, "start": "earliest" }),
         )
         .await?;
@@ -226,42 +233,70 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
     let rss_start = args.server_pid.and_then(rss);
 
-    let (base, _) = phase(&args, "base", None).await?;
-    let base_mean = base.iter().sum::<f64>() / base.len() as f64;
-    let slow_target = base_mean * args.slow_fraction;
+    // A first run warms up the broker, the server and this process, unmeasured: otherwise
+    // the baseline, which comes first, runs colder than the throttled phase.
+    let (warm, _) = phase(&args, "warmup", None).await?;
     eprintln!(
-        "isolation: baseline {base_mean:.0} rec/s per subscription; throttling one to {slow_target:.0} rec/s"
+        "isolation: warm-up at {:.0} rec/s per subscription (not counted)",
+        warm.iter().sum::<f64>() / warm.len() as f64
     );
-    let (with_slow, slow) = phase(&args, "slow", Some(slow_target)).await?;
-    let with_mean = with_slow.iter().sum::<f64>() / with_slow.len() as f64;
-    let worst = with_slow
-        .iter()
-        .zip(&base)
-        .map(|(w, b)| w / b)
-        .fold(f64::INFINITY, f64::min);
-    sampling.store(false, Ordering::Relaxed);
-    if let Some(s) = sampler {
-        let _ = s.await;
-    }
-    let ratio = with_mean / base_mean;
-    println!("| phase | fast subscriptions (rec/s each) | mean | slow |");
-    println!("|---|---|---|---|");
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let fmt = |v: &[f64]| {
         v.iter()
             .map(|r| format!("{r:.0}"))
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!("| baseline | {} | {base_mean:.0} | – |", fmt(&base));
+    println!("| round | phase | fast subscriptions (rec/s each) | mean | slow | ratio |");
+    println!("|---|---|---|---|---|---|");
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        let (base, _) = phase(&args, "base", None).await?;
+        let slow_target = mean(&base) * args.slow_fraction;
+        eprintln!(
+            "isolation: round {round}: baseline {:.0} rec/s per subscription; throttling one to {slow_target:.0} rec/s",
+            mean(&base)
+        );
+        let (with_slow, slow) = phase(&args, "slow", Some(slow_target)).await?;
+        let ratio = mean(&with_slow) / mean(&base);
+        let worst = with_slow
+            .iter()
+            .zip(&base)
+            .map(|(w, b)| w / b)
+            .fold(f64::INFINITY, f64::min);
+        println!(
+            "| {round} | baseline | {} | {:.0} | – | |",
+            fmt(&base),
+            mean(&base)
+        );
+        println!(
+            "| {round} | one at {:.0}% | {} | {:.0} | {:.0} | {ratio:.3} (worst pair {worst:.3}) |",
+            args.slow_fraction * 100.0,
+            fmt(&with_slow),
+            mean(&with_slow),
+            slow.unwrap_or(0.0)
+        );
+        rounds.push(serde_json::json!({
+            "baseline": base, "with_slow": with_slow, "slow": slow,
+            "ratio_mean": ratio, "ratio_worst": worst,
+        }));
+    }
+    sampling.store(false, Ordering::Relaxed);
+    if let Some(s) = sampler {
+        let _ = s.await;
+    }
+    let mut ratios: Vec<f64> = rounds
+        .iter()
+        .filter_map(|r| r["ratio_mean"].as_f64())
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
     println!(
-        "| with one at {:.0}% | {} | {with_mean:.0} | {:.0} |",
-        args.slow_fraction * 100.0,
-        fmt(&with_slow),
-        slow.unwrap_or(0.0)
-    );
-    println!(
-        "G10: fast rate with a throttled one ÷ without: mean {ratio:.3}, worst pair {worst:.3} (goal ≥ 0.99, floor 0.95); \
-         every subscription, the slow one too, received all {} records",
+        "G10: fast rate with a throttled one ÷ without, median of {} rounds: {median:.3} \
+         (per round {}; goal ≥ 0.99, floor 0.95); every subscription, the slow one too, \
+         received all {} records in every round",
+        ratios.len(),
+        fmt3(&ratios),
         args.records
     );
     if let Some(pid) = args.server_pid {
@@ -276,8 +311,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         serde_json::json!({
             "records": args.records, "size": args.size, "partitions": args.partitions,
             "fast": args.fast, "slow_fraction": args.slow_fraction,
-            "baseline": base, "with_slow": with_slow, "slow": slow,
-            "ratio_mean": ratio, "ratio_worst": worst,
+            "rounds": rounds, "ratio_median": median,
             "rss_start": rss_start, "rss_peak": peak.load(Ordering::Relaxed),
         })
     );

@@ -14,6 +14,20 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Where Kafka and the fanout server under test are.
+#[derive(Debug, clap::Args)]
+pub struct Endpoints {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "FANOUT_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    pub kafka_bootstrap: String,
+    /// Admin API of the fanout server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub admin: String,
+    /// gRPC endpoint of the fanout server.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub grpc: String,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "fanout-loadtest",

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::log::Batch;
-use crate::model::{DeliveryOrder, Record};
+use crate::model::{DeliveryOrder, DeliveryPolicy, Record};
 
 const S1: StreamId = StreamId(1);
 const S2: StreamId = StreamId(2);
@@ -68,7 +68,7 @@ fn window_cursor_follows_contiguous_acks_across_gaps() {
     let mut w = AckWindow::new(5);
     // 6 and 8 are not records (e.g. transaction markers).
     for o in [5, 7, 9] {
-        w.deliver_first(o, 10, S1);
+        w.deliver_first(o, 10, None, S1, None);
     }
     w.check_in_flight(S1, &[range(7, 7)]).unwrap();
     w.ack(S1, &[range(7, 7)]);
@@ -84,7 +84,7 @@ fn window_cursor_follows_contiguous_acks_across_gaps() {
 fn window_refuses_bad_acks_precisely() {
     let mut w = AckWindow::new(0);
     for o in [0, 1, 3] {
-        w.deliver_first(o, 10, S1);
+        w.deliver_first(o, 10, None, S1, None);
     }
     w.ack(S1, &[range(0, 0)]);
     assert_eq!(
@@ -120,7 +120,7 @@ fn window_refuses_bad_acks_precisely() {
 fn nack_makes_records_due_after_the_delay_with_a_higher_attempt() {
     let t0 = Instant::now();
     let mut w = AckWindow::new(0);
-    w.deliver_first(0, 10, S1);
+    w.deliver_first(0, 10, None, S1, None);
     w.nack(S1, &[range(0, 0)], t0 + Duration::from_secs(2));
     assert_eq!(w.first_due(t0), None);
     assert_eq!(w.next_due_at(t0), Some(t0 + Duration::from_secs(2)));
@@ -135,7 +135,7 @@ fn nack_makes_records_due_after_the_delay_with_a_higher_attempt() {
             why: Redelivery::Nacked,
         }
     );
-    assert_eq!(w.deliver_again(0, S2), Some(2));
+    assert_eq!(w.deliver_again(0, S2, None), Some(2));
     assert_eq!(w.cursor(), 0);
 }
 
@@ -470,7 +470,7 @@ proptest! {
                     let s = StreamId(u64::from(stream));
                     let next = w.next();
                     for &off in log.iter().filter(|&&x| x >= next).take(count) {
-                        w.deliver_first_until(off, 1, s, Some(now + TIMEOUT));
+                        w.deliver_first(off, 1, None, s, Some(now + TIMEOUT));
                         model.insert(off, M::InFlight(s));
                         deadlines.insert(off, now + TIMEOUT);
                     }
@@ -527,7 +527,7 @@ proptest! {
                     if let Some(due) = w.first_due(now) {
                         prop_assert_eq!(model.get(&due.offset), Some(&M::Waiting));
                         prop_assert!(due.attempt >= 2);
-                        w.deliver_again_until(due.offset, s, Some(now + TIMEOUT));
+                        w.deliver_again(due.offset, s, Some(now + TIMEOUT));
                         model.insert(due.offset, M::InFlight(s));
                         deadlines.insert(due.offset, now + TIMEOUT);
                     }
@@ -604,8 +604,10 @@ fn keyed_log(keys: &[&'static str]) -> Arc<PartitionLog> {
 #[test]
 fn ordering_key_holds_a_keys_next_record_until_the_previous_is_acked() {
     let now = Instant::now();
-    let mut d =
-        SubscriptionDelivery::new(CatchUpLimits::default()).with_ordering(DeliveryOrder::Key);
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default()).with_policy(DeliveryPolicy {
+        ordering: DeliveryOrder::Key,
+        ..DeliveryPolicy::default()
+    });
     d.add_partition(0, keyed_log(&["a", "b", "a", "c", "a"]), 0);
     d.open_stream(S1, credits(10));
     d.open_stream(S2, credits(10));
@@ -633,8 +635,10 @@ fn ordering_key_holds_a_keys_next_record_until_the_previous_is_acked() {
 #[test]
 fn ordering_none_lets_every_stream_take_from_every_partition() {
     let now = Instant::now();
-    let mut d =
-        SubscriptionDelivery::new(CatchUpLimits::default()).with_ordering(DeliveryOrder::None);
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default()).with_policy(DeliveryPolicy {
+        ordering: DeliveryOrder::None,
+        ..DeliveryPolicy::default()
+    });
     d.add_partition(0, log_with(0, &[0, 1, 2, 3]), 0);
     d.open_stream(S1, credits(2));
     d.open_stream(S2, credits(2));
@@ -646,4 +650,43 @@ fn ordering_none_lets_every_stream_take_from_every_partition() {
         offsets(&d.take(S2, now, LIMITS)),
         vec![(0, 2, 1), (0, 3, 1)]
     );
+}
+
+#[test]
+fn a_subscription_without_streams_gives_up_its_private_windows() {
+    let now = Instant::now();
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
+    d.add_partition(0, log_with(0, &[5, 6]), 2);
+    d.open_stream(S1, credits(10));
+    let private = d.take(S1, now, LIMITS).catch_up[0].log.clone();
+    assert!(!private.is_closed());
+    d.close_stream(S1, now);
+    assert!(
+        private.is_closed(),
+        "nobody reads: no catch-up reader works for it"
+    );
+}
+
+#[test]
+fn a_subscription_without_streams_waits_at_no_head() {
+    let now = Instant::now();
+    let one = crate::log::held_bytes(&rec(0, 0));
+    let shared = PartitionLog::new(0, 4 * one);
+    {
+        let mut w = shared.writer().unwrap();
+        for o in 0..4 {
+            w.append(Batch::new(vec![rec(0, o)]).unwrap()).unwrap();
+        }
+    }
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
+    d.add_partition(0, shared.clone(), 0);
+    let other = shared.pin(0);
+    d.open_stream(S1, credits(10));
+    // It takes everything (and sits at the head), acks nothing, and its stream goes away.
+    assert_eq!(d.take(S1, now, LIMITS).records(), 4);
+    d.close_stream(S1, now);
+    // Nobody waits at the head of the full window: nobody is evicted.
+    let mut w = shared.writer().unwrap();
+    assert_eq!(w.make_room(one), (false, 0));
+    assert!(!other.is_evicted());
 }

@@ -343,25 +343,9 @@ impl AckWindow {
         out
     }
 
-    /// Records a first delivery of `offset` to `stream`, without an ack timeout.
-    pub fn deliver_first(&mut self, offset: Offset, size: usize, stream: StreamId) {
-        self.deliver_first_until(offset, size, stream, None);
-    }
-
-    /// Records a first delivery of `offset` to `stream`, timing out at `deadline`. Offsets
-    /// must ascend.
-    pub fn deliver_first_until(
-        &mut self,
-        offset: Offset,
-        size: usize,
-        stream: StreamId,
-        deadline: Option<Instant>,
-    ) {
-        self.deliver_first_keyed(offset, size, None, stream, deadline);
-    }
-
-    /// Like [`Self::deliver_first_until`], counting the record against `key`.
-    pub fn deliver_first_keyed(
+    /// Records a first delivery of `offset` (a record of `key`, if keys are ordered) to
+    /// `stream`, timing out at `deadline`. Offsets must ascend.
+    pub fn deliver_first(
         &mut self,
         offset: Offset,
         size: usize,
@@ -519,13 +503,8 @@ impl AckWindow {
             .min()
     }
 
-    /// Records the redelivery of a waiting record to `stream`, without an ack timeout.
-    pub fn deliver_again(&mut self, offset: Offset, stream: StreamId) -> Option<u32> {
-        self.deliver_again_until(offset, stream, None)
-    }
-
     /// Records the redelivery of a waiting record to `stream`, timing out at `deadline`.
-    pub fn deliver_again_until(
+    pub fn deliver_again(
         &mut self,
         offset: Offset,
         stream: StreamId,

@@ -10,13 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use parking_lot::Mutex;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -25,7 +23,7 @@ use super::partition::to_record;
 use super::report_losses;
 use crate::config::Config;
 use crate::kafka;
-use crate::log::{Batch, LogWriter, RECORD_MEMORY};
+use crate::log::{Batch, LogWriter, held_bytes};
 use crate::model::Record;
 use crate::shard::{CatchUpJob, Shard};
 
@@ -38,37 +36,6 @@ const MAX_BATCH: usize = 1000;
 const PREFETCH_KBYTES: &str = "1024";
 const FETCH_PARTITION_BYTES: &str = "524288";
 
-/// Jobs waiting for a reader.
-#[derive(Default)]
-struct Queue {
-    jobs: Mutex<VecDeque<CatchUpJob>>,
-    ready: Notify,
-}
-
-impl Queue {
-    fn push(&self, job: CatchUpJob) {
-        self.jobs.lock().push_back(job);
-        self.ready.notify_one();
-    }
-
-    fn others_waiting(&self) -> bool {
-        !self.jobs.lock().is_empty()
-    }
-
-    async fn pop(&self, cancel: &CancellationToken) -> Option<CatchUpJob> {
-        loop {
-            let notified = self.ready.notified();
-            if let Some(job) = self.jobs.lock().pop_front() {
-                return Some(job);
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return None,
-                _ = notified => {}
-            }
-        }
-    }
-}
-
 /// Starts `readers` catch-up readers on `tracker`, serving the shard's catch-up queue until
 /// `cancel`.
 pub fn start(
@@ -78,25 +45,6 @@ pub fn start(
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> Result<(), KafkaError> {
-    let Some(mut incoming) = shard.take_catch_up_queue() else {
-        return Ok(());
-    };
-    let queue = Arc::new(Queue::default());
-    {
-        let queue = queue.clone();
-        let cancel = cancel.clone();
-        tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    job = incoming.recv() => match job {
-                        Some(job) => queue.push(job),
-                        None => break,
-                    },
-                }
-            }
-        });
-    }
     for i in 0..readers {
         let mut c = kafka::reader(cfg, "catch-up");
         c.set("enable.partition.eof", "false")
@@ -106,7 +54,6 @@ pub fn start(
         let consumer: kafka::Reader = c.create_with_context(kafka::ReaderContext)?;
         let reader = CatchUpReader {
             shard: shard.clone(),
-            queue: queue.clone(),
             consumer,
         };
         let cancel = cancel.clone();
@@ -121,7 +68,6 @@ pub fn start(
 
 struct CatchUpReader {
     shard: Arc<Shard>,
-    queue: Arc<Queue>,
     consumer: kafka::Reader,
 }
 
@@ -146,7 +92,12 @@ enum Served {
 
 impl CatchUpReader {
     async fn run(self, cancel: CancellationToken) {
-        while let Some(job) = self.queue.pop(&cancel).await {
+        let queue = self.shard.catch_up_queue();
+        loop {
+            let job = tokio::select! {
+                _ = cancel.cancelled() => break,
+                job = queue.pop() => job,
+            };
             let span = tracing::debug_span!(
                 "catch_up",
                 topic = %job.topic.name,
@@ -155,7 +106,7 @@ impl CatchUpReader {
             );
             match self.serve(&job, &cancel).instrument(span).await {
                 Served::Done => {}
-                Served::Requeue => self.queue.push(job),
+                Served::Requeue => queue.push(job),
                 Served::Cancelled => break,
             }
         }
@@ -182,8 +133,8 @@ impl CatchUpReader {
         let mut slice_end = tokio::time::Instant::now() + SLICE;
         loop {
             writer.trim_to_pins();
-            let wanted = if self.queue.others_waiting() {
-                writer.budget() / 2
+            let wanted = if self.shard.catch_up_queue().others_waiting() {
+                writer.log().budget() / 2
             } else {
                 1
             };
@@ -197,7 +148,7 @@ impl CatchUpReader {
                 _ = cancel.cancelled() => return Served::Cancelled,
                 _ = job.log.progressed() => {}
                 _ = tokio::time::sleep_until(slice_end) => {
-                    if self.queue.others_waiting() {
+                    if self.shard.catch_up_queue().others_waiting() {
                         return Served::Requeue;
                     }
                     slice_end = tokio::time::Instant::now() + SLICE;
@@ -243,7 +194,7 @@ impl CatchUpReader {
                 return Served::Done;
             }
             if tokio::time::Instant::now() >= slice_end {
-                if self.queue.others_waiting() {
+                if self.shard.catch_up_queue().others_waiting() {
                     return Served::Requeue;
                 }
                 slice_end = tokio::time::Instant::now() + SLICE;
@@ -304,7 +255,7 @@ impl CatchUpReader {
         let mut n = 0;
         for r in pending.iter() {
             // Counted as the window counts it.
-            let size = r.size() + RECORD_MEMORY;
+            let size = held_bytes(r);
             let fits = bytes + size <= room || (n == 0 && empty);
             if !fits {
                 break;

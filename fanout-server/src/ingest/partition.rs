@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use super::{IngestConsumer, IngestContext, report_losses};
 use crate::kafka;
-use crate::log::{Batch, LogWriter, RECORD_MEMORY};
+use crate::log::{Batch, LogWriter, held_bytes};
 use crate::model::{Header, Offset, Record, TimestampKind};
 use crate::shard::{OwnedPartition, Shard, TopicRuntime};
 
@@ -158,13 +158,13 @@ impl Reader {
     /// an empty window).
     fn drain_ready(&self, first: Record) -> Vec<Record> {
         let max_bytes = self.owned.log.budget() / 4;
-        let mut bytes = first.size() + RECORD_MEMORY;
+        let mut bytes = held_bytes(&first);
         let mut records = vec![first];
         while records.len() < MAX_BATCH && bytes < max_bytes {
             match self.queue.recv().now_or_never() {
                 Some(Ok(m)) => {
                     let r = to_record(&m);
-                    bytes += r.size() + RECORD_MEMORY;
+                    bytes += held_bytes(&r);
                     records.push(r);
                 }
                 Some(Err(e)) => {

@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
 use crate::delivery::{
-    CatchUpLimits, Credits, OffsetRange, PartitionAckError, Redeliveries, Released, StreamId,
+    CatchUpLimits, Credits, OffsetRange, PartitionAckError, Released, StreamId,
     SubscriptionDelivery, Take, TakeLimits,
 };
 use crate::log::PartitionLog;
@@ -106,22 +106,6 @@ impl TopicRuntime {
     pub fn subscriptions(&self) -> Vec<Arc<SubscriptionRuntime>> {
         self.subscriptions.read().values().cloned().collect()
     }
-
-    /// The lowest cursor of the partition over all subscriptions (on the shared window or
-    /// catching up); with none, the window head (nothing is needed).
-    pub fn min_cursor(&self, partition: Partition) -> Option<Offset> {
-        self.partition(partition)
-            .map(|owned| self.min_cursor_of(&owned))
-    }
-
-    fn min_cursor_of(&self, owned: &OwnedPartition) -> Offset {
-        let subs = self.subscriptions.read();
-        let min = subs
-            .values()
-            .filter_map(|s| s.delivery.lock().cursor(owned.partition))
-            .min();
-        min.unwrap_or_else(|| owned.log.head())
-    }
 }
 
 /// A subscription on this shard.
@@ -138,12 +122,7 @@ pub struct SubscriptionRuntime {
 
 impl SubscriptionRuntime {
     pub(super) fn new(spec: SubscriptionSpec, catch_up: CatchUpLimits) -> Self {
-        let delivery = SubscriptionDelivery::new(catch_up)
-            .with_redeliveries(Redeliveries {
-                ack_timeout: Some(Duration::from_millis(spec.delivery.ack_timeout_ms)),
-                max_attempts: spec.delivery.max_attempts,
-            })
-            .with_ordering(spec.delivery.ordering);
+        let delivery = SubscriptionDelivery::new(catch_up).with_policy(spec.delivery.clone());
         Self {
             spec,
             delivery: Mutex::new(delivery),

@@ -151,7 +151,8 @@ fn assignment_starts_at_the_lowest_cursor_and_commits_the_lowest_stored() {
     );
     shard.mark_stored(&updates);
     assert_eq!(shard.commit_positions(), vec![(t("orders"), 0, 8)]);
-    assert_eq!(shard.topic(&t("orders")).unwrap().min_cursor(0), Some(8));
+    // The shared window holds from the lowest cursor.
+    assert_eq!(assigned.partition.log.lowest_pin(), Some(8));
 }
 
 #[test]
@@ -211,10 +212,10 @@ fn a_new_subscription_below_the_window_catches_up_without_moving_it() {
     rewinds.mark_unchanged();
     register(&shard, 1, sub_entry("orders", "late", &[(0, 10)]));
     assert!(!rewinds.has_changed().unwrap(), "the shared window stays");
-    assert_eq!(shard.topic(&t("orders")).unwrap().min_cursor(0), Some(10));
     let (_, sub) = shard
         .subscription(&t("orders"), &SubscriptionName::new("late").unwrap())
         .unwrap();
+    assert_eq!(sub.cursors(), vec![(0, 10)]);
     let s = shard.new_stream_id();
     sub.open_stream(
         s,
@@ -439,4 +440,61 @@ fn acked_ranges_above_the_cursor_survive_a_restart() {
     )
     .unwrap();
     assert_eq!(sub.cursors(), vec![(0, 10)]);
+}
+
+#[test]
+fn an_ack_that_frees_a_held_key_wakes_the_other_streams() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, topic_entry("orders"));
+    let mut entry = sub_entry("orders", "k", &[(0, 0)]);
+    if let Entry::Subscription(spec) = &mut entry {
+        spec.delivery.ordering = crate::model::DeliveryOrder::Key;
+    }
+    register(&shard, 1, entry);
+    let assigned = shard.assign(&t("orders"), 0, 0, 0);
+    // Two records of the same key.
+    let recs = (0..2)
+        .map(|offset| Record {
+            partition: 0,
+            offset,
+            key: Some(Bytes::from_static(b"a")),
+            value: None,
+            headers: Arc::new([]),
+            timestamp: None,
+        })
+        .collect();
+    assigned
+        .partition
+        .log
+        .writer()
+        .unwrap()
+        .append(Batch::new(recs).unwrap())
+        .unwrap();
+    let (_, sub) = shard
+        .subscription(&t("orders"), &SubscriptionName::new("k").unwrap())
+        .unwrap();
+    let credits = Credits {
+        max_records: 10,
+        max_bytes: 1 << 20,
+    };
+    let (s1, s2) = (shard.new_stream_id(), shard.new_stream_id());
+    sub.open_stream(s1, credits);
+    sub.open_stream(s2, credits);
+    assert_eq!(sub.take(s1, Instant::now(), LIMITS.take).records(), 1);
+    let mut wakes = sub.wakes();
+    wakes.mark_unchanged();
+    sub.ack(s1, &[(0, vec![OffsetRange { first: 0, last: 0 }])])
+        .unwrap();
+    assert!(
+        wakes.has_changed().unwrap(),
+        "the held record is free for any stream"
+    );
+    wakes.mark_unchanged();
+    assert_eq!(sub.take(s2, Instant::now(), LIMITS.take).records(), 1);
+    sub.ack(s2, &[(0, vec![OffsetRange { first: 1, last: 1 }])])
+        .unwrap();
+    assert!(
+        !wakes.has_changed().unwrap(),
+        "an ack that frees nothing wakes nobody"
+    );
 }

@@ -109,95 +109,154 @@ async fn kafka_commit_waits_for_the_slowest_subscription() {
     server.stop().await.unwrap();
 }
 
+/// A shard process with a 4-partition topic of 10,000 records and subscriptions `subs`,
+/// each read by a subscriber that acks every record as it gets it, paced (~5,000 records/s,
+/// as if it did some work) so that a restart lands mid-stream. Each task returns every
+/// delivery as (partition, offset, connection); `halfway` completes once every subscriber
+/// has 2,500 records.
+struct PacedRun {
+    topic: String,
+    cluster: String,
+    addrs: (std::net::SocketAddr, std::net::SocketAddr),
+    server: ServerProcess,
+    admin: Admin,
+    want: std::collections::BTreeSet<(i32, i64)>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<(i32, i64, u64)>>>,
+    halfway: tokio::sync::watch::Receiver<usize>,
+}
+
+const PACED_SUBS: [&str; 3] = ["a", "b", "c"];
+
+impl PacedRun {
+    async fn start(prefix: &str) -> Self {
+        let topic = name(prefix);
+        let cluster = name("c");
+        create_topic(&topic, 4).await;
+        let (grpc, http) = free_addrs();
+        let server = ServerProcess::spawn(&cluster, grpc, http).await;
+        let admin = Admin {
+            http: reqwest::Client::new(),
+            base: server.admin.clone(),
+        };
+        admin.register(&topic).await;
+        for s in PACED_SUBS {
+            admin.subscribe(&topic, s, "earliest").await;
+        }
+        let want = produce(&topic, 0, 10_000).await;
+        let (progress, halfway) = tokio::sync::watch::channel(0usize);
+        let progress = std::sync::Arc::new(progress);
+        let mut tasks = Vec::new();
+        for s in PACED_SUBS {
+            let cfg = SubscriberConfig::new(&server.grpc, &topic, s).max_in_flight(100);
+            let mut sub = Subscriber::connect(cfg).await.unwrap();
+            let (want, progress) = (want.clone(), progress.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut got = Received::default();
+                let mut deliveries = Vec::new();
+                let deadline = tokio::time::Instant::now() + WAIT * 2;
+                let mut counted = false;
+                while !want.is_subset(&got.unique) {
+                    let r = tokio::time::timeout_at(deadline, sub.next())
+                        .await
+                        .expect("all records within the deadline")
+                        .expect("subscriber ended")
+                        .expect("subscriber error");
+                    deliveries.push((r.partition, r.offset, r.connection()));
+                    note(&mut got, &r);
+                    sub.ack(&r);
+                    if got.deliveries % 5 == 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                    if !counted && got.unique.len() >= 2_500 {
+                        counted = true;
+                        progress.send_modify(|n| *n += 1);
+                    }
+                }
+                sub.close().await;
+                deliveries
+            }));
+        }
+        Self {
+            topic,
+            cluster,
+            addrs: (grpc, http),
+            server,
+            admin,
+            want,
+            tasks,
+            halfway,
+        }
+    }
+
+    /// Waits until every subscriber is well into the stream.
+    async fn wait_halfway(&mut self) {
+        self.halfway
+            .wait_for(|n| *n == PACED_SUBS.len())
+            .await
+            .unwrap();
+    }
+
+    /// Starts the shard again on the same ports (the subscribers reconnect to it), and
+    /// returns each subscription's deliveries, and how many were duplicates, once it has
+    /// every record.
+    async fn restart_and_finish(self) -> Vec<(&'static str, Vec<(i32, i64, u64)>, usize)> {
+        let (grpc, http) = self.addrs;
+        let _server = ServerProcess::spawn(&self.cluster, grpc, http).await;
+        let mut out = Vec::new();
+        for (s, t) in PACED_SUBS.into_iter().zip(self.tasks) {
+            let deliveries = t.await.unwrap();
+            let unique: std::collections::BTreeSet<_> =
+                deliveries.iter().map(|&(p, o, _)| (p, o)).collect();
+            assert!(
+                self.want.is_subset(&unique),
+                "subscription {s} lost records"
+            );
+            let duplicates = deliveries.len() - unique.len();
+            out.push((s, deliveries, duplicates));
+        }
+        out
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_mid_stream_loses_nothing() {
     use std::collections::BTreeSet;
-    use std::time::Duration;
 
-    let topic = name("kill");
-    let cluster = name("c");
-    create_topic(&topic, 4).await;
-    let (grpc, http) = free_addrs();
-    let mut server = ServerProcess::spawn(&cluster, grpc, http).await;
-    let admin = Admin {
-        http: reqwest::Client::new(),
-        base: server.admin.clone(),
-    };
-    admin.register(&topic).await;
-    let subs = ["a", "b", "c"];
-    for s in subs {
-        admin.subscribe(&topic, s, "earliest").await;
-    }
-    let want = produce(&topic, 0, 10_000).await;
-
-    // Subscribers ack as they go, at most ~5,000 records/s each (as if they did some work),
-    // so the kill lands mid-stream.
-    let (progress_tx, mut progress_rx) = tokio::sync::watch::channel(0usize);
-    let progress_tx = std::sync::Arc::new(progress_tx);
-    let mut tasks = Vec::new();
-    for s in subs {
-        let cfg = SubscriberConfig::new(&server.grpc, &topic, s).max_in_flight(100);
-        let mut sub = Subscriber::connect(cfg).await.unwrap();
-        let want = want.clone();
-        let progress = progress_tx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut before = BTreeSet::new(); // delivered by the first server process
-            let mut again = Vec::new(); // delivered again by the second
-            let mut got = Received::default();
-            let deadline = tokio::time::Instant::now() + WAIT * 2;
-            let mut counted = false;
-            while !want.is_subset(&got.unique) {
-                let r = tokio::time::timeout_at(deadline, sub.next())
-                    .await
-                    .expect("all records within the deadline")
-                    .expect("subscriber ended")
-                    .expect("subscriber error");
-                let seen = got.unique.contains(&(r.partition, r.offset));
-                if r.connection() == 1 {
-                    assert!(
-                        !seen,
-                        "duplicate before the kill: {}:{}",
-                        r.partition, r.offset
-                    );
-                    before.insert((r.partition, r.offset));
-                } else if seen {
-                    again.push((r.partition, r.offset));
-                }
-                note(&mut got, &r);
-                sub.ack(&r);
-                if got.deliveries % 5 == 0 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                if !counted && got.unique.len() >= 2_500 {
-                    counted = true;
-                    progress.send_modify(|n| *n += 1);
-                }
-            }
-            sub.close().await;
-            (got, before, again)
-        }));
-    }
+    let mut run = PacedRun::start("kill").await;
     // Kill once every subscriber is well into the stream and a flush stored some progress.
-    progress_rx.wait_for(|n| *n == subs.len()).await.unwrap();
-    for s in subs {
+    run.wait_halfway().await;
+    for s in PACED_SUBS {
         eventually("a flushed cursor", || async {
-            let durable: i64 = admin.durable_cursors(&topic, s).await.values().sum();
+            let durable: i64 = run
+                .admin
+                .durable_cursors(&run.topic, s)
+                .await
+                .values()
+                .sum();
             (durable >= 1_000).then_some(())
         })
         .await;
     }
-    server.kill9();
+    run.server.kill9();
     // What the dead shard had flushed: a restart resumes exactly there.
-    let flushed = stored_cursors(&cluster).await;
-    // Same ports, so the subscribers' reconnects find the new process.
-    let _server = ServerProcess::spawn(&cluster, grpc, http).await;
-    for (s, t) in subs.iter().zip(tasks) {
-        let (got, before, again) = t.await.unwrap();
-        assert!(want.is_subset(&got.unique), "subscription {s} lost records");
+    let flushed = stored_cursors(&run.cluster).await;
+    let total = run.want.len();
+    for (s, deliveries, duplicates) in run.restart_and_finish().await {
+        // Delivered by the first process: never twice.
+        let mut before = BTreeSet::new();
+        for &(p, o, _) in deliveries.iter().filter(|d| d.2 == 1) {
+            assert!(before.insert((p, o)), "duplicate before the kill: {p}:{o}");
+        }
         assert!(
-            before.len() < want.len(),
+            before.len() < total,
             "subscription {s} finished before the kill"
         );
+        // Delivered again by the second process.
+        let again: Vec<_> = deliveries
+            .iter()
+            .filter(|d| d.2 != 1 && before.contains(&(d.0, d.1)))
+            .map(|&(p, o, _)| (p, o))
+            .collect();
         // Bound: a record comes again only if it was in flight or acked after the last
         // cursor flush, i.e. at or above the flushed cursor of its partition.
         let cursor = |p: i32| flushed.get(&(s.to_string(), p)).copied().unwrap_or(0);
@@ -209,14 +268,12 @@ async fn sigkill_mid_stream_loses_nothing() {
             );
         }
         println!(
-            "subscription {s}: {} records, {} delivered before the kill, {} duplicates after it \
-             (bound {}: in flight + acked since the last flush)",
-            got.unique.len(),
+            "subscription {s}: {total} records, {} delivered before the kill, {duplicates} \
+             duplicates after it (bound {}: in flight + acked since the last flush)",
             before.len(),
-            got.duplicates(),
             bound.len()
         );
-        assert!(got.duplicates() <= bound.len());
+        assert!(duplicates <= bound.len());
     }
 }
 
@@ -365,80 +422,22 @@ async fn records_deleted_under_a_running_partition_are_skipped_and_streams_resum
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_mid_stream_causes_no_duplicates_when_subscribers_ack() {
-    use std::collections::BTreeSet;
-    use std::time::Duration;
-
-    let topic = name("term");
-    let cluster = name("c");
-    create_topic(&topic, 4).await;
-    let (grpc, http) = free_addrs();
-    let mut server = ServerProcess::spawn(&cluster, grpc, http).await;
-    let admin = Admin {
-        http: reqwest::Client::new(),
-        base: server.admin.clone(),
-    };
-    admin.register(&topic).await;
-    let subs = ["a", "b", "c"];
-    for s in subs {
-        admin.subscribe(&topic, s, "earliest").await;
-    }
-    let want = produce(&topic, 0, 10_000).await;
-
-    // Subscribers ack every record as they get it (well within the drain timeout), paced
-    // so that the SIGTERM lands mid-stream.
-    let (progress_tx, mut progress_rx) = tokio::sync::watch::channel(0usize);
-    let progress_tx = std::sync::Arc::new(progress_tx);
-    let mut tasks = Vec::new();
-    for s in subs {
-        let cfg = SubscriberConfig::new(&server.grpc, &topic, s).max_in_flight(100);
-        let mut sub = Subscriber::connect(cfg).await.unwrap();
-        let want = want.clone();
-        let progress = progress_tx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut got = Received::default();
-            let mut connections = BTreeSet::new();
-            let deadline = tokio::time::Instant::now() + WAIT * 2;
-            let mut counted = false;
-            while !want.is_subset(&got.unique) {
-                let r = tokio::time::timeout_at(deadline, sub.next())
-                    .await
-                    .expect("all records within the deadline")
-                    .expect("subscriber ended")
-                    .expect("subscriber error");
-                connections.insert(r.connection());
-                note(&mut got, &r);
-                sub.ack(&r);
-                if got.deliveries % 5 == 0 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                if !counted && got.unique.len() >= 2_500 {
-                    counted = true;
-                    progress.send_modify(|n| *n += 1);
-                }
-            }
-            sub.close().await;
-            (got, connections)
-        }));
-    }
-    progress_rx.wait_for(|n| *n == subs.len()).await.unwrap();
-    assert!(server.terminate().await, "graceful exit with status 0");
-    let _server = ServerProcess::spawn(&cluster, grpc, http).await;
-    for (s, t) in subs.iter().zip(tasks) {
-        let (got, connections) = t.await.unwrap();
-        assert!(want.is_subset(&got.unique), "subscription {s} lost records");
+    let mut run = PacedRun::start("term").await;
+    run.wait_halfway().await;
+    assert!(run.server.terminate().await, "graceful exit with status 0");
+    let total = run.want.len();
+    for (s, deliveries, duplicates) in run.restart_and_finish().await {
+        let connections: std::collections::BTreeSet<u64> = deliveries.iter().map(|d| d.2).collect();
         assert!(
             connections.len() >= 2,
             "subscription {s} finished before the restart"
         );
         println!(
-            "subscription {s}: {} records over {} connections, {} duplicates",
-            got.unique.len(),
-            connections.len(),
-            got.duplicates()
+            "subscription {s}: {total} records over {} connections, {duplicates} duplicates",
+            connections.len()
         );
         assert_eq!(
-            got.duplicates(),
-            0,
+            duplicates, 0,
             "subscription {s}: duplicates after a graceful restart"
         );
     }

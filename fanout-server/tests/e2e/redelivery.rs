@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 
 use crate::support::*;
@@ -15,17 +13,7 @@ use crate::support::*;
 async fn read_topic(topic: &str, n: usize) -> Vec<(Vec<u8>, Vec<u8>, BTreeMap<String, String>)> {
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", kafka())
-            .set("group.id", "test-dlq-reader")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, 0, Offset::Beginning)
-            .unwrap();
-        c.assign(&tpl).unwrap();
-        drop(tpl);
+        let c = reader_from_start(&topic, "test-dlq-reader", false);
         let mut out = Vec::new();
         let deadline = Instant::now() + WAIT;
         while out.len() < n {

@@ -500,23 +500,29 @@ pub fn note(got: &mut Received, r: &Record) {
     got.unique.insert((r.partition, r.offset));
 }
 
+/// A consumer assigned to partition 0 of `topic` from its beginning (committed records
+/// only); with `eof`, reaching the end shows as `PartitionEOF`. Blocking.
+pub fn reader_from_start(topic: &str, group: &str, eof: bool) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", if eof { "true" } else { "false" })
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    c
+}
+
 /// The cursors stored in the cluster's cursors topic: (subscription, partition) -> cursor.
 pub async fn stored_cursors(cluster: &str) -> BTreeMap<(String, i32), i64> {
     let topic = format!("__{cluster}_cursors");
     tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", kafka())
-            .set("group.id", "test-cursor-reader")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("isolation.level", "read_committed")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, 0, Offset::Beginning)
-            .unwrap();
-        c.assign(&tpl).unwrap();
-        drop(tpl);
+        let c = reader_from_start(&topic, "test-cursor-reader", true);
         let mut out = BTreeMap::new();
         let deadline = Instant::now() + WAIT;
         loop {
