@@ -2,12 +2,14 @@
 //! subscription's delivery state to the wire and acks, nacks and credits back.
 
 mod convert;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fanout_proto::encoded::EncodedResponse;
+use fanout_proto::encoded::fanout_server::Fanout;
 use fanout_proto::v1 as pb;
-use fanout_proto::v1::fanout_server::Fanout;
 use fanout_proto::v1::subscribe_request::Kind;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,7 +23,7 @@ use crate::delivery::{AckError, Credits, DeadLetter, PartitionAckError, StreamId
 use crate::model::{NameError, SubscriptionName, TopicName};
 use crate::shard::{CatchUpJob, LookupError, Shard, SubscriptionRuntime, TopicRuntime};
 
-pub use fanout_proto::v1::fanout_server::FanoutServer;
+pub use fanout_proto::encoded::fanout_server::FanoutServer;
 
 /// Limits applied to every stream.
 #[derive(Debug, Clone, Copy)]
@@ -202,7 +204,7 @@ impl Inner {
 
 #[tonic::async_trait]
 impl Fanout for FanoutService {
-    type SubscribeStream = ReceiverStream<Result<pb::SubscribeResponse, Status>>;
+    type SubscribeStream = ReceiverStream<Result<EncodedResponse, Status>>;
 
     async fn subscribe(
         &self,
@@ -223,7 +225,7 @@ impl Fanout for FanoutService {
             })),
         };
         // The channel is empty: this cannot wait.
-        let _ = tx.send(Ok(opened)).await;
+        let _ = tx.send(Ok(opened.into())).await;
         let stream = StreamTask {
             inner: self.0.clone(),
             topic,
@@ -243,7 +245,7 @@ struct StreamTask {
     sub: Arc<SubscriptionRuntime>,
     id: StreamId,
     /// Responses to the subscriber.
-    tx: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
+    tx: mpsc::Sender<Result<EncodedResponse, Status>>,
 }
 
 enum Wake {
@@ -348,7 +350,7 @@ impl StreamTask {
             if take.deliveries.is_empty() {
                 return Ok(true);
             }
-            let batch = convert::batch(&self.topic.name, take.deliveries);
+            let batch = EncodedResponse::new(wire::Frame::batch(&self.topic.name, take.deliveries));
             tokio::select! {
                 sent = self.tx.send(Ok(batch)) => sent.map_err(|_| ())?,
                 _ = self.inner.control.close.cancelled() => return Ok(true),

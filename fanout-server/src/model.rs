@@ -224,6 +224,10 @@ pub struct Record {
     pub value: Option<Bytes>,
     pub headers: Arc<[Header]>,
     pub timestamp: Option<(i64, TimestampKind)>,
+    /// The record as the gRPC adapter sends it, encoded once when it was read from Kafka;
+    /// `key`, `value` and header values are slices of it. Opaque to the core; empty for
+    /// records built elsewhere (the adapter then encodes them itself).
+    pub wire: Bytes,
 }
 
 impl Record {

@@ -19,6 +19,7 @@ fn rec(partition: Partition, offset: Offset) -> Record {
         value: Some(Bytes::from_static(b"0123456789")),
         headers: Arc::new([]),
         timestamp: None,
+        wire: Bytes::new(),
     }
 }
 

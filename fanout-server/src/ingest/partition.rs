@@ -5,7 +5,6 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::FutureExt;
 use rdkafka::consumer::Consumer;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
@@ -17,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{IngestConsumer, IngestContext, report_losses};
+use crate::grpc::wire;
 use crate::kafka;
 use crate::log::{Batch, LogWriter, held_bytes};
-use crate::model::{Header, Offset, Record, TimestampKind};
+use crate::model::{Offset, Record, TimestampKind};
 use crate::shard::{OwnedPartition, Shard, TopicRuntime};
 
 /// Most records moved into the window in one batch.
@@ -57,30 +57,25 @@ enum Event {
     Records(Vec<Record>),
 }
 
-/// Copies a Kafka message out of librdkafka: the only copy of its payload fanout makes.
+/// Copies a Kafka message out of librdkafka, encoded for the wire: the only copy of its
+/// payload fanout makes.
 pub fn to_record(m: &BorrowedMessage<'_>) -> Record {
-    let headers: Arc<[Header]> = match m.headers() {
-        Some(hs) => hs
-            .iter()
-            .map(|h| Header {
-                key: h.key.to_owned(),
-                value: h.value.map(Bytes::copy_from_slice),
-            })
-            .collect(),
-        None => Arc::new([]),
-    };
-    Record {
+    let headers: Vec<(&str, Option<&[u8]>)> = m
+        .headers()
+        .map(|hs| hs.iter().map(|h| (h.key, h.value)).collect())
+        .unwrap_or_default();
+    wire::record(wire::Parts {
         partition: m.partition(),
         offset: m.offset(),
-        key: m.key().map(Bytes::copy_from_slice),
-        value: m.payload().map(Bytes::copy_from_slice),
-        headers,
+        key: m.key(),
+        value: m.payload(),
+        headers: &headers,
         timestamp: match m.timestamp() {
             Timestamp::CreateTime(t) => Some((t, TimestampKind::CreateTime)),
             Timestamp::LogAppendTime(t) => Some((t, TimestampKind::LogAppendTime)),
             Timestamp::NotAvailable => None,
         },
-    }
+    })
 }
 
 impl Reader {

@@ -9,6 +9,7 @@ fn rec(offset: Offset, size: usize) -> Record {
         value: Some(Bytes::from(vec![b'x'; size])),
         headers: Arc::new([]),
         timestamp: None,
+        wire: Bytes::new(),
     }
 }
 

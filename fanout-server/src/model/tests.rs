@@ -54,6 +54,7 @@ fn record_size_counts_payloads_and_overhead() {
         }]
         .into(),
         timestamp: None,
+        wire: Bytes::new(),
     };
     assert_eq!(r.size(), 1 + 5 + 1 + 2 + 32);
 }

@@ -61,6 +61,7 @@ fn append(owned: &OwnedPartition, offsets: std::ops::Range<Offset>) {
             value: Some(Bytes::from_static(b"v")),
             headers: Arc::new([]),
             timestamp: None,
+            wire: Bytes::new(),
         })
         .collect();
     let mut w = owned.log.writer().unwrap();
@@ -461,6 +462,7 @@ fn an_ack_that_frees_a_held_key_wakes_the_other_streams() {
             value: None,
             headers: Arc::new([]),
             timestamp: None,
+            wire: Bytes::new(),
         })
         .collect();
     assigned
