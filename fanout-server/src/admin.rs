@@ -14,6 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use serde::de::DeserializeOwned;
@@ -71,6 +72,8 @@ pub struct AdminState {
     pub kafka: Arc<dyn KafkaView>,
     /// True once the registry is loaded and the ingest runs.
     pub ready: watch::Receiver<bool>,
+    /// Renders `/metrics` (absent: the process has no recorder of ours).
+    pub metrics: Option<PrometheusHandle>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -84,6 +87,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/shard", get(get_shard))
         .route("/v1/topics", get(list_topics).post(register_topic))
         .route("/v1/topics/{topic}", get(get_topic))
@@ -161,6 +165,26 @@ async fn readyz(State(s): State<AdminState>) -> Response {
             "the registry is not loaded or the ingest is not running yet",
         )
         .into_response()
+    }
+}
+
+/// Prometheus text exposition of the process's metrics.
+async fn metrics(State(s): State<AdminState>) -> Response {
+    match &s.metrics {
+        Some(handle) => {
+            handle.run_upkeep();
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                handle.render(),
+            )
+                .into_response()
+        }
+        None => {
+            ApiError::not_found("metrics_off", "this process exports no metrics").into_response()
+        }
     }
 }
 

@@ -24,6 +24,7 @@ use crate::shard::{Shard, ShardLimits};
 use crate::store::cursors::{CursorWriter, Flusher};
 use crate::store::registry::RegistryWriter;
 use crate::store::{self, StoreError};
+use crate::telemetry;
 
 /// Largest gRPC message a subscriber may send (acks are ranges: this is plenty).
 const MAX_REQUEST_BYTES: usize = 4 << 20;
@@ -183,6 +184,7 @@ pub async fn run(
             kafka::metadata_client(&cfg).map_err(StoreError::kafka("metadata client"))?,
         ),
         ready: ready_rx,
+        metrics: telemetry::metrics::install(),
     };
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(

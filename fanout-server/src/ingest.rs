@@ -37,6 +37,7 @@ use crate::model::{Offset, Partition, TopicName};
 use crate::shard::{Loss, OwnedPartition, Shard};
 use crate::store::StoreError;
 use crate::store::cursors::Flusher;
+use crate::telemetry;
 
 /// The shard's group consumer.
 pub type IngestConsumer = StreamConsumer<IngestContext>;
@@ -48,6 +49,12 @@ const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reports records lost to retention, loudly.
 pub fn report_losses(losses: &[Loss]) {
     for l in losses {
+        telemetry::metrics::lost_records(
+            l.subscription.topic.as_str(),
+            l.subscription.name.as_str(),
+            l.partition,
+            u64::try_from(l.log_start - l.cursor).unwrap_or(0),
+        );
         tracing::error!(
             subscription = %l.subscription,
             partition = l.partition,

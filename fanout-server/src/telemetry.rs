@@ -20,3 +20,51 @@ pub fn init(format: LogFormat) {
         eprintln!("fanout-server: logging already initialised: {e}");
     }
 }
+
+/// Prometheus metrics, rendered by the admin API at `/metrics`.
+pub mod metrics {
+    use std::sync::OnceLock;
+
+    use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+    /// Records deleted by retention before a subscription acked them.
+    pub const LOST_RECORDS: &str = "fanout_lost_records_total";
+
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+    /// Installs the process-wide recorder (once; later calls return the same handle), or
+    /// `None` if another recorder was installed first.
+    pub fn install() -> Option<PrometheusHandle> {
+        HANDLE
+            .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+                Ok(handle) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed; /metrics is off");
+                    None
+                }
+            })
+            .clone()
+    }
+
+    fn describe() {
+        ::metrics::describe_counter!(
+            LOST_RECORDS,
+            ::metrics::Unit::Count,
+            "Records retention deleted before the subscription acked them, by topic, subscription and partition."
+        );
+    }
+
+    /// Counts records a subscription lost to retention.
+    pub fn lost_records(topic: &str, subscription: &str, partition: i32, n: u64) {
+        ::metrics::counter!(
+            LOST_RECORDS,
+            "topic" => topic.to_owned(),
+            "subscription" => subscription.to_owned(),
+            "partition" => partition.to_string(),
+        )
+        .increment(n);
+    }
+}

@@ -320,6 +320,23 @@ async fn records_deleted_before_delivery_are_skipped_not_waited_for() {
         .1;
     assert_eq!(view["lost"]["0"]["records"], 40, "{view}");
     assert_eq!(view["lost"]["0"]["last_log_start"], 40, "{view}");
+    // And Prometheus counts it.
+    let (status, content_type, metrics) = server.admin_api().get_text("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let lost: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("fanout_lost_records_total{") && l.contains(&format!("topic=\"{topic}\""))
+        })
+        .collect();
+    assert_eq!(lost.len(), 1, "{metrics}");
+    assert!(
+        lost[0].contains("subscription=\"s\"") && lost[0].contains("partition=\"0\""),
+        "{}",
+        lost[0]
+    );
+    assert!(lost[0].ends_with(" 40"), "{}", lost[0]);
     sub.close().await;
     server.stop().await.unwrap();
 }

@@ -366,6 +366,23 @@ impl Admin {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// A text endpoint (`/metrics`): status, content type, body.
+    pub async fn get_text(&self, path: &str) -> (u16, String, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, ct, r.text().await.unwrap_or_default())
+    }
+
     pub async fn register(&self, topic: &str) {
         let (s, b) = self
             .post("/v1/topics", serde_json::json!({ "name": topic }))
