@@ -24,9 +24,9 @@ use fanout_server::delivery::Delivery;
 use fanout_server::delivery::{
     CatchUpLimits, Credits, OffsetRange, StreamId, SubscriptionDelivery, TakeLimits,
 };
-use fanout_server::grpc::wire;
 use fanout_server::log::{Batch, PartitionLog};
 use fanout_server::model::{Offset, TimestampKind, TopicName};
+use fanout_server::wire;
 use prost::Message;
 
 const BATCHES: i64 = 200;

@@ -101,6 +101,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
     cfg.validate()?;
+    // Before anything that counts (the first assignment reports retention losses).
+    let metrics = telemetry::metrics::install();
     let grpc_addr = listeners.grpc.local_addr().ok();
     let admin_addr = listeners.admin.local_addr().ok();
     tracing::info!(cluster = %cfg.cluster, kafka = %cfg.kafka_bootstrap, "fanout-server starting");
@@ -184,7 +186,7 @@ pub async fn run(
             kafka::metadata_client(&cfg).map_err(StoreError::kafka("metadata client"))?,
         ),
         ready: ready_rx,
-        metrics: telemetry::metrics::install(),
+        metrics,
     };
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(

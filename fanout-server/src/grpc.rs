@@ -2,7 +2,6 @@
 //! subscription's delivery state to the wire and acks, nacks and credits back.
 
 mod convert;
-pub mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +21,7 @@ use crate::deadletter::DeadLetters;
 use crate::delivery::{AckError, Credits, DeadLetter, PartitionAckError, StreamId, TakeLimits};
 use crate::model::{NameError, SubscriptionName, TopicName};
 use crate::shard::{CatchUpJob, LookupError, Shard, SubscriptionRuntime, TopicRuntime};
+use crate::wire::Frame;
 
 pub use fanout_proto::encoded::fanout_server::FanoutServer;
 
@@ -350,7 +350,7 @@ impl StreamTask {
             if take.deliveries.is_empty() {
                 return Ok(true);
             }
-            let batch = EncodedResponse::new(wire::Frame::batch(&self.topic.name, take.deliveries));
+            let batch = EncodedResponse::new(Frame::batch(&self.topic.name, take.deliveries));
             tokio::select! {
                 sent = self.tx.send(Ok(batch)) => sent.map_err(|_| ())?,
                 _ = self.inner.control.close.cancelled() => return Ok(true),

@@ -145,6 +145,14 @@ impl IngestContext {
             };
             let (low, high) = watermarks_with_retry(base, topic, *p);
             let assigned = self.shard.assign(&name, *p, low, high);
+            for s in self
+                .shard
+                .topic(&name)
+                .map(|t| t.subscriptions())
+                .unwrap_or_default()
+            {
+                telemetry::metrics::track_losses(topic, s.spec.name.as_str(), *p);
+            }
             report_losses(&assigned.losses);
             if let Err(e) = tpl.set_partition_offset(topic, *p, KafkaOffset::Offset(assigned.start))
             {

@@ -3,7 +3,7 @@
 //!
 //! Layout (see docs/ARCHITECTURE.md): core modules without I/O (`model`, `log`, `delivery`,
 //! `registry`, `shard`) and adapters around them (`ingest`, `grpc`, `admin`, `store`,
-//! `kafka`, `telemetry`); `app` wires everything and owns every long-lived task.
+//! `kafka`, `telemetry`, `wire`); `app` wires everything and owns every long-lived task.
 
 // Core: no I/O (checked by tests/layering.rs).
 pub mod delivery;
@@ -20,6 +20,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod store;
 pub mod telemetry;
+pub mod wire;
 
 // Wiring.
 pub mod app;

@@ -23,16 +23,27 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Notify;
 
-use crate::model::{Offset, Record};
+use crate::model::{Header, Offset, Record};
 
-/// Memory a held record takes beyond what [`Record::size`] counts: the record itself and
-/// the allocator's headers of its key and value. Budgets count it, so that what they bound
-/// is close to what the process holds.
+/// Memory a held record takes besides its payload buffers: the record itself and the
+/// allocator's headers of its buffers. Budgets count it, so that what they bound is close to
+/// what the process holds.
 pub const RECORD_MEMORY: usize = std::mem::size_of::<Record>() + 32;
 
-/// What holding `record` in a window counts against the budgets.
+/// What holding `record` in a window counts against the budgets: its payload (or its wire
+/// encoding, which holds the payload, when larger), its headers' own allocation and keys,
+/// and [`RECORD_MEMORY`].
 pub fn held_bytes(record: &Record) -> usize {
-    record.size() + RECORD_MEMORY
+    let headers = if record.headers.is_empty() {
+        0
+    } else {
+        16 + record
+            .headers
+            .iter()
+            .map(|h| std::mem::size_of::<Header>() + h.key.len())
+            .sum::<usize>()
+    };
+    record.size().max(record.wire.len()) + headers + RECORD_MEMORY
 }
 
 /// Records of one Kafka fetch for one partition, in offset order. Immutable once appended.

@@ -53,11 +53,16 @@ pub mod metrics {
         ::metrics::describe_counter!(
             LOST_RECORDS,
             ::metrics::Unit::Count,
-            "Records retention deleted before the subscription acked them, by topic, subscription and partition."
+            "Offsets a subscription skipped because retention deleted them before it acked them (records, and any transaction markers or compacted gaps among them), by topic, subscription and partition. Each series starts at 0 when the partition is assigned, so that increase() sees the first loss."
         );
     }
 
-    /// Counts records a subscription lost to retention.
+    /// Starts the loss series of a subscription's partition at 0.
+    pub fn track_losses(topic: &str, subscription: &str, partition: i32) {
+        lost_records(topic, subscription, partition, 0);
+    }
+
+    /// Counts offsets a subscription lost to retention.
     pub fn lost_records(topic: &str, subscription: &str, partition: i32, n: u64) {
         ::metrics::counter!(
             LOST_RECORDS,

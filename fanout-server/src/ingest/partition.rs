@@ -16,11 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{IngestConsumer, IngestContext, report_losses};
-use crate::grpc::wire;
 use crate::kafka;
 use crate::log::{Batch, LogWriter, held_bytes};
 use crate::model::{Offset, Record, TimestampKind};
 use crate::shard::{OwnedPartition, Shard, TopicRuntime};
+use crate::wire;
 
 /// Most records moved into the window in one batch.
 const MAX_BATCH: usize = 1000;

@@ -19,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 use super::StoreError;
 use crate::config::Config;
 use crate::kafka;
-use crate::registry::Key;
+use crate::registry::{Change, Key};
 use crate::shard::Shard;
+use crate::telemetry;
 
 /// Opens a consumer on the registry topic, positioned at its beginning.
 pub fn open_reader(cfg: &Config) -> Result<kafka::Reader, StoreError> {
@@ -57,7 +58,20 @@ pub async fn tail(
                 };
                 match shard.apply_registry(m.offset(), key, m.payload()) {
                     Ok(Some(change)) => {
-                        tracing::info!(offset = m.offset(), ?change, "registry change")
+                        tracing::info!(offset = m.offset(), ?change, "registry change");
+                        if let Change::SubscriptionAdded(spec) = &change {
+                            for p in shard
+                                .topic(&spec.topic)
+                                .map(|t| t.owned_partitions())
+                                .unwrap_or_default()
+                            {
+                                telemetry::metrics::track_losses(
+                                    spec.topic.as_str(),
+                                    spec.name.as_str(),
+                                    p.partition,
+                                );
+                            }
+                        }
                     }
                     Ok(None) => {}
                     Err(e) => {

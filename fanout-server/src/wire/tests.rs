@@ -105,7 +105,10 @@ fn bytes() -> impl Strategy<Value = Option<Vec<u8>>> {
 
 fn input() -> impl Strategy<Value = Input> {
     (
-        (0..4i32, prop_oneof![Just(0i64), 0..i64::MAX]),
+        (
+            prop_oneof![0..4i32, Just(-1i32)],
+            prop_oneof![Just(0i64), 0..i64::MAX],
+        ),
         bytes(),
         prop_oneof![
             bytes(),
@@ -180,6 +183,12 @@ proptest! {
         prop_assert_eq!(d.offset, r.offset);
         prop_assert_eq!(&d.key, &r.key);
         prop_assert_eq!(&d.value, &r.value);
+        let headers: Vec<(String, Option<Bytes>)> =
+            d.headers.iter().map(|h| (h.key.clone(), h.value.clone())).collect();
+        let kept: Vec<(String, Option<Bytes>)> =
+            r.headers.iter().map(|h| (h.key.clone(), h.value.clone())).collect();
+        prop_assert_eq!(headers, kept);
+        prop_assert_eq!(d.timestamp_ms, r.timestamp.map(|(t, _)| t));
         let within = |b: &Bytes| {
             let w = r.wire.as_ptr_range();
             let p = b.as_ptr_range();

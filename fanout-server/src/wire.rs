@@ -2,10 +2,12 @@
 //!
 //! A record read from Kafka is encoded straight away as the `records` entry of a
 //! `fanout.v1.RecordBatch` (field tag, length, `Record` message) and kept in that form: its
-//! key, value and header values are slices of the encoded bytes, so holding it costs one
-//! allocation and no second copy. Sending a batch to a stream then writes a few bytes of
-//! framing (the topic, the attempts) around those entries as they are; no stream encodes a
-//! record again, however many subscriptions receive it.
+//! key, value and header values are slices of the encoded bytes, so its payload is copied
+//! once, into one buffer (header keys are kept as strings besides). Sending a batch to a
+//! stream then writes a few bytes of framing (the topic, the attempts) around those entries
+//! as they are; no stream encodes a record again, however many subscriptions receive it.
+//!
+//! Shared by the ingest (which builds records) and the gRPC service (which sends them).
 //!
 //! `fanout.v1.RecordBatch` keeps per-delivery data (attempts) out of `Record` for exactly
 //! this. The tests decode what [`Frame`] writes with the generated types and compare it with
@@ -172,13 +174,13 @@ fn body_len(p: &Parts<'_>) -> usize {
 }
 
 /// One `SubscribeResponse` carrying a batch: the records' encodings, shared with every
-/// other stream, between a few bytes of framing of its own.
+/// other stream, between a few bytes of framing of its own. It holds each record's encoding,
+/// not the batches they came from: a frame queued for a slow subscriber keeps no more
+/// alive than what it sends.
 pub struct Frame {
     /// Response and batch framing, and the topic.
     head: Vec<u8>,
-    deliveries: Vec<Delivery>,
-    /// Encodings of the records that had none, in delivery order.
-    encoded_here: Vec<Bytes>,
+    records: Vec<Bytes>,
     /// The attempts field.
     tail: Vec<u8>,
     len: usize,
@@ -186,20 +188,23 @@ pub struct Frame {
 
 impl Frame {
     pub fn batch(topic: &TopicName, deliveries: Vec<Delivery>) -> Self {
-        let mut records = 0;
-        let mut attempts = Vec::new();
-        let mut encoded_here = Vec::new();
+        let n = deliveries.iter().map(|d| d.chunk.len()).sum();
+        let mut records = Vec::with_capacity(n);
+        let mut records_len = 0;
+        let mut attempts = Vec::with_capacity(n);
         for d in &deliveries {
             for r in d.chunk.records() {
-                if r.wire.is_empty() {
-                    encoded_here.push(encode(r));
-                    records += encoded_here[encoded_here.len() - 1].len();
+                let wire = if r.wire.is_empty() {
+                    encode(r)
                 } else {
-                    records += r.wire.len();
-                }
+                    r.wire.clone()
+                };
+                records_len += wire.len();
+                records.push(wire);
                 encode_varint(u64::from(d.attempt), &mut attempts);
             }
         }
+        drop(deliveries);
         let mut tail = Vec::with_capacity(attempts.len() + 8);
         if !attempts.is_empty() {
             encode_key(field::BATCH_ATTEMPTS, WireType::LengthDelimited, &mut tail);
@@ -212,7 +217,7 @@ impl Frame {
         } else {
             bytes_field_len(field::BATCH_TOPIC, topic.len())
         };
-        let batch_len = topic_len + records + tail.len();
+        let batch_len = topic_len + records_len + tail.len();
         let mut head = Vec::with_capacity(topic_len + 16);
         encode_key(field::RESPONSE_BATCH, WireType::LengthDelimited, &mut head);
         encode_varint(batch_len as u64, &mut head);
@@ -221,11 +226,10 @@ impl Frame {
             encode_varint(topic.len() as u64, &mut head);
             head.extend_from_slice(topic);
         }
-        let len = head.len() + records + tail.len();
+        let len = head.len() + records_len + tail.len();
         Self {
             head,
-            deliveries,
-            encoded_here,
+            records,
             tail,
             len,
         }
@@ -239,15 +243,8 @@ impl Body for Frame {
 
     fn write(&self, buf: &mut dyn BufMut) {
         buf.put_slice(&self.head);
-        let mut encoded_here = self.encoded_here.iter();
-        for r in self.deliveries.iter().flat_map(|d| d.chunk.records()) {
-            if r.wire.is_empty() {
-                if let Some(e) = encoded_here.next() {
-                    buf.put_slice(e);
-                }
-            } else {
-                buf.put_slice(&r.wire);
-            }
+        for r in &self.records {
+            buf.put_slice(r);
         }
         buf.put_slice(&self.tail);
     }
@@ -256,7 +253,7 @@ impl Body for Frame {
 impl fmt::Debug for Frame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Frame")
-            .field("deliveries", &self.deliveries.len())
+            .field("records", &self.records.len())
             .field("len", &self.len)
             .finish_non_exhaustive()
     }
