@@ -536,6 +536,8 @@ async fn create_subscription(
         start_offsets,
         created_at_ms: now_ms(),
         delivery,
+        paused: false,
+        seeks: BTreeMap::new(),
     };
     let entry = Entry::Subscription(spec.clone());
     debug_assert_eq!(entry.key(), Key::Subscription(key));

@@ -346,6 +346,15 @@ impl SubscriptionDelivery {
         }
     }
 
+    /// Replaces the policy's ack timeout, attempts and dead-letter topic. What is in flight
+    /// keeps its deadline. The ordering stays: it cannot change under a live subscription.
+    pub fn set_policy(&mut self, policy: DeliveryPolicy) {
+        self.policy = DeliveryPolicy {
+            ordering: self.policy.ordering,
+            ..policy
+        };
+    }
+
     pub fn with_policy(mut self, policy: DeliveryPolicy) -> Self {
         self.policy = policy;
         self

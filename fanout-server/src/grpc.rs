@@ -121,7 +121,7 @@ pub enum SubscribeError {
     #[error("fanout is shutting down; reconnect (to another shard if there is one)")]
     ShuttingDown,
     #[error(
-        "a partition was reset under this stream (records lost to retention were dropped); reconnect"
+        "a partition was reset under this stream (a seek, or records lost to retention); reconnect"
     )]
     Reset,
 }
@@ -407,7 +407,7 @@ async fn dead_letter(
         return;
     };
     let (partition, offset) = (letter.partition, r.offset);
-    let published = match &sub.spec.delivery.dead_letter_topic {
+    let published = match &sub.spec().delivery.dead_letter_topic {
         Some(to) => dead_letters
             .publish(to, &sub.key(), &letter)
             .await

@@ -151,7 +151,7 @@ impl IngestContext {
                 .map(|t| t.subscriptions())
                 .unwrap_or_default()
             {
-                telemetry::metrics::track_losses(topic, s.spec.name.as_str(), *p);
+                telemetry::metrics::track_losses(topic, s.spec().name.as_str(), *p);
             }
             report_losses(&assigned.losses);
             if let Err(e) = tpl.set_partition_offset(topic, *p, KafkaOffset::Offset(assigned.start))

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    DeliveryPolicy, NameError, StartOffsets, StartPosition, SubscriptionKey, SubscriptionName,
-    TopicName,
+    DeliveryPolicy, NameError, Offset, Partition, StartOffsets, StartPosition, SubscriptionKey,
+    SubscriptionName, TopicName,
 };
 
 /// Version written into every registry value; readers skip newer versions they cannot read.
@@ -40,6 +40,61 @@ pub struct SubscriptionSpec {
     /// existed: the defaults).
     #[serde(default)]
     pub delivery: DeliveryPolicy,
+    /// Paused: nothing is delivered (acks still count) until resumed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub paused: bool,
+    /// Per partition, the last seek (replay or skip): where the subscription was moved and
+    /// which seek that was. A cursor stored before that seek no longer counts.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "partition_keys"
+    )]
+    pub seeks: BTreeMap<Partition, PartitionSeek>,
+}
+
+/// Maps keyed by partition, as JSON objects (keys are strings there).
+mod partition_keys {
+    use std::collections::BTreeMap;
+
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::model::Partition;
+
+    pub fn serialize<T: Serialize, S: Serializer>(
+        m: &BTreeMap<Partition, T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let m: BTreeMap<String, &T> = m.iter().map(|(k, v)| (k.to_string(), v)).collect();
+        m.serialize(s)
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<Partition, T>, D::Error> {
+        BTreeMap::<String, T>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| match k.parse::<Partition>() {
+                Ok(p) if p >= 0 => Ok((p, v)),
+                _ => Err(D::Error::custom(format!("bad partition {k:?}"))),
+            })
+            .collect()
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A subscription's partition moved to `offset` by seek number `generation` (counted per
+/// subscription, from 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionSeek {
+    pub generation: u64,
+    pub offset: Offset,
+    /// When the seek was asked for, milliseconds since the Unix epoch.
+    pub at_ms: i64,
 }
 
 impl SubscriptionSpec {
@@ -48,6 +103,25 @@ impl SubscriptionSpec {
             topic: self.topic.clone(),
             name: self.name.clone(),
         }
+    }
+
+    /// Where the subscription begins on a partition when no cursor stored since its last
+    /// seek exists: the seek's offset, else the start resolved at creation.
+    pub fn start_of(&self, partition: Partition) -> Option<Offset> {
+        match self.seeks.get(&partition) {
+            Some(s) => Some(s.offset),
+            None => self.start_offsets.get(partition),
+        }
+    }
+
+    /// The last seek on a partition (0: none). Stored cursors carry it.
+    pub fn seek_generation(&self, partition: Partition) -> u64 {
+        self.seeks.get(&partition).map_or(0, |s| s.generation)
+    }
+
+    /// The highest seek generation of any partition.
+    pub fn last_seek(&self) -> u64 {
+        self.seeks.values().map(|s| s.generation).max().unwrap_or(0)
     }
 }
 
@@ -144,6 +218,13 @@ pub enum Change {
     TopicAdded(TopicSpec),
     TopicRemoved(TopicName),
     SubscriptionAdded(SubscriptionSpec),
+    /// Settings, pause or seeks changed (same subscription: same creation time).
+    SubscriptionUpdated {
+        old: SubscriptionSpec,
+        new: SubscriptionSpec,
+    },
+    /// Deleted and created again under the same name while this shard did not look.
+    SubscriptionReplaced(SubscriptionSpec),
     SubscriptionRemoved(SubscriptionKey),
 }
 
@@ -235,7 +316,11 @@ impl Registry {
                 .insert(s.name.clone(), s.clone())
             {
                 None => Some(Change::SubscriptionAdded(s)),
-                Some(_) => None,
+                Some(old) if old == s => None,
+                Some(old) if old.created_at_ms == s.created_at_ms => {
+                    Some(Change::SubscriptionUpdated { old, new: s })
+                }
+                Some(_) => Some(Change::SubscriptionReplaced(s)),
             },
         })
     }

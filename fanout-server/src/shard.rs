@@ -72,6 +72,8 @@ pub struct CursorUpdate {
     pub cursor: Offset,
     /// Acked ranges above the cursor (bounded).
     pub acked: Vec<OffsetRange>,
+    /// The seek of the partition it follows.
+    pub seek: u64,
 }
 
 /// A cursor as stored in Kafka (or as a restart would derive it).
@@ -82,6 +84,9 @@ pub struct StoredCursor {
     pub incarnation: i64,
     /// Ranges above the cursor acked already: not delivered again after a restart.
     pub acked: Vec<OffsetRange>,
+    /// The seek of the partition the cursor follows (0: none). A cursor stored before the
+    /// subscription's last seek no longer counts.
+    pub seek: u64,
 }
 
 impl StoredCursor {
@@ -91,13 +96,23 @@ impl StoredCursor {
             offset,
             incarnation,
             acked: Vec::new(),
+            seek: 0,
+        }
+    }
+
+    /// The same, following seek `generation`.
+    pub fn after_seek(self, generation: u64) -> Self {
+        Self {
+            seek: generation,
+            ..self
         }
     }
 }
 
 type StoredCursors = HashMap<(SubscriptionKey, Partition), StoredCursor>;
 
-/// The stored cursor of this life of the subscription, with its acked ranges.
+/// The stored cursor of this life of the subscription since its last seek of the
+/// partition, with its acked ranges.
 fn stored_entry<'a>(
     stored: &'a StoredCursors,
     spec: &SubscriptionSpec,
@@ -105,7 +120,7 @@ fn stored_entry<'a>(
 ) -> Option<&'a StoredCursor> {
     stored
         .get(&(spec.key(), p))
-        .filter(|c| c.incarnation == spec.created_at_ms)
+        .filter(|c| c.incarnation == spec.created_at_ms && c.seek >= spec.seek_generation(p))
 }
 
 /// The stored cursor of this life of the subscription, if there is one.
@@ -290,6 +305,11 @@ impl Shard {
                 Change::TopicAdded(spec) => self.add_topic(spec),
                 Change::TopicRemoved(name) => self.remove_topic(name),
                 Change::SubscriptionAdded(spec) => self.add_subscription(spec),
+                Change::SubscriptionUpdated { old, new } => self.update_subscription(old, new),
+                Change::SubscriptionReplaced(spec) => {
+                    self.remove_subscription(&spec.key());
+                    self.add_subscription(spec);
+                }
                 Change::SubscriptionRemoved(key) => self.remove_subscription(key),
             }
         }
@@ -365,7 +385,7 @@ impl Shard {
                 let cursor = match stored_entry(&stored, spec, p).cloned() {
                     Some(c) => c,
                     None => {
-                        let c = spec.start_offsets.get(p).unwrap_or_else(|| {
+                        let c = spec.start_of(p).unwrap_or_else(|| {
                             tracing::warn!(
                                 topic = %spec.topic, partition = p, subscription = %spec.name,
                                 "partition appeared while the subscription was created; \
@@ -373,7 +393,8 @@ impl Shard {
                             );
                             owned.log.head()
                         });
-                        let c = StoredCursor::at(c, spec.created_at_ms);
+                        let c = StoredCursor::at(c, spec.created_at_ms)
+                            .after_seek(spec.seek_generation(p));
                         stored.insert((key.clone(), p), c.clone());
                         c
                     }
@@ -392,6 +413,51 @@ impl Shard {
         // A start below a shared window is served by the catch-up path when the
         // subscription's streams look: the window is not moved back for everyone.
         drop(cursors);
+        topic.wake();
+    }
+
+    /// Applies changed settings, pause and seeks to a live subscription.
+    fn update_subscription(&self, old: &SubscriptionSpec, new: &SubscriptionSpec) {
+        let Some(topic) = self.topic(&new.topic) else {
+            return;
+        };
+        let Some(rt) = topic.subscriptions.read().get(&new.name).cloned() else {
+            return;
+        };
+        if old.delivery.ordering != new.delivery.ordering {
+            tracing::warn!(
+                subscription = %new.key(),
+                "the registry changes the ordering of a live subscription; keeping {:?}",
+                old.delivery.ordering
+            );
+        }
+        // Lock order: partitions, stored cursors, a delivery (taken one after the other here).
+        let partitions = topic.partitions.read();
+        let resets: Vec<(Partition, Arc<PartitionLog>, Offset)> = new
+            .seeks
+            .iter()
+            .filter(|(p, s)| s.generation > old.seek_generation(**p))
+            .filter_map(|(p, s)| partitions.get(p).map(|o| (*p, o.log.clone(), s.offset)))
+            .collect();
+        {
+            let mut stored = self.stored.lock();
+            for (p, _, offset) in &resets {
+                stored.insert(
+                    (new.key(), *p),
+                    StoredCursor::at(*offset, new.created_at_ms)
+                        .after_seek(new.seek_generation(*p)),
+                );
+            }
+        }
+        for (p, _, offset) in &resets {
+            tracing::info!(subscription = %new.key(), partition = p, offset, "seek applied");
+        }
+        rt.update(new.clone(), resets);
+        drop(partitions);
+        // A seek forward may let the windows trim; a resume has records to send.
+        for owned in topic.owned_partitions() {
+            owned.log.notify_progress();
+        }
         topic.wake();
     }
 
@@ -472,12 +538,10 @@ impl Shard {
             let mut stored = self.stored.lock();
             for s in subs.values() {
                 let key = s.key();
-                let (mut cursor, mut acked) = match stored_entry(&stored, &s.spec, partition) {
+                let spec = s.spec();
+                let (mut cursor, mut acked) = match stored_entry(&stored, &spec, partition) {
                     Some(c) => (c.offset, c.acked.clone()),
-                    None => (
-                        s.spec.start_offsets.get(partition).unwrap_or(low),
-                        Vec::new(),
-                    ),
+                    None => (spec.start_of(partition).unwrap_or(low), Vec::new()),
                 };
                 if cursor < low {
                     acked.clear();
@@ -493,8 +557,9 @@ impl Shard {
                     (key, partition),
                     StoredCursor {
                         offset: cursor,
-                        incarnation: s.spec.created_at_ms,
+                        incarnation: spec.created_at_ms,
                         acked: acked.clone(),
+                        seek: spec.seek_generation(partition),
                     },
                 );
                 cursors.push((s.clone(), cursor, acked));
@@ -576,7 +641,8 @@ impl Shard {
             if let Some(cursor) = lost {
                 self.stored.lock().insert(
                     (s.key(), partition),
-                    StoredCursor::at(low, s.spec.created_at_ms),
+                    StoredCursor::at(low, s.created_at_ms())
+                        .after_seek(s.spec().seek_generation(partition)),
                 );
                 losses.push(Loss {
                     subscription: s.key(),
@@ -597,22 +663,27 @@ impl Shard {
     pub fn cursor_updates(&self) -> Vec<CursorUpdate> {
         let mut live = Vec::new();
         for s in self.topics().iter().flat_map(|t| t.subscriptions()) {
-            for (partition, cursor, acked) in s.cursor_states() {
-                live.push((s.clone(), partition, cursor, acked));
+            for (partition, cursor, acked, seek) in s.cursor_states() {
+                live.push((s.clone(), partition, cursor, acked, seek));
             }
         }
         let stored = self.stored.lock();
         live.into_iter()
-            .filter(|(s, p, cursor, acked)| {
-                stored_entry(&stored, &s.spec, *p)
-                    .is_none_or(|c| c.offset != *cursor || c.acked != *acked)
+            .filter(|(s, p, cursor, acked, seek)| {
+                stored.get(&(s.key(), *p)).is_none_or(|c| {
+                    c.incarnation != s.created_at_ms()
+                        || c.seek != *seek
+                        || c.offset != *cursor
+                        || c.acked != *acked
+                })
             })
-            .map(|(s, partition, cursor, acked)| CursorUpdate {
+            .map(|(s, partition, cursor, acked, seek)| CursorUpdate {
                 subscription: s.key(),
-                incarnation: s.spec.created_at_ms,
+                incarnation: s.created_at_ms(),
                 partition,
                 cursor,
                 acked,
+                seek,
             })
             .collect()
     }
@@ -630,13 +701,19 @@ impl Shard {
             .collect();
         let mut stored = self.stored.lock();
         for (u, owned) in updates.iter().zip(owned) {
-            if owned {
+            let key = (u.subscription.clone(), u.partition);
+            // A seek applied while the flush ran is not undone by the cursor before it.
+            let superseded = stored
+                .get(&key)
+                .is_some_and(|c| c.incarnation == u.incarnation && c.seek > u.seek);
+            if owned && !superseded {
                 stored.insert(
-                    (u.subscription.clone(), u.partition),
+                    key,
                     StoredCursor {
                         offset: u.cursor,
                         incarnation: u.incarnation,
                         acked: u.acked.clone(),
+                        seek: u.seek,
                     },
                 );
             }
@@ -650,7 +727,11 @@ impl Shard {
         self.stored
             .lock()
             .iter()
-            .filter(|((k, _), c)| *k == key && c.incarnation == spec.created_at_ms)
+            .filter(|((k, p), c)| {
+                *k == key
+                    && c.incarnation == spec.created_at_ms
+                    && c.seek >= spec.seek_generation(*p)
+            })
             .map(|((_, p), c)| (*p, c.offset))
             .collect()
     }
@@ -677,7 +758,7 @@ impl Shard {
             for (&p, owned) in partitions.iter() {
                 let min = subs
                     .values()
-                    .filter_map(|s| stored_for(&stored, &s.spec, p))
+                    .filter_map(|s| stored_for(&stored, &s.spec(), p))
                     .min();
                 out.push((t.name.clone(), p, min.unwrap_or_else(|| owned.log.head())));
             }

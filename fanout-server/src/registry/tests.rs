@@ -15,6 +15,8 @@ fn sub(t: &str, n: &str) -> Entry {
         start_offsets: StartOffsets([(0, 10), (1, 12)].into_iter().collect()),
         created_at_ms: 2,
         delivery: Default::default(),
+        paused: false,
+        seeks: Default::default(),
     })
 }
 
@@ -121,5 +123,61 @@ fn stored_format_is_stable() {
     assert_eq!(
         r.subscription(&key).unwrap().delivery,
         DeliveryPolicy::default()
+    );
+}
+
+#[test]
+fn updates_and_replacements_are_told_apart_and_seeks_round_trip() {
+    let mut r = Registry::default();
+    put(&mut r, &topic("orders")).unwrap();
+    let Entry::Subscription(spec) = sub("orders", "billing") else {
+        unreachable!()
+    };
+    put(&mut r, &Entry::Subscription(spec.clone())).unwrap();
+    let mut moved = spec.clone();
+    moved.paused = true;
+    moved.seeks.insert(
+        1,
+        PartitionSeek {
+            generation: 1,
+            offset: 40,
+            at_ms: 5,
+        },
+    );
+    assert_eq!(
+        put(&mut r, &Entry::Subscription(moved.clone())),
+        Ok(Some(Change::SubscriptionUpdated {
+            old: spec.clone(),
+            new: moved.clone()
+        }))
+    );
+    assert_eq!(r.subscription(&spec.key()), Some(&moved));
+    assert_eq!((moved.start_of(1), moved.seek_generation(1)), (Some(40), 1));
+    assert_eq!((moved.start_of(0), moved.seek_generation(0)), (Some(10), 0));
+    // Same name, another life.
+    let again = SubscriptionSpec {
+        created_at_ms: 3,
+        ..spec.clone()
+    };
+    assert_eq!(
+        put(&mut r, &Entry::Subscription(again.clone())),
+        Ok(Some(Change::SubscriptionReplaced(again)))
+    );
+    // Values from before pause and seeks existed still read, and write no such fields.
+    let plain = Entry::Subscription(spec).encode();
+    let text = String::from_utf8(plain).unwrap();
+    assert!(
+        !text.contains("paused") && !text.contains("seeks"),
+        "{text}"
+    );
+    // Nonsense partitions are refused.
+    let bad = text.replacen(
+        "\"delivery\"",
+        "\"seeks\":{\"-1\":{\"generation\":1,\"offset\":1,\"at_ms\":0}},\"delivery\"",
+        1,
+    );
+    assert!(
+        r.apply(b"subscription:orders:billing", Some(bad.as_bytes()))
+            .is_err()
     );
 }

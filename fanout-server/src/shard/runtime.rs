@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
@@ -111,20 +112,30 @@ impl TopicRuntime {
 /// A subscription on this shard.
 #[derive(Debug)]
 pub struct SubscriptionRuntime {
-    pub spec: SubscriptionSpec,
+    key: SubscriptionKey,
+    /// Which life of the subscription this is (its creation time); never changes.
+    created_at_ms: i64,
+    /// Its current settings; replaced (under the delivery lock) when the registry changes
+    /// them.
+    spec: ArcSwap<SubscriptionSpec>,
     /// Its delivery state: short critical sections only, never held across an await.
     pub(super) delivery: Mutex<SubscriptionDelivery>,
     /// Bumped when records come back or partitions are freed: its streams look again.
     wake: watch::Sender<u64>,
     /// Set when the subscription was deleted: its streams end.
     pub(super) removed: AtomicBool,
+    /// Paused: streams deliver nothing (acks still count).
+    paused: AtomicBool,
 }
 
 impl SubscriptionRuntime {
     pub(super) fn new(spec: SubscriptionSpec, catch_up: CatchUpLimits) -> Self {
         let delivery = SubscriptionDelivery::new(catch_up).with_policy(spec.delivery.clone());
         Self {
-            spec,
+            key: spec.key(),
+            created_at_ms: spec.created_at_ms,
+            paused: AtomicBool::new(spec.paused),
+            spec: ArcSwap::from_pointee(spec),
             delivery: Mutex::new(delivery),
             wake: watch::Sender::new(0),
             removed: AtomicBool::new(false),
@@ -132,7 +143,41 @@ impl SubscriptionRuntime {
     }
 
     pub fn key(&self) -> SubscriptionKey {
-        self.spec.key()
+        self.key.clone()
+    }
+
+    /// The subscription's current settings.
+    pub fn spec(&self) -> Arc<SubscriptionSpec> {
+        self.spec.load_full()
+    }
+
+    pub fn created_at_ms(&self) -> i64 {
+        self.created_at_ms
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// Applies new settings: delivery policy, pause, and the seeks of owned partitions
+    /// (`resets`: each partition's window restarts at the offset, dropping what was in
+    /// flight; streams that had some of it end and reconnect). Atomic with respect to
+    /// [`Self::cursor_states`]: a cursor is never read with the wrong seek.
+    pub(super) fn update(
+        &self,
+        new: SubscriptionSpec,
+        resets: Vec<(Partition, Arc<PartitionLog>, Offset)>,
+    ) {
+        {
+            let mut d = self.delivery.lock();
+            d.set_policy(new.delivery.clone());
+            for (p, log, offset) in resets {
+                d.reset_partition(p, log, offset);
+            }
+            self.paused.store(new.paused, Ordering::Release);
+            self.spec.store(Arc::new(new));
+        }
+        self.wake();
     }
 
     pub fn wake(&self) {
@@ -163,7 +208,11 @@ impl SubscriptionRuntime {
         n
     }
 
+    /// Records for `stream` to send now (none while the subscription is paused).
     pub fn take(&self, stream: StreamId, now: Instant, limits: TakeLimits) -> Take {
+        if self.is_paused() {
+            return Take::default();
+        }
         let take = self.delivery.lock().take(stream, now, limits);
         if take.released {
             self.wake();
@@ -206,9 +255,13 @@ impl SubscriptionRuntime {
         self.delivery.lock().nack(stream, ranges, not_before)
     }
 
-    /// Cursors with the acked ranges above them, per partition.
-    pub fn cursor_states(&self) -> Vec<(Partition, Offset, Vec<OffsetRange>)> {
-        self.delivery.lock().cursor_states().collect()
+    /// Cursors with the acked ranges above them and the seek they follow, per partition.
+    pub fn cursor_states(&self) -> Vec<(Partition, Offset, Vec<OffsetRange>, u64)> {
+        let d = self.delivery.lock();
+        let spec = self.spec.load();
+        d.cursor_states()
+            .map(|(p, c, acked)| (p, c, acked, spec.seek_generation(p)))
+            .collect()
     }
 
     pub fn cursors(&self) -> Vec<(Partition, Offset)> {

@@ -49,6 +49,8 @@ fn sub_entry(topic: &str, name: &str, starts: &[(Partition, Offset)]) -> Entry {
         start_offsets: StartOffsets(starts.iter().copied().collect::<BTreeMap<_, _>>()),
         created_at_ms: 0,
         delivery: Default::default(),
+        paused: false,
+        seeks: Default::default(),
     })
 }
 
@@ -143,6 +145,7 @@ fn assignment_starts_at_the_lowest_cursor_and_commits_the_lowest_stored() {
             partition: 0,
             cursor: 10,
             acked: vec![],
+            seek: 0,
         }]
     );
     assert_eq!(
@@ -406,6 +409,7 @@ fn acked_ranges_above_the_cursor_survive_a_restart() {
         offset: updates[0].cursor,
         incarnation: updates[0].incarnation,
         acked: updates[0].acked.clone(),
+        seek: updates[0].seek,
     };
 
     // Second life (restart or another shard): only the unacked records come again.
@@ -499,4 +503,163 @@ fn an_ack_that_frees_a_held_key_wakes_the_other_streams() {
         !wakes.has_changed().unwrap(),
         "an ack that frees nothing wakes nobody"
     );
+}
+
+fn seek(spec: &SubscriptionSpec, generation: u64, to: &[(Partition, Offset)]) -> Entry {
+    let mut spec = spec.clone();
+    for &(p, offset) in to {
+        spec.seeks.insert(
+            p,
+            crate::registry::PartitionSeek {
+                generation,
+                offset,
+                at_ms: 0,
+            },
+        );
+    }
+    Entry::Subscription(spec)
+}
+
+#[test]
+fn a_seek_moves_a_live_cursor_resets_its_streams_and_outlives_older_stored_cursors() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, topic_entry("orders"));
+    let Entry::Subscription(spec) = sub_entry("orders", "a", &[(0, 0)]) else {
+        unreachable!()
+    };
+    register(&shard, 1, Entry::Subscription(spec.clone()));
+    let assigned = shard.assign(&t("orders"), 0, 0, 100);
+    append(&assigned.partition, 0..50);
+    let (_, sa) = shard.subscription(&t("orders"), &spec.name).unwrap();
+    let s1 = shard.new_stream_id();
+    sa.open_stream(
+        s1,
+        Credits {
+            max_records: 30,
+            max_bytes: usize::MAX,
+        },
+    );
+    assert_eq!(sa.take(s1, Instant::now(), LIMITS.take).records(), 30);
+    sa.ack(s1, &[(0, vec![OffsetRange { first: 0, last: 19 }])])
+        .unwrap();
+    let before = shard.cursor_updates();
+    assert_eq!(before[0].cursor, 20);
+    shard.mark_stored(&before);
+
+    // Skip forward to 40: records 20..=29 in flight on s1 are dropped and s1 is reset.
+    let change = register(&shard, 2, seek(&spec, 1, &[(0, 40)]));
+    assert!(matches!(change, Some(Change::SubscriptionUpdated { .. })));
+    assert_eq!(sa.cursors(), vec![(0, 40)]);
+    assert!(sa.take(s1, Instant::now(), LIMITS.take).reset);
+    // The seek is already where a restart would begin (the registry says so) and gates
+    // the commit; nothing needs writing until the cursor moves.
+    assert_eq!(shard.durable_cursors(&sa.spec()), BTreeMap::from([(0, 40)]));
+    assert_eq!(shard.commit_positions(), vec![(t("orders"), 0, 40)]);
+    assert!(shard.cursor_updates().is_empty());
+    let s2 = shard.new_stream_id();
+    sa.open_stream(
+        s2,
+        Credits {
+            max_records: 100,
+            max_bytes: usize::MAX,
+        },
+    );
+    let take = sa.take(s2, Instant::now(), LIMITS.take);
+    let first = take.deliveries[0].chunk.records()[0].offset;
+    assert_eq!((first, take.records()), (40, 10));
+    sa.ack(
+        s2,
+        &[(
+            0,
+            vec![OffsetRange {
+                first: 40,
+                last: 44,
+            }],
+        )],
+    )
+    .unwrap();
+    let after = shard.cursor_updates();
+    assert_eq!((after[0].cursor, after[0].seek), (45, 1));
+
+    // A restart that finds only the cursor stored before the seek begins at the seek.
+    let restarted = Shard::new(LIMITS);
+    restarted.load_stored([((spec.key(), 0), StoredCursor::at(20, spec.created_at_ms))]);
+    register(&restarted, 0, topic_entry("orders"));
+    register(&restarted, 1, seek(&spec, 1, &[(0, 40)]));
+    assert_eq!(restarted.assign(&t("orders"), 0, 0, 100).start, 40);
+    // One that finds the cursor stored after it begins there.
+    let restarted = Shard::new(LIMITS);
+    restarted.load_stored([(
+        (spec.key(), 0),
+        StoredCursor::at(45, spec.created_at_ms).after_seek(1),
+    )]);
+    register(&restarted, 0, topic_entry("orders"));
+    register(&restarted, 1, seek(&spec, 1, &[(0, 40)]));
+    assert_eq!(restarted.assign(&t("orders"), 0, 0, 100).start, 45);
+}
+
+#[test]
+fn a_seek_back_below_the_window_replays_through_the_catch_up_path() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, topic_entry("orders"));
+    let Entry::Subscription(spec) = sub_entry("orders", "a", &[(0, 10)]) else {
+        unreachable!()
+    };
+    register(&shard, 1, Entry::Subscription(spec.clone()));
+    let assigned = shard.assign(&t("orders"), 0, 0, 100);
+    append(&assigned.partition, 10..20);
+    register(&shard, 2, seek(&spec, 1, &[(0, 3)]));
+    let (_, sa) = shard.subscription(&t("orders"), &spec.name).unwrap();
+    let s1 = shard.new_stream_id();
+    sa.open_stream(
+        s1,
+        Credits {
+            max_records: 100,
+            max_bytes: usize::MAX,
+        },
+    );
+    let take = sa.take(s1, Instant::now(), LIMITS.take);
+    assert_eq!(
+        take.catch_up.len(),
+        1,
+        "offsets 3..10 must come from Kafka again"
+    );
+    assert_eq!(take.catch_up[0].log.head(), 3);
+    assert_eq!(sa.catching_up(), vec![0]);
+}
+
+#[test]
+fn a_paused_subscription_delivers_nothing_until_resumed_and_settings_change_live() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, topic_entry("orders"));
+    let Entry::Subscription(spec) = sub_entry("orders", "a", &[(0, 0)]) else {
+        unreachable!()
+    };
+    register(&shard, 1, Entry::Subscription(spec.clone()));
+    let assigned = shard.assign(&t("orders"), 0, 0, 100);
+    append(&assigned.partition, 0..10);
+    let (_, sa) = shard.subscription(&t("orders"), &spec.name).unwrap();
+    let s1 = shard.new_stream_id();
+    sa.open_stream(
+        s1,
+        Credits {
+            max_records: 4,
+            max_bytes: usize::MAX,
+        },
+    );
+    assert_eq!(sa.take(s1, Instant::now(), LIMITS.take).records(), 4);
+    let mut paused = spec.clone();
+    paused.paused = true;
+    paused.delivery.ack_timeout_ms = 1_000;
+    register(&shard, 2, Entry::Subscription(paused.clone()));
+    assert!(sa.is_paused());
+    assert_eq!(sa.spec().delivery.ack_timeout_ms, 1_000);
+    assert_eq!(sa.take(s1, Instant::now(), LIMITS.take).records(), 0);
+    // Acks still count while paused.
+    sa.ack(s1, &[(0, vec![OffsetRange { first: 0, last: 3 }])])
+        .unwrap();
+    assert_eq!(sa.cursors(), vec![(0, 4)]);
+    paused.paused = false;
+    register(&shard, 3, Entry::Subscription(paused));
+    assert_eq!(sa.take(s1, Instant::now(), LIMITS.take).records(), 4);
 }

@@ -34,6 +34,13 @@ struct Stored {
     /// written before they were stored).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     acked: Vec<(Offset, Offset)>,
+    /// The subscription's seek of the partition this cursor follows (absent: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    seek: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Every stored cursor, by (subscription, partition).
@@ -63,6 +70,7 @@ pub fn encode_value(cursor: &StoredCursor) -> Vec<u8> {
             .take(MAX_STORED_RANGES)
             .map(|r| (r.first, r.last))
             .collect(),
+        seek: cursor.seek,
     })
     .unwrap_or_default()
 }
@@ -80,6 +88,7 @@ fn decode_value(raw: &[u8]) -> Option<StoredCursor> {
             .take(MAX_STORED_RANGES)
             .map(|(first, last)| OffsetRange { first, last })
             .collect(),
+        seek: s.seek,
     })
 }
 
@@ -204,6 +213,7 @@ impl CursorWriter {
                     offset: u.cursor,
                     incarnation: u.incarnation,
                     acked: u.acked.clone(),
+                    seek: u.seek,
                 };
                 (
                     encode_key(&u.subscription, u.partition),
@@ -288,6 +298,7 @@ mod tests {
         let c = StoredCursor {
             offset: 42,
             incarnation: 7,
+            seek: 3,
             acked: vec![
                 OffsetRange {
                     first: 44,
