@@ -1,35 +1,43 @@
-//! The admin HTTP API (axum): register topics, create subscriptions, look at them.
+//! The admin HTTP API (axum): register topics, manage subscriptions (create, change, pause,
+//! seek, delete), see lag, and this shard's state.
 //!
-//! Every write goes to the registry topic and answers once this shard applied it. Errors are
-//! `application/problem+json` with a stable `code`.
+//! Every write goes to the registry topic and answers once this shard applied it
+//! (read-your-writes). Errors are `application/problem+json` with a stable `code` and, when
+//! one field is at fault, its name. Requests need `Authorization: Bearer <token>` unless the
+//! server runs with `--admin-no-auth`; probes (`/healthz`, `/readyz`) and `/metrics` are open.
 
 mod error;
+mod operate;
+mod subscriptions;
+mod topics;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{Mutex, watch};
 
 pub use error::ApiError;
+pub use operate::{LagView, PartitionLag};
+pub use subscriptions::SubscriptionView;
+pub use topics::TopicView;
 
 use crate::kafka;
-use crate::model::{
-    DEFAULT_ACK_TIMEOUT_MS, DeliveryOrder, DeliveryPolicy, Offset, Partition, StartOffsets,
-    StartPosition, SubscriptionKey, SubscriptionName, TopicName,
-};
-use crate::registry::{Entry, Key, SubscriptionSpec, TopicSpec};
-use crate::shard::{LossTotal, Shard};
+use crate::model::{Offset, Partition, SubscriptionKey, SubscriptionName, TopicName};
+use crate::registry::{Key, SubscriptionSpec, TopicSpec};
+use crate::shard::Shard;
+use crate::store::StoreError;
 use crate::store::registry::RegistryWriter;
 
 /// Largest request body accepted.
@@ -45,6 +53,13 @@ pub trait KafkaView: Send + Sync + 'static {
         topic: &str,
         partitions: &[Partition],
     ) -> Result<Vec<(Partition, Offset, Offset)>, KafkaError>;
+    /// Per partition, the first offset at or after `timestamp_ms` (`None`: no such record).
+    fn offsets_for_time(
+        &self,
+        topic: &str,
+        partitions: &[Partition],
+        timestamp_ms: i64,
+    ) -> Result<Vec<(Partition, Option<Offset>)>, KafkaError>;
 }
 
 impl KafkaView for BaseConsumer {
@@ -59,6 +74,45 @@ impl KafkaView for BaseConsumer {
     ) -> Result<Vec<(Partition, Offset, Offset)>, KafkaError> {
         kafka::watermarks(self, topic, partitions)
     }
+
+    fn offsets_for_time(
+        &self,
+        topic: &str,
+        partitions: &[Partition],
+        timestamp_ms: i64,
+    ) -> Result<Vec<(Partition, Option<Offset>)>, KafkaError> {
+        kafka::offsets_for_time(self, topic, partitions, timestamp_ms)
+    }
+}
+
+/// Where registry writes go: the registry topic (or, in component tests, straight to the
+/// shard). A write returns once this shard applied it.
+pub trait RegistryStore: Send + Sync + 'static {
+    fn put<'a>(
+        &'a self,
+        key: &'a Key,
+        value: Option<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<i64, StoreError>>;
+}
+
+impl RegistryStore for RegistryWriter {
+    fn put<'a>(
+        &'a self,
+        key: &'a Key,
+        value: Option<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<i64, StoreError>> {
+        Box::pin(RegistryWriter::put(self, key, value))
+    }
+}
+
+/// This shard, as `GET /v1/shards` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardInfo {
+    /// The shard's name (the pod name on Kubernetes).
+    pub id: String,
+    /// Where subscribers reach its gRPC service.
+    pub grpc_address: String,
+    pub admin_address: String,
 }
 
 /// Shared state of the admin handlers.
@@ -67,41 +121,122 @@ pub struct AdminState {
     /// The applied registry and live delivery state.
     pub shard: Arc<Shard>,
     /// Writes registry records and waits for them to apply.
-    pub writer: Arc<RegistryWriter>,
+    pub registry: Arc<dyn RegistryStore>,
+    /// Held while checking the registry and writing to it, so two calls of this process
+    /// cannot both pass a check and then both write.
+    pub write_lock: Arc<Mutex<()>>,
     /// Topic metadata and watermarks.
     pub kafka: Arc<dyn KafkaView>,
     /// True once the registry is loaded and the ingest runs.
     pub ready: watch::Receiver<bool>,
     /// Renders `/metrics` (absent: the process has no recorder of ours).
     pub metrics: Option<PrometheusHandle>,
+    /// This shard's identity and addresses.
+    pub info: ShardInfo,
+    /// The bearer token requests must carry (`None`: no authentication, by configuration).
+    pub token: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for AdminState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminState").finish_non_exhaustive()
+        f.debug_struct("AdminState")
+            .field("info", &self.info)
+            .field("auth", &self.token.is_some())
+            .finish_non_exhaustive()
     }
 }
 
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
+    let api = Router::new()
+        .route("/v1/shard", get(get_shard))
+        .route("/v1/shards", get(list_shards))
+        .route("/v1/lag", get(operate::all_lag))
+        .route(
+            "/v1/topics",
+            get(topics::list_topics).post(topics::register_topic),
+        )
+        .route(
+            "/v1/topics/{topic}",
+            get(topics::get_topic).delete(topics::unregister_topic),
+        )
+        .route(
+            "/v1/topics/{topic}/subscriptions",
+            get(subscriptions::list_subscriptions).post(subscriptions::create_subscription),
+        )
+        .route(
+            "/v1/topics/{topic}/subscriptions/{name}",
+            get(subscriptions::get_subscription)
+                .patch(subscriptions::update_subscription)
+                .delete(subscriptions::delete_subscription),
+        )
+        .route(
+            "/v1/topics/{topic}/subscriptions/{name}/lag",
+            get(operate::subscription_lag),
+        )
+        .route(
+            "/v1/topics/{topic}/subscriptions/{name}/seek",
+            post(operate::seek),
+        )
+        .route(
+            "/v1/topics/{topic}/subscriptions/{name}/pause",
+            post(operate::pause),
+        )
+        .route(
+            "/v1/topics/{topic}/subscriptions/{name}/resume",
+            post(operate::resume),
+        )
+        .fallback(|| async { ApiError::not_found("no_such_route", "no such endpoint") })
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v1/shard", get(get_shard))
-        .route("/v1/topics", get(list_topics).post(register_topic))
-        .route("/v1/topics/{topic}", get(get_topic))
-        .route(
-            "/v1/topics/{topic}/subscriptions",
-            get(list_subscriptions).post(create_subscription),
-        )
-        .route(
-            "/v1/topics/{topic}/subscriptions/{name}",
-            get(get_subscription),
-        )
-        .fallback(|| async { ApiError::not_found("no_such_route", "no such endpoint") })
+        .merge(api)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Refuses requests without the configured bearer token.
+async fn authenticate(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+    let Some(token) = &s.token else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_token",
+            "the bearer token is not the admin token",
+        )
+        .into_response(),
+        None => {
+            let mut r = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "send the admin token as `Authorization: Bearer <token>`",
+            )
+            .into_response();
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            r
+        }
+    }
+}
+
+/// Compares without an early exit on the first differing byte (the length is not secret).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A JSON body whose rejections become problem documents.
@@ -136,6 +271,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
                 other => ApiError::new(other.status(), "bad_body", other.body_text()),
             }),
         }
+    }
+}
+
+/// Query parameters whose rejections become problem documents.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| QueryParams(q.0))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
     }
 }
 
@@ -175,7 +328,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
             handle.run_upkeep();
             (
                 [(
-                    axum::http::header::CONTENT_TYPE,
+                    header::CONTENT_TYPE,
                     "text/plain; version=0.0.4; charset=utf-8",
                 )],
                 handle.render(),
@@ -188,199 +341,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     }
 }
 
-// ---- topics ----
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RegisterTopic {
-    name: String,
-}
-
-/// A registered topic.
-#[derive(Debug, Serialize)]
-pub struct TopicView {
-    pub name: String,
-    pub created_at_ms: i64,
-    pub subscriptions: Vec<String>,
-}
-
-fn topic_view(s: &Shard, t: &TopicSpec) -> TopicView {
-    TopicView {
-        name: t.name.to_string(),
-        created_at_ms: t.created_at_ms,
-        subscriptions: s.with_registry(|r| {
-            r.subscriptions_of(&t.name)
-                .map(|s| s.name.to_string())
-                .collect()
-        }),
-    }
-}
-
-fn topic_param(raw: &str) -> Result<TopicName, ApiError> {
-    TopicName::new(raw).map_err(|e| ApiError::invalid("topic", e.to_string()))
-}
-
-fn registered(s: &Shard, topic: &TopicName) -> Result<TopicSpec, ApiError> {
-    s.with_registry(|r| r.topic(topic).cloned()).ok_or_else(|| {
-        ApiError::not_found(
-            "topic_not_registered",
-            format!("topic {topic:?} is not registered"),
-        )
-    })
-}
-
-async fn list_topics(State(s): State<AdminState>) -> Json<Vec<TopicView>> {
-    let topics: Vec<TopicSpec> = s.shard.with_registry(|r| r.topics().cloned().collect());
-    Json(topics.iter().map(|t| topic_view(&s.shard, t)).collect())
-}
-
-async fn get_topic(
-    State(s): State<AdminState>,
-    Path(topic): Path<String>,
-) -> Result<Json<TopicView>, ApiError> {
-    let topic = topic_param(&topic)?;
-    let spec = registered(&s.shard, &topic)?;
-    Ok(Json(topic_view(&s.shard, &spec)))
-}
-
-async fn register_topic(
-    State(s): State<AdminState>,
-    Body(req): Body<RegisterTopic>,
-) -> Result<(StatusCode, Json<TopicView>), ApiError> {
-    let name = TopicName::new(&req.name).map_err(|e| ApiError::invalid("name", e.to_string()))?;
-    let n = name.clone();
-    let partitions = ask_kafka(&s, move |kafka| kafka.partitions(n.as_str())).await?;
-    if partitions.is_none() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "kafka_topic_not_found",
-            format!("Kafka has no topic {name:?}; create it in Kafka first"),
-        )
-        .field("name"));
-    }
-    let _guard = s.writer.lock().await;
-    if s.shard.with_registry(|r| r.topic(&name).is_some()) {
-        return Err(ApiError::conflict(
-            "topic_exists",
-            format!("topic {name:?} is already registered"),
-        ));
-    }
-    let spec = TopicSpec {
-        name: name.clone(),
-        created_at_ms: now_ms(),
-    };
-    let entry = Entry::Topic(spec.clone());
-    s.writer
-        .put(&entry.key(), Some(entry.encode()))
-        .await
-        .map_err(ApiError::store)?;
-    Ok((StatusCode::CREATED, Json(topic_view(&s.shard, &spec))))
-}
-
-// ---- subscriptions ----
-
-fn default_start() -> StartPosition {
-    StartPosition::Latest
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateSubscription {
-    name: String,
-    /// `earliest` or `latest` (the default).
-    #[serde(default = "default_start")]
-    start: StartPosition,
-    /// `partition` (the default), `key` or `none`.
-    #[serde(default)]
-    ordering: DeliveryOrder,
-    /// Milliseconds a delivery may stay unacked before it is delivered again (default 30000).
-    #[serde(default)]
-    ack_timeout_ms: Option<u64>,
-    /// Deliveries before a record goes to the dead-letter topic; 0 or absent: unlimited.
-    #[serde(default)]
-    max_attempts: Option<u32>,
-    /// Kafka topic for records out of attempts (required with `max_attempts`).
-    #[serde(default)]
-    dead_letter_topic: Option<String>,
-}
-
-/// Longest ack timeout: one hour.
-const MAX_ACK_TIMEOUT_MS: u64 = 3_600_000;
-/// Most attempts a subscription may ask for.
-const MAX_ATTEMPTS: u32 = 1_000;
-
-impl CreateSubscription {
-    /// The delivery policy asked for, checked (except that the dead-letter topic exists).
-    fn policy(&self, topic: &TopicName) -> Result<DeliveryPolicy, ApiError> {
-        let ack_timeout_ms = self.ack_timeout_ms.unwrap_or(DEFAULT_ACK_TIMEOUT_MS);
-        if !(100..=MAX_ACK_TIMEOUT_MS).contains(&ack_timeout_ms) {
-            return Err(ApiError::invalid(
-                "ack_timeout_ms",
-                format!("must be between 100 and {MAX_ACK_TIMEOUT_MS}, got {ack_timeout_ms}"),
-            ));
-        }
-        let max_attempts = self.max_attempts.unwrap_or(0);
-        if max_attempts > MAX_ATTEMPTS {
-            return Err(ApiError::invalid(
-                "max_attempts",
-                format!("must be at most {MAX_ATTEMPTS} (0: unlimited), got {max_attempts}"),
-            ));
-        }
-        let dead_letter_topic = match &self.dead_letter_topic {
-            None => None,
-            Some(t) => Some(
-                TopicName::new(t)
-                    .map_err(|e| ApiError::invalid("dead_letter_topic", e.to_string()))?,
-            ),
-        };
-        match (&dead_letter_topic, max_attempts) {
-            (None, 1..) => Err(ApiError::invalid(
-                "dead_letter_topic",
-                "required with max_attempts: records out of attempts must go somewhere",
-            )),
-            (Some(_), 0) => Err(ApiError::invalid(
-                "max_attempts",
-                "a dead_letter_topic needs max_attempts of at least 1",
-            )),
-            (Some(d), _) if d == topic => Err(ApiError::invalid(
-                "dead_letter_topic",
-                "must not be the subscription's own topic",
-            )),
-            _ => Ok(DeliveryPolicy {
-                ordering: self.ordering,
-                ack_timeout_ms,
-                max_attempts,
-                dead_letter_topic,
-            }),
-        }
-    }
-}
-
-/// A subscription, with its live state on this shard.
-#[derive(Debug, Serialize)]
-pub struct SubscriptionView {
-    pub topic: String,
-    pub name: String,
-    pub start: StartPosition,
-    pub start_offsets: BTreeMap<Partition, Offset>,
-    pub created_at_ms: i64,
-    /// Ack timeout, attempts and dead-letter topic.
-    pub delivery: DeliveryPolicy,
-    /// Cursor per partition owned by this shard: everything below it is acked.
-    pub cursors: BTreeMap<Partition, Offset>,
-    /// Per partition, where a restart would resume: the cursor last written to Kafka.
-    pub durable_cursors: BTreeMap<Partition, Offset>,
-    /// Records delivered and not yet acked.
-    pub unacked: usize,
-    /// Streams connected to this shard.
-    pub streams: usize,
-    /// Per partition: records Kafka's retention deleted before this subscription acked
-    /// them, since this shard started (also logged as errors when it happens).
-    pub lost: BTreeMap<Partition, LossTotal>,
-    /// Partitions this subscription reads through the catch-up path: it was too far behind
-    /// for the shared window, so fanout reads Kafka again for it until it catches up.
-    pub catching_up: Vec<Partition>,
-}
+// ---- this shard ----
 
 /// This shard's memory for records, against its budgets.
 #[derive(Debug, Serialize)]
@@ -404,59 +365,61 @@ async fn get_shard(State(s): State<AdminState>) -> Json<ShardView> {
     })
 }
 
-fn subscription_view(s: &Shard, spec: &SubscriptionSpec) -> SubscriptionView {
-    let live = s.subscription(&spec.topic, &spec.name).ok();
-    SubscriptionView {
-        topic: spec.topic.to_string(),
-        name: spec.name.to_string(),
-        start: spec.start,
-        start_offsets: spec.start_offsets.0.clone(),
-        created_at_ms: spec.created_at_ms,
-        delivery: spec.delivery.clone(),
-        cursors: live
-            .as_ref()
-            .map(|(_, l)| l.cursors().into_iter().collect())
-            .unwrap_or_default(),
-        durable_cursors: s.durable_cursors(spec),
-        unacked: live.as_ref().map_or(0, |(_, l)| l.unacked()),
-        streams: live.as_ref().map_or(0, |(_, l)| l.stream_count()),
-        catching_up: live
-            .as_ref()
-            .map(|(_, l)| l.catching_up())
-            .unwrap_or_default(),
-        lost: s.losses_of(&spec.key()),
-    }
+/// A shard and the partitions it owns.
+#[derive(Debug, Serialize)]
+pub struct ShardEntry {
+    #[serde(flatten)]
+    pub info: ShardInfo,
+    /// Owned partitions by topic.
+    pub partitions: std::collections::BTreeMap<String, Vec<Partition>>,
 }
 
-async fn list_subscriptions(
-    State(s): State<AdminState>,
-    Path(topic): Path<String>,
-) -> Result<Json<Vec<SubscriptionView>>, ApiError> {
-    let topic = topic_param(&topic)?;
-    registered(&s.shard, &topic)?;
-    let specs: Vec<SubscriptionSpec> = s
+/// The shards of the cluster. One shard knows only itself for now (discovery of the others
+/// comes with sharding).
+async fn list_shards(State(s): State<AdminState>) -> Json<Vec<ShardEntry>> {
+    let partitions = s
         .shard
-        .with_registry(|r| r.subscriptions_of(&topic).cloned().collect());
-    Ok(Json(
-        specs
-            .iter()
-            .map(|spec| subscription_view(&s.shard, spec))
-            .collect(),
-    ))
+        .topics()
+        .iter()
+        .map(|t| {
+            (
+                t.name.to_string(),
+                t.owned_partitions().iter().map(|o| o.partition).collect(),
+            )
+        })
+        .collect();
+    Json(vec![ShardEntry {
+        info: s.info.clone(),
+        partitions,
+    }])
 }
 
-async fn get_subscription(
-    State(s): State<AdminState>,
-    Path((topic, name)): Path<(String, String)>,
-) -> Result<Json<SubscriptionView>, ApiError> {
-    let topic = topic_param(&topic)?;
-    let name =
-        SubscriptionName::new(&name).map_err(|e| ApiError::invalid("name", e.to_string()))?;
-    registered(&s.shard, &topic)?;
+// ---- shared helpers ----
+
+fn topic_param(raw: &str) -> Result<TopicName, ApiError> {
+    TopicName::new(raw).map_err(|e| ApiError::invalid("topic", e.to_string()))
+}
+
+fn name_param(raw: &str) -> Result<SubscriptionName, ApiError> {
+    SubscriptionName::new(raw).map_err(|e| ApiError::invalid("name", e.to_string()))
+}
+
+fn registered(s: &Shard, topic: &TopicName) -> Result<TopicSpec, ApiError> {
+    s.with_registry(|r| r.topic(topic).cloned()).ok_or_else(|| {
+        ApiError::not_found(
+            "topic_not_registered",
+            format!("topic {topic:?} is not registered"),
+        )
+    })
+}
+
+/// The subscription named by the path, as the registry has it.
+fn existing(s: &Shard, topic: &str, name: &str) -> Result<SubscriptionSpec, ApiError> {
+    let topic = topic_param(topic)?;
+    let name = name_param(name)?;
+    registered(s, &topic)?;
     let key = SubscriptionKey { topic, name };
-    let spec = s
-        .shard
-        .with_registry(|r| r.subscription(&key).cloned())
+    s.with_registry(|r| r.subscription(&key).cloned())
         .ok_or_else(|| {
             ApiError::not_found(
                 "subscription_not_found",
@@ -465,90 +428,7 @@ async fn get_subscription(
                     key.name, key.topic
                 ),
             )
-        })?;
-    Ok(Json(subscription_view(&s.shard, &spec)))
-}
-
-async fn create_subscription(
-    State(s): State<AdminState>,
-    Path(topic): Path<String>,
-    Body(req): Body<CreateSubscription>,
-) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
-    let topic = topic_param(&topic)?;
-    let name =
-        SubscriptionName::new(&req.name).map_err(|e| ApiError::invalid("name", e.to_string()))?;
-    registered(&s.shard, &topic)?;
-    let delivery = req.policy(&topic)?;
-    if let Some(dlq) = delivery.dead_letter_topic.clone() {
-        let name = dlq.clone();
-        let found = ask_kafka(&s, move |kafka| kafka.partitions(name.as_str())).await?;
-        if found.is_none() {
-            return Err(ApiError::invalid(
-                "dead_letter_topic",
-                format!("Kafka has no topic {dlq:?}; create it first"),
-            ));
-        }
-    }
-    let key = SubscriptionKey {
-        topic: topic.clone(),
-        name: name.clone(),
-    };
-    let _guard = s.writer.lock().await;
-    if s.shard.with_registry(|r| r.subscription(&key).is_some()) {
-        return Err(ApiError::conflict(
-            "subscription_exists",
-            format!("subscription {name:?} already exists on topic {topic:?}"),
-        ));
-    }
-    // Resolve the start position now, so it means "as of creation" on every shard.
-    let t = topic.clone();
-    let start = req.start;
-    let offsets = ask_kafka(&s, move |kafka| {
-        let partitions = kafka.partitions(t.as_str())?.unwrap_or_default();
-        kafka.watermarks(t.as_str(), &partitions)
-    })
-    .await?;
-    if offsets.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "kafka_topic_not_found",
-            format!("topic {topic:?} is registered but Kafka no longer has it"),
-        ));
-    }
-    let start_offsets = StartOffsets(
-        offsets
-            .into_iter()
-            .map(|(p, lo, hi)| {
-                (
-                    p,
-                    match start {
-                        StartPosition::Earliest => lo,
-                        StartPosition::Latest => hi,
-                    },
-                )
-            })
-            .collect(),
-    );
-    let spec = SubscriptionSpec {
-        topic,
-        name,
-        start,
-        start_offsets,
-        created_at_ms: now_ms(),
-        delivery,
-        paused: false,
-        seeks: BTreeMap::new(),
-    };
-    let entry = Entry::Subscription(spec.clone());
-    debug_assert_eq!(entry.key(), Key::Subscription(key));
-    s.writer
-        .put(&entry.key(), Some(entry.encode()))
-        .await
-        .map_err(ApiError::store)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(subscription_view(&s.shard, &spec)),
-    ))
+        })
 }
 
 fn now_ms() -> i64 {
@@ -557,3 +437,6 @@ fn now_ms() -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests;

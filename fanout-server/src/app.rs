@@ -12,7 +12,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, ShardInfo};
 use crate::config::{Config, ConfigError};
 use crate::deadletter::DeadLetters;
 use crate::delivery::TakeLimits;
@@ -181,12 +181,23 @@ pub async fn run(
     let (ready_tx, ready_rx) = watch::channel(false);
     let admin_state = AdminState {
         shard: shard.clone(),
-        writer,
+        registry: writer,
+        write_lock: Arc::new(tokio::sync::Mutex::new(())),
         kafka: Arc::new(
             kafka::metadata_client(&cfg).map_err(StoreError::kafka("metadata client"))?,
         ),
         ready: ready_rx,
         metrics,
+        info: ShardInfo {
+            id: cfg
+                .shard_id
+                .clone()
+                .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+                .unwrap_or_else(|| grpc_addr.map_or_else(String::new, |a| a.to_string())),
+            grpc_address: grpc_addr.map_or_else(String::new, |a| a.to_string()),
+            admin_address: admin_addr.map_or_else(String::new, |a| a.to_string()),
+        },
+        token: cfg.admin_token()?.map(Arc::from),
     };
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(

@@ -1,6 +1,7 @@
 //! Server configuration: one typed struct, every flag also settable from the environment.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -93,7 +94,29 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "FANOUT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// File holding the bearer token admin API requests must carry (surrounding whitespace
+    /// is ignored). One of this, `FANOUT_ADMIN_TOKEN` or `--admin-no-auth` is required.
+    #[arg(long, env = "FANOUT_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// The admin API's bearer token itself (prefer the file: a command line is visible to
+    /// every user of the machine).
+    #[arg(long, env = "FANOUT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Serve the admin API without authentication: for local use only.
+    #[arg(long, env = "FANOUT_ADMIN_NO_AUTH")]
+    pub admin_no_auth: bool,
+
+    /// This shard's name in `GET /v1/shards` (default: `$HOSTNAME`, the pod name on
+    /// Kubernetes, else the gRPC address).
+    #[arg(long, env = "FANOUT_SHARD_ID")]
+    pub shard_id: Option<String>,
 }
+
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 /// How logs are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -118,17 +141,67 @@ fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
 pub struct ConfigError(pub String);
 
 impl Config {
-    /// A configuration with every default, for tests and embedding.
+    /// A configuration with every default, for tests and embedding, serving the admin API
+    /// without authentication.
     pub fn for_bootstrap(bootstrap: &str, cluster: &str) -> Self {
         let mut c = Self::parse_from(["fanout-server"]);
         c.kafka_bootstrap = bootstrap.to_owned();
         c.cluster = cluster.to_owned();
+        c.admin_no_auth = true;
+        c.admin_token = None;
+        c.admin_token_file = None;
         c
+    }
+
+    /// The admin API's bearer token (`None`: no authentication, as configured).
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        let token = match (
+            &self.admin_token_file,
+            &self.admin_token,
+            self.admin_no_auth,
+        ) {
+            (None, None, true) => return Ok(None),
+            (None, None, false) => {
+                return Err(ConfigError(
+                    "the admin API needs a bearer token: --admin-token-file (or \
+                     FANOUT_ADMIN_TOKEN), or --admin-no-auth for local use"
+                        .into(),
+                ));
+            }
+            (Some(_), Some(_), _) => {
+                return Err(ConfigError(
+                    "give the admin token once: --admin-token-file or FANOUT_ADMIN_TOKEN".into(),
+                ));
+            }
+            (_, _, true) => {
+                return Err(ConfigError(
+                    "--admin-no-auth contradicts the admin token also given".into(),
+                ));
+            }
+            (Some(path), None, false) => std::fs::read_to_string(path)
+                .map_err(|e| {
+                    ConfigError(format!(
+                        "cannot read --admin-token-file {}: {e}",
+                        path.display()
+                    ))
+                })?
+                .trim()
+                .to_owned(),
+            (None, Some(t), false) => t.trim().to_owned(),
+        };
+        if token.len() < MIN_ADMIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+            return Err(ConfigError(format!(
+                "the admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters without \
+                 spaces (for example `openssl rand -hex 32`)"
+            )));
+        }
+        Ok(Some(token))
     }
 
     /// Checks settings that cannot work together, with messages a person can act on.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError(m));
+        self.admin_token()?;
         if self.kafka_bootstrap.trim().is_empty() {
             return bad("--kafka-bootstrap is empty; give host:port of a Kafka broker".into());
         }

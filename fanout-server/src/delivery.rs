@@ -281,6 +281,20 @@ pub struct DeadLetter {
     pub why: Redelivery,
 }
 
+/// A partition of a subscription, as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionStats {
+    pub partition: Partition,
+    pub cursor: Offset,
+    /// Records in flight on streams.
+    pub in_flight: usize,
+    /// Records delivered and not acked (in flight, waiting for redelivery, dead-lettering).
+    pub unacked: usize,
+    /// Earliest ack deadline in flight.
+    pub oldest_deadline: Option<Instant>,
+    pub catching_up: bool,
+}
+
 /// One delivery handed to a stream: a run of records of one partition with one attempt.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -487,6 +501,26 @@ impl SubscriptionDelivery {
             .filter(|(_, p)| p.catch_up.is_some())
             .map(|(&p, _)| p)
             .collect()
+    }
+
+    /// Per partition, what an operator asks about: where the cursor is, what is unacked.
+    pub fn partition_stats(&self) -> Vec<PartitionStats> {
+        self.partitions
+            .iter()
+            .map(|(&partition, p)| PartitionStats {
+                partition,
+                cursor: p.window.cursor(),
+                in_flight: p.window.in_flight(),
+                unacked: p.window.unacked(),
+                oldest_deadline: p.window.oldest_deadline(),
+                catching_up: p.catch_up.is_some(),
+            })
+            .collect()
+    }
+
+    /// The subscription's delivery policy.
+    pub fn policy(&self) -> &DeliveryPolicy {
+        &self.policy
     }
 
     /// Records delivered and not yet acked, over all partitions.

@@ -124,3 +124,34 @@ pub fn watermarks(
         })
         .collect()
 }
+
+/// Per partition, the first offset whose timestamp is at or after `timestamp_ms`, or `None`
+/// when no record is that recent. Blocking.
+pub fn offsets_for_time(
+    client: &BaseConsumer,
+    topic: &str,
+    partitions: &[Partition],
+    timestamp_ms: i64,
+) -> Result<Vec<(Partition, Option<Offset>)>, KafkaError> {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(timestamp_ms))?;
+    }
+    let found = client.offsets_for_times(tpl, REQUEST_TIMEOUT)?;
+    partitions
+        .iter()
+        .map(|&p| {
+            let Some(e) = found.find_partition(topic, p) else {
+                return Ok((p, None));
+            };
+            e.error()?;
+            Ok((
+                p,
+                match e.offset() {
+                    rdkafka::Offset::Offset(o) => Some(o),
+                    _ => None,
+                },
+            ))
+        })
+        .collect()
+}

@@ -15,8 +15,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong, for a person.
     pub detail: String,
-    /// The request field at fault, if one is.
-    pub field: Option<&'static str>,
+    /// The request field at fault, if one is (`name`, `offsets.3`, ...).
+    pub field: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -41,12 +41,12 @@ impl ApiError {
         }
     }
 
-    pub fn field(mut self, field: &'static str) -> Self {
-        self.field = Some(field);
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
         self
     }
 
-    pub fn invalid(field: &'static str, detail: impl Into<String>) -> Self {
+    pub fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_field", detail).field(field)
     }
 
@@ -56,6 +56,11 @@ impl ApiError {
 
     pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, detail)
+    }
+
+    /// Well-formed, but impossible given the state of Kafka or fanout.
+    pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
     }
 
     pub fn kafka(e: KafkaError) -> Self {
@@ -90,7 +95,7 @@ impl IntoResponse for ApiError {
             status: self.status.as_u16(),
             code: self.code,
             detail: &self.detail,
-            field: self.field,
+            field: self.field.as_deref(),
         };
         let mut resp = (self.status, axum::Json(body)).into_response();
         resp.headers_mut().insert(

@@ -250,6 +250,18 @@ impl AckWindow {
         self.in_flight + self.waiting + self.dead_lettering
     }
 
+    /// The earliest ack deadline of the records in flight (the one delivered longest ago,
+    /// under one ack timeout). Scans the window: for views, not the delivery path.
+    pub fn oldest_deadline(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .filter_map(|s| match s.state {
+                SlotState::InFlight { deadline, .. } => deadline,
+                _ => None,
+            })
+            .min()
+    }
+
     /// Records taken from the log and held back behind an earlier record of their key.
     pub fn held(&self) -> usize {
         self.held

@@ -12,7 +12,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
 use crate::delivery::{
-    CatchUpLimits, Credits, OffsetRange, PartitionAckError, Released, StreamId,
+    CatchUpLimits, Credits, OffsetRange, PartitionAckError, PartitionStats, Released, StreamId,
     SubscriptionDelivery, Take, TakeLimits,
 };
 use crate::log::PartitionLog;
@@ -288,6 +288,11 @@ impl SubscriptionRuntime {
             .dead_letter_failed(partition, offset, attempts, retry_at);
         // Streams asleep until a time computed before this retry was scheduled look again.
         self.wake();
+    }
+
+    /// Per partition: cursor, unacked records, the oldest delivery in flight.
+    pub fn partition_stats(&self) -> Vec<PartitionStats> {
+        self.delivery.lock().partition_stats()
     }
 
     /// Partitions served by the catch-up path.

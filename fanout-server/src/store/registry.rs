@@ -13,7 +13,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
-use tokio::sync::{Mutex, MutexGuard, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::StoreError;
@@ -114,8 +114,6 @@ pub struct RegistryWriter {
     topic: String,
     /// Where writes become visible.
     shard: Arc<Shard>,
-    /// Serializes check-then-write sequences of this process's admin API.
-    lock: Mutex<()>,
     /// How long a write may take to be applied before the caller gets an error.
     apply_timeout: Duration,
 }
@@ -135,15 +133,8 @@ impl RegistryWriter {
                 .map_err(StoreError::kafka("creating the registry producer"))?,
             topic: cfg.registry_topic(),
             shard,
-            lock: Mutex::new(()),
             apply_timeout: Duration::from_secs(15),
         })
-    }
-
-    /// Held while checking the registry and writing to it, so two admin calls of this
-    /// process cannot both pass a check and then both write.
-    pub async fn lock(&self) -> MutexGuard<'_, ()> {
-        self.lock.lock().await
     }
 
     /// Writes `value` (or a tombstone) under `key` and waits until the shard applied it.

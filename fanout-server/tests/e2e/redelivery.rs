@@ -68,7 +68,7 @@ async fn timeouts_and_nacks_redeliver_then_dead_letter_with_headers() {
         ),
         (
             json!({"name": "s", "max_attempts": 3, "dead_letter_topic": name("missing")}),
-            "dead_letter_topic",
+            "dead_letter_topic!",
         ),
         (json!({"name": "s", "ack_timeout_ms": 0}), "ack_timeout_ms"),
         (
@@ -77,7 +77,12 @@ async fn timeouts_and_nacks_redeliver_then_dead_letter_with_headers() {
         ),
     ] {
         let (status, problem) = admin.post(&path, body.clone()).await;
-        assert_eq!(status, 400, "{body}: {problem}");
+        // "!": well-formed but impossible (a topic Kafka lacks): 422; the rest are bad fields.
+        let (want, field) = match field.strip_suffix('!') {
+            Some(f) => (422, f),
+            None => (400, field),
+        };
+        assert_eq!(status, want, "{body}: {problem}");
         assert_eq!(problem["field"], field, "{body}: {problem}");
     }
     assert_eq!(admin.get(&format!("{path}/s")).await.0, 404);

@@ -257,7 +257,7 @@ impl ServerProcess {
                 "--internal-min-insync-replicas",
                 "1",
             ])
-            .args(["--cursor-flush-interval", "200ms"])
+            .args(["--cursor-flush-interval", "200ms", "--admin-no-auth"])
             .env(
                 "RUST_LOG",
                 std::env::var("FANOUT_TEST_SERVER_LOG").unwrap_or_else(|_| "info".into()),

@@ -1,0 +1,365 @@
+//! Operating subscriptions: lag, seek (replay and skip), pause and resume.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::{Deserialize, Serialize};
+
+use super::subscriptions::{SubscriptionView, subscription_view, write};
+use super::{AdminState, ApiError, Body, ask_kafka, existing, now_ms};
+use crate::model::{Offset, Partition, TopicName};
+use crate::registry::{PartitionSeek, SubscriptionSpec};
+
+/// One partition of a subscription on this shard.
+#[derive(Debug, Serialize)]
+pub struct PartitionLag {
+    pub partition: Partition,
+    /// Oldest offset Kafka still holds.
+    pub log_start: Offset,
+    /// Offset the next record produced will get (the high watermark).
+    pub log_end: Offset,
+    /// Everything below it is acked.
+    pub cursor: Offset,
+    /// `log_end - cursor`: offsets not acked yet (a few may be transaction markers).
+    pub lag: i64,
+    /// Records in flight on streams.
+    pub in_flight: usize,
+    /// Records delivered and not acked (in flight, waiting for redelivery, dead-lettering).
+    pub unacked: usize,
+    /// How long ago the oldest record now in flight was delivered, in milliseconds (derived
+    /// from its ack deadline); absent when nothing is in flight. The "longest-running
+    /// handler".
+    pub oldest_unacked_age_ms: Option<u64>,
+    /// Served from Kafka by the catch-up path (too far behind for the shared window).
+    pub catching_up: bool,
+}
+
+/// A subscription's lag on this shard.
+#[derive(Debug, Serialize)]
+pub struct LagView {
+    pub topic: String,
+    pub subscription: String,
+    pub paused: bool,
+    /// Streams connected to this shard.
+    pub streams: usize,
+    /// Sum of the partitions' lag.
+    pub lag: i64,
+    /// Partitions owned by this shard.
+    pub partitions: Vec<PartitionLag>,
+}
+
+/// The lag of subscriptions of one topic (watermarks asked once for all of them).
+async fn lag_of(
+    s: &AdminState,
+    topic: &TopicName,
+    specs: Vec<SubscriptionSpec>,
+) -> Result<Vec<LagView>, ApiError> {
+    let owned: Vec<Partition> = s
+        .shard
+        .topic(topic)
+        .map(|t| t.owned_partitions().iter().map(|o| o.partition).collect())
+        .unwrap_or_default();
+    let t = topic.clone();
+    let marks: BTreeMap<Partition, (Offset, Offset)> = if owned.is_empty() {
+        BTreeMap::new()
+    } else {
+        ask_kafka(s, move |kafka| kafka.watermarks(t.as_str(), &owned))
+            .await?
+            .into_iter()
+            .map(|(p, lo, hi)| (p, (lo, hi)))
+            .collect()
+    };
+    let now = Instant::now();
+    Ok(specs
+        .into_iter()
+        .map(|spec| {
+            let live = s.shard.subscription(&spec.topic, &spec.name).ok();
+            let timeout = std::time::Duration::from_millis(spec.delivery.ack_timeout_ms);
+            let partitions: Vec<PartitionLag> = live
+                .as_ref()
+                .map(|(_, l)| l.partition_stats())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|st| {
+                    let &(log_start, log_end) = marks.get(&st.partition)?;
+                    Some(PartitionLag {
+                        partition: st.partition,
+                        log_start,
+                        log_end,
+                        cursor: st.cursor,
+                        lag: (log_end - st.cursor).max(0),
+                        in_flight: st.in_flight,
+                        unacked: st.unacked,
+                        oldest_unacked_age_ms: st.oldest_deadline.map(|d| {
+                            let left = d.saturating_duration_since(now);
+                            u64::try_from(timeout.saturating_sub(left).as_millis())
+                                .unwrap_or(u64::MAX)
+                        }),
+                        catching_up: st.catching_up,
+                    })
+                })
+                .collect();
+            LagView {
+                topic: spec.topic.to_string(),
+                subscription: spec.name.to_string(),
+                paused: spec.paused,
+                streams: live.as_ref().map_or(0, |(_, l)| l.stream_count()),
+                lag: partitions.iter().map(|p| p.lag).sum(),
+                partitions,
+            }
+        })
+        .collect())
+}
+
+pub async fn subscription_lag(
+    State(s): State<AdminState>,
+    Path((topic, name)): Path<(String, String)>,
+) -> Result<Json<LagView>, ApiError> {
+    let spec = existing(&s.shard, &topic, &name)?;
+    let topic = spec.topic.clone();
+    let mut views = lag_of(&s, &topic, vec![spec]).await?;
+    views
+        .pop()
+        .map(Json)
+        .ok_or_else(|| ApiError::internal("no lag view"))
+}
+
+/// The lag of every subscription of every registered topic, on this shard.
+pub async fn all_lag(State(s): State<AdminState>) -> Result<Json<Vec<LagView>>, ApiError> {
+    let topics: Vec<(TopicName, Vec<SubscriptionSpec>)> = s.shard.with_registry(|r| {
+        r.topics()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    r.subscriptions_of(&t.name).cloned().collect(),
+                )
+            })
+            .collect()
+    });
+    let mut out = Vec::new();
+    for (topic, specs) in topics {
+        if !specs.is_empty() {
+            out.extend(lag_of(&s, &topic, specs).await?);
+        }
+    }
+    Ok(Json(out))
+}
+
+/// Where to move a subscription: exactly one of `to`, `timestamp_ms`, `offsets`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeekRequest {
+    /// `earliest` (the oldest record Kafka holds) or `latest` (skip everything so far).
+    #[serde(default)]
+    to: Option<SeekTo>,
+    /// The first record at or after this time (milliseconds since the Unix epoch); the
+    /// log end where there is none.
+    #[serde(default)]
+    timestamp_ms: Option<i64>,
+    /// Explicit offsets per partition (`{"0": 1200, "3": 5000}`); other partitions stay.
+    #[serde(default)]
+    offsets: Option<BTreeMap<String, Offset>>,
+    /// With `to` or `timestamp_ms`: only these partitions (default: all).
+    #[serde(default)]
+    partitions: Option<Vec<Partition>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeekTo {
+    Earliest,
+    Latest,
+}
+
+/// Moves a subscription's cursors (replay: back; skip: forward), live. Records in flight on
+/// moved partitions are dropped and their streams end with UNAVAILABLE (subscribers
+/// reconnect). Offsets must lie within what Kafka holds (`log_start ..= log_end`).
+pub async fn seek(
+    State(s): State<AdminState>,
+    Path((topic, name)): Path<(String, String)>,
+    Body(req): Body<SeekRequest>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let given = [
+        req.to.is_some(),
+        req.timestamp_ms.is_some(),
+        req.offsets.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(ApiError::invalid(
+            "to",
+            "give exactly one of to, timestamp_ms, offsets",
+        ));
+    }
+    if req.offsets.is_some() && req.partitions.is_some() {
+        return Err(ApiError::invalid(
+            "partitions",
+            "partitions goes with to or timestamp_ms; offsets names its partitions itself",
+        ));
+    }
+    if let Some(t) = req.timestamp_ms
+        && t < 0
+    {
+        return Err(ApiError::invalid(
+            "timestamp_ms",
+            format!("must be milliseconds since the Unix epoch, got {t}"),
+        ));
+    }
+    let explicit: Option<BTreeMap<Partition, Offset>> = match &req.offsets {
+        None => None,
+        Some(m) if m.is_empty() => {
+            return Err(ApiError::invalid("offsets", "name at least one partition"));
+        }
+        Some(m) => Some(
+            m.iter()
+                .map(|(k, &v)| match k.parse::<Partition>() {
+                    Ok(p) if p >= 0 => Ok((p, v)),
+                    _ => Err(ApiError::invalid(
+                        format!("offsets.{k}"),
+                        format!("{k:?} is not a partition number"),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+
+    let _guard = s.write_lock.lock().await;
+    let spec = existing(&s.shard, &topic, &name)?;
+    let t = spec.topic.clone();
+    let (marks, by_time) = {
+        let timestamp = req.timestamp_ms;
+        ask_kafka(&s, move |kafka| {
+            let all = kafka.partitions(t.as_str())?.unwrap_or_default();
+            let marks = kafka.watermarks(t.as_str(), &all)?;
+            let by_time = match timestamp {
+                Some(ts) => kafka.offsets_for_time(t.as_str(), &all, ts)?,
+                None => Vec::new(),
+            };
+            Ok((marks, by_time))
+        })
+        .await?
+    };
+    let marks: BTreeMap<Partition, (Offset, Offset)> =
+        marks.into_iter().map(|(p, lo, hi)| (p, (lo, hi))).collect();
+    if marks.is_empty() {
+        return Err(ApiError::conflict(
+            "kafka_topic_not_found",
+            format!("Kafka no longer has topic {:?}", spec.topic),
+        ));
+    }
+    let unknown = |p: Partition| {
+        ApiError::unprocessable(
+            "unknown_partition",
+            format!(
+                "topic {:?} has partitions 0..{}, not {p}",
+                spec.topic,
+                marks.len()
+            ),
+        )
+    };
+    let targets: BTreeMap<Partition, Offset> = match explicit {
+        Some(offsets) => {
+            for (&p, &o) in &offsets {
+                let &(lo, hi) = marks
+                    .get(&p)
+                    .ok_or_else(|| unknown(p).field(format!("offsets.{p}")))?;
+                if !(lo..=hi).contains(&o) {
+                    return Err(ApiError::unprocessable(
+                        "offset_out_of_range",
+                        format!("partition {p} holds offsets {lo}..={hi} (log start ..= log end); {o} is outside"),
+                    )
+                    .field(format!("offsets.{p}")));
+                }
+            }
+            offsets
+        }
+        None => {
+            let chosen: Vec<Partition> = match &req.partitions {
+                Some(ps) if ps.is_empty() => {
+                    return Err(ApiError::invalid(
+                        "partitions",
+                        "name at least one partition",
+                    ));
+                }
+                Some(ps) => {
+                    for &p in ps {
+                        if !marks.contains_key(&p) {
+                            return Err(unknown(p).field("partitions"));
+                        }
+                    }
+                    ps.clone()
+                }
+                None => marks.keys().copied().collect(),
+            };
+            let by_time: BTreeMap<Partition, Option<Offset>> = by_time.into_iter().collect();
+            chosen
+                .into_iter()
+                .map(|p| {
+                    let (lo, hi) = marks[&p];
+                    let o = match (req.to, req.timestamp_ms) {
+                        (Some(SeekTo::Earliest), _) => lo,
+                        (Some(SeekTo::Latest), _) => hi,
+                        // Kafka answers with the first offset at or after the time; none
+                        // that recent means the end.
+                        _ => by_time
+                            .get(&p)
+                            .copied()
+                            .flatten()
+                            .unwrap_or(hi)
+                            .clamp(lo, hi),
+                    };
+                    (p, o)
+                })
+                .collect()
+        }
+    };
+    let generation = spec.last_seek() + 1;
+    let at_ms = now_ms();
+    let mut new = spec.clone();
+    for (p, offset) in targets {
+        new.seeks.insert(
+            p,
+            PartitionSeek {
+                generation,
+                offset,
+                at_ms,
+            },
+        );
+    }
+    write(&s, &new).await?;
+    tracing::info!(subscription = %new.key(), generation, seeks = ?new.seeks, "seek written");
+    Ok(Json(subscription_view(&s.shard, &new)))
+}
+
+async fn set_paused(
+    s: &AdminState,
+    topic: &str,
+    name: &str,
+    paused: bool,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let _guard = s.write_lock.lock().await;
+    let spec = existing(&s.shard, topic, name)?;
+    if spec.paused == paused {
+        return Ok(Json(subscription_view(&s.shard, &spec)));
+    }
+    let new = SubscriptionSpec { paused, ..spec };
+    write(s, &new).await?;
+    Ok(Json(subscription_view(&s.shard, &new)))
+}
+
+/// Stops deliveries (acks still count) until resumed. Idempotent.
+pub async fn pause(
+    State(s): State<AdminState>,
+    Path((topic, name)): Path<(String, String)>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    set_paused(&s, &topic, &name, true).await
+}
+
+/// Starts deliveries again. Idempotent.
+pub async fn resume(
+    State(s): State<AdminState>,
+    Path((topic, name)): Path<(String, String)>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    set_paused(&s, &topic, &name, false).await
+}

@@ -1,0 +1,876 @@
+//! Component tests: the router in-process, over a shard whose registry writes apply at once
+//! and a Kafka that is a table. Every endpoint, every bad input, and "a refused request
+//! changes nothing".
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering as AtomicOrdering};
+
+use axum::body::Body as HttpBody;
+use axum::http::{Method, Request as HttpRequest};
+use rdkafka::types::RDKafkaErrorCode;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::*;
+use crate::delivery::TakeLimits;
+use crate::shard::ShardLimits;
+
+const LIMITS: ShardLimits = ShardLimits {
+    partition_window_bytes: 1 << 20,
+    window_memory_bytes: 1 << 30,
+    catch_up_window_bytes: 1 << 20,
+    catch_up_memory_bytes: 1 << 30,
+    take: TakeLimits {
+        batch_records: 100,
+        batch_bytes: 1 << 20,
+        max_unacked_span: 1000,
+    },
+};
+
+/// Applies registry writes straight to the shard.
+struct Applied {
+    shard: Arc<Shard>,
+    next: AtomicI64,
+}
+
+impl RegistryStore for Applied {
+    fn put<'a>(
+        &'a self,
+        key: &'a Key,
+        value: Option<Vec<u8>>,
+    ) -> BoxFuture<'a, Result<i64, StoreError>> {
+        Box::pin(async move {
+            let offset = self.next.fetch_add(1, AtomicOrdering::SeqCst);
+            self.shard
+                .apply_registry(offset, key.encode().as_bytes(), value.as_deref())
+                .expect("the admin API writes readable records");
+            Ok(offset)
+        })
+    }
+}
+
+/// Kafka as a table: topic → per partition (low, high). Timestamps are offsets here.
+struct Table {
+    topics: BTreeMap<&'static str, Vec<(Offset, Offset)>>,
+    down: AtomicBool,
+}
+
+impl Table {
+    fn check(&self) -> Result<(), KafkaError> {
+        if self.down.load(AtomicOrdering::SeqCst) {
+            return Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::BrokerTransportFailure,
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl KafkaView for Table {
+    fn partitions(&self, topic: &str) -> Result<Option<Vec<Partition>>, KafkaError> {
+        self.check()?;
+        Ok(self
+            .topics
+            .get(topic)
+            .map(|ps| (0..ps.len() as Partition).collect()))
+    }
+
+    fn watermarks(
+        &self,
+        topic: &str,
+        partitions: &[Partition],
+    ) -> Result<Vec<(Partition, Offset, Offset)>, KafkaError> {
+        self.check()?;
+        let ps = &self.topics[topic];
+        Ok(partitions
+            .iter()
+            .map(|&p| (p, ps[p as usize].0, ps[p as usize].1))
+            .collect())
+    }
+
+    fn offsets_for_time(
+        &self,
+        topic: &str,
+        partitions: &[Partition],
+        timestamp_ms: i64,
+    ) -> Result<Vec<(Partition, Option<Offset>)>, KafkaError> {
+        self.check()?;
+        let ps = &self.topics[topic];
+        Ok(partitions
+            .iter()
+            .map(|&p| {
+                let (lo, hi) = ps[p as usize];
+                (p, (timestamp_ms < hi).then_some(timestamp_ms.max(lo)))
+            })
+            .collect())
+    }
+}
+
+struct Api {
+    router: Router,
+    shard: Arc<Shard>,
+    kafka: Arc<Table>,
+}
+
+struct Reply {
+    status: u16,
+    content_type: String,
+    body: Value,
+    www_authenticate: Option<String>,
+}
+
+fn api_with_token(token: Option<&str>) -> Api {
+    let shard = Arc::new(Shard::new(LIMITS));
+    let kafka = Arc::new(Table {
+        topics: BTreeMap::from([
+            ("orders", vec![(0, 100), (10, 50)]),
+            ("payments", vec![(0, 5)]),
+            ("orders.dlq", vec![(0, 0)]),
+        ]),
+        down: AtomicBool::new(false),
+    });
+    let (_ready_tx, ready) = watch::channel(true);
+    let state = AdminState {
+        shard: shard.clone(),
+        registry: Arc::new(Applied {
+            shard: shard.clone(),
+            next: AtomicI64::new(0),
+        }),
+        write_lock: Arc::new(Mutex::new(())),
+        kafka: kafka.clone(),
+        ready,
+        metrics: None,
+        info: ShardInfo {
+            id: "shard-0".into(),
+            grpc_address: "127.0.0.1:50051".into(),
+            admin_address: "127.0.0.1:8080".into(),
+        },
+        token: token.map(Arc::from),
+    };
+    Api {
+        router: router(state),
+        shard,
+        kafka,
+    }
+}
+
+fn api() -> Api {
+    api_with_token(None)
+}
+
+impl Api {
+    async fn raw(&self, method: Method, path: &str, body: Option<(&str, Vec<u8>)>) -> Reply {
+        self.send(method, path, body, None).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+        token: Option<&str>,
+    ) -> Reply {
+        let mut req = HttpRequest::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some((ct, b)) => req.header("content-type", ct).body(HttpBody::from(b)),
+            None => req.body(HttpBody::empty()),
+        }
+        .unwrap();
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let header = |name| {
+            resp.headers()
+                .get(name)
+                .map(|v: &axum::http::HeaderValue| v.to_str().unwrap().to_owned())
+        };
+        let content_type = header(header::CONTENT_TYPE).unwrap_or_default();
+        let www_authenticate = header(header::WWW_AUTHENTICATE);
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Reply {
+            status,
+            content_type,
+            body,
+            www_authenticate,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.raw(Method::GET, path, None).await
+    }
+
+    async fn json(&self, method: Method, path: &str, body: Value) -> Reply {
+        self.raw(
+            method,
+            path,
+            Some(("application/json", serde_json::to_vec(&body).unwrap())),
+        )
+        .await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Reply {
+        self.json(Method::POST, path, body).await
+    }
+
+    /// The registry, to check that a refused request changed nothing.
+    fn registry(&self) -> String {
+        self.shard.with_registry(|r| format!("{r:?}"))
+    }
+
+    /// Sends a request that must be refused with `status` and `code`, and change nothing.
+    async fn refused(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        status: u16,
+        code: &str,
+    ) -> Value {
+        let before = self.registry();
+        let reply = match body {
+            Some(b) => self.json(method.clone(), path, b).await,
+            None => self.raw(method.clone(), path, None).await,
+        };
+        assert_eq!(
+            (reply.status, reply.body["code"].as_str()),
+            (status, Some(code)),
+            "{method} {path}: {}",
+            reply.body
+        );
+        assert_eq!(reply.content_type, "application/problem+json");
+        assert!(reply.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+        assert_eq!(
+            self.registry(),
+            before,
+            "{method} {path} changed the registry"
+        );
+        reply.body
+    }
+
+    async fn setup(&self) {
+        assert_eq!(
+            self.post("/v1/topics", json!({"name": "orders"}))
+                .await
+                .status,
+            201
+        );
+        let r = self
+            .post(
+                "/v1/topics/orders/subscriptions",
+                json!({"name": "billing", "start": "earliest"}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn topics_register_list_get_and_unregister() {
+    let api = api();
+    let r = api.post("/v1/topics", json!({"name": "orders"})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["name"], "orders");
+    assert_eq!(api.get("/v1/topics").await.body[0]["name"], "orders");
+    assert_eq!(api.get("/v1/topics/orders").await.status, 200);
+    api.refused(
+        Method::POST,
+        "/v1/topics",
+        Some(json!({"name": "orders"})),
+        409,
+        "topic_exists",
+    )
+    .await;
+    let e = api
+        .refused(
+            Method::POST,
+            "/v1/topics",
+            Some(json!({"name": "nope"})),
+            422,
+            "kafka_topic_not_found",
+        )
+        .await;
+    assert_eq!(e["field"], "name");
+    api.refused(
+        Method::GET,
+        "/v1/topics/nope",
+        None,
+        404,
+        "topic_not_registered",
+    )
+    .await;
+
+    // With a subscription: refused unless forced; forced takes the subscription with it.
+    api.post(
+        "/v1/topics/orders/subscriptions",
+        json!({"name": "billing"}),
+    )
+    .await;
+    api.refused(
+        Method::DELETE,
+        "/v1/topics/orders",
+        None,
+        409,
+        "topic_has_subscriptions",
+    )
+    .await;
+    api.refused(
+        Method::DELETE,
+        "/v1/topics/orders?force=maybe",
+        None,
+        400,
+        "invalid_query",
+    )
+    .await;
+    let r = api
+        .raw(Method::DELETE, "/v1/topics/orders?force=true", None)
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(api.get("/v1/topics").await.body, json!([]));
+    assert!(api.shard.with_registry(|r| {
+        r.subscriptions_of(&TopicName::new("orders").unwrap())
+            .count()
+            == 0
+    }));
+    api.refused(
+        Method::DELETE,
+        "/v1/topics/orders",
+        None,
+        404,
+        "topic_not_registered",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bad_names_are_refused_precisely() {
+    let api = api();
+    api.setup().await;
+    let long = "a".repeat(250);
+    for bad in ["", long.as_str(), "a/b", "..", "has space", "ünïcode"] {
+        let e = api
+            .refused(
+                Method::POST,
+                "/v1/topics",
+                Some(json!({"name": bad})),
+                400,
+                "invalid_field",
+            )
+            .await;
+        assert_eq!(e["field"], "name", "{bad:?}");
+        let e = api
+            .refused(
+                Method::POST,
+                "/v1/topics/orders/subscriptions",
+                Some(json!({"name": bad})),
+                400,
+                "invalid_field",
+            )
+            .await;
+        assert_eq!(e["field"], "name", "{bad:?}");
+    }
+    // Kafka's internal topics are not fanout's to read.
+    api.refused(
+        Method::POST,
+        "/v1/topics",
+        Some(json!({"name": "__consumer_offsets"})),
+        400,
+        "invalid_field",
+    )
+    .await;
+    for bad in ["has%20space", "%C3%BC", "..", "a%2Fb"] {
+        api.refused(
+            Method::GET,
+            &format!("/v1/topics/{bad}"),
+            None,
+            400,
+            "invalid_field",
+        )
+        .await;
+        api.refused(
+            Method::GET,
+            &format!("/v1/topics/orders/subscriptions/{bad}"),
+            None,
+            400,
+            "invalid_field",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn bad_bodies_are_refused_precisely() {
+    let api = api();
+    api.setup().await;
+    let path = "/v1/topics/orders/subscriptions";
+    let send = |body: &'static [u8], ct: &'static str| {
+        let api = &api;
+        async move {
+            let before = api.registry();
+            let r = api.raw(Method::POST, path, Some((ct, body.to_vec()))).await;
+            assert_eq!(api.registry(), before);
+            assert_eq!(r.content_type, "application/problem+json");
+            (r.status, r.body["code"].as_str().unwrap().to_owned())
+        }
+    };
+    assert_eq!(
+        send(b"{\"name\": ", "application/json").await,
+        (400, "malformed_json".into())
+    );
+    assert_eq!(
+        send(b"{\"name\": \"x\"}", "text/plain").await,
+        (415, "unsupported_media_type".into())
+    );
+    assert_eq!(
+        send(b"{\"name\": \"x\", \"colour\": 1}", "application/json").await,
+        (422, "invalid_body".into())
+    );
+    assert_eq!(
+        send(b"{\"name\": 7}", "application/json").await,
+        (422, "invalid_body".into())
+    );
+    assert_eq!(
+        send(
+            b"{\"name\": \"x\", \"start\": \"yesterday\"}",
+            "application/json"
+        )
+        .await,
+        (422, "invalid_body".into())
+    );
+    let nested: &'static [u8] = Box::leak(
+        format!(
+            "{{\"name\": {}1{}}}",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        )
+        .into_bytes()
+        .into_boxed_slice(),
+    );
+    // serde_json's recursion limit, before any allocation of that depth.
+    assert_eq!(
+        send(nested, "application/json").await,
+        (422, "invalid_body".into())
+    );
+    let huge: &'static [u8] = Box::leak(
+        format!("{{\"name\": \"{}\"}}", "a".repeat(MAX_BODY_BYTES + 1))
+            .into_bytes()
+            .into_boxed_slice(),
+    );
+    assert_eq!(
+        send(huge, "application/json").await,
+        (413, "body_too_large".into())
+    );
+    api.refused(Method::GET, "/v2/nothing", None, 404, "no_such_route")
+        .await;
+}
+
+#[tokio::test]
+async fn subscriptions_create_get_update_and_delete() {
+    let api = api();
+    api.setup().await;
+    let base = "/v1/topics/orders/subscriptions";
+    api.refused(
+        Method::POST,
+        base,
+        Some(json!({"name": "billing"})),
+        409,
+        "subscription_exists",
+    )
+    .await;
+    api.refused(
+        Method::POST,
+        "/v1/topics/payments/subscriptions",
+        Some(json!({"name": "x"})),
+        404,
+        "topic_not_registered",
+    )
+    .await;
+    for (body, field) in [
+        (json!({"name": "x", "ack_timeout_ms": 0}), "ack_timeout_ms"),
+        (
+            json!({"name": "x", "ack_timeout_ms": 3_600_001}),
+            "ack_timeout_ms",
+        ),
+        (json!({"name": "x", "max_attempts": 3}), "dead_letter_topic"),
+        (
+            json!({"name": "x", "max_attempts": 100_000, "dead_letter_topic": "orders.dlq"}),
+            "max_attempts",
+        ),
+        (
+            json!({"name": "x", "dead_letter_topic": "orders.dlq"}),
+            "max_attempts",
+        ),
+        (
+            json!({"name": "x", "max_attempts": 3, "dead_letter_topic": "orders"}),
+            "dead_letter_topic",
+        ),
+        (
+            json!({"name": "x", "max_attempts": 3, "dead_letter_topic": "a b"}),
+            "dead_letter_topic",
+        ),
+    ] {
+        let e = api
+            .refused(Method::POST, base, Some(body.clone()), 400, "invalid_field")
+            .await;
+        assert_eq!(e["field"], field, "{body}");
+    }
+    for body in [
+        json!({"name": "x", "ack_timeout_ms": -1}),
+        json!({"name": "x", "max_attempts": "3"}),
+        json!({"name": "x", "ordering": "random"}),
+    ] {
+        api.refused(Method::POST, base, Some(body), 422, "invalid_body")
+            .await;
+    }
+    let e = api
+        .refused(
+            Method::POST,
+            base,
+            Some(json!({"name": "x", "max_attempts": 3, "dead_letter_topic": "missing"})),
+            422,
+            "kafka_topic_not_found",
+        )
+        .await;
+    assert_eq!(e["field"], "dead_letter_topic");
+
+    let r = api.get(&format!("{base}/billing")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["start_offsets"], json!({"0": 0, "1": 10}));
+    assert_eq!(r.body["paused"], false);
+    assert_eq!(api.get(base).await.body.as_array().unwrap().len(), 1);
+    api.refused(
+        Method::GET,
+        &format!("{base}/nobody"),
+        None,
+        404,
+        "subscription_not_found",
+    )
+    .await;
+
+    // Update: live settings change, the ordering does not.
+    let sub = format!("{base}/billing");
+    let r = api
+        .json(
+            Method::PATCH,
+            &sub,
+            json!({"ack_timeout_ms": 1000, "max_attempts": 5, "dead_letter_topic": "orders.dlq"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["delivery"]["max_attempts"], 5);
+    let (_, live) = api
+        .shard
+        .subscription(
+            &TopicName::new("orders").unwrap(),
+            &SubscriptionName::new("billing").unwrap(),
+        )
+        .unwrap();
+    assert_eq!(live.spec().delivery.ack_timeout_ms, 1000);
+    let e = api
+        .refused(
+            Method::PATCH,
+            &sub,
+            Some(json!({"ordering": "key"})),
+            422,
+            "ordering_fixed",
+        )
+        .await;
+    assert_eq!(e["field"], "ordering");
+    // Clearing the dead-letter topic while attempts are limited would lose records.
+    api.refused(
+        Method::PATCH,
+        &sub,
+        Some(json!({"dead_letter_topic": null})),
+        400,
+        "invalid_field",
+    )
+    .await;
+    api.refused(
+        Method::PATCH,
+        &sub,
+        Some(json!({"ack_timeout": 5})),
+        422,
+        "invalid_body",
+    )
+    .await;
+    let r = api
+        .json(
+            Method::PATCH,
+            &sub,
+            json!({"max_attempts": 0, "dead_letter_topic": null}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, &r.body["delivery"]["dead_letter_topic"]),
+        (200, &Value::Null)
+    );
+
+    // Delete.
+    assert_eq!(api.raw(Method::DELETE, &sub, None).await.status, 204);
+    api.refused(Method::GET, &sub, None, 404, "subscription_not_found")
+        .await;
+    api.refused(Method::DELETE, &sub, None, 404, "subscription_not_found")
+        .await;
+    assert!(live.is_removed(), "its streams end");
+}
+
+#[tokio::test]
+async fn seeks_resolve_validate_and_move_live_cursors() {
+    let api = api();
+    api.setup().await;
+    let topic = TopicName::new("orders").unwrap();
+    api.shard.assign(&topic, 0, 0, 100);
+    let seek = "/v1/topics/orders/subscriptions/billing/seek";
+    let (_, live) = api
+        .shard
+        .subscription(&topic, &SubscriptionName::new("billing").unwrap())
+        .unwrap();
+    assert_eq!(live.cursors(), vec![(0, 0)]);
+
+    for (body, status, code, field) in [
+        (json!({}), 400, "invalid_field", Some("to")),
+        (
+            json!({"to": "earliest", "timestamp_ms": 5}),
+            400,
+            "invalid_field",
+            Some("to"),
+        ),
+        (
+            json!({"offsets": {}}),
+            400,
+            "invalid_field",
+            Some("offsets"),
+        ),
+        (
+            json!({"offsets": {"x": 5}}),
+            400,
+            "invalid_field",
+            Some("offsets.x"),
+        ),
+        (
+            json!({"offsets": {"-1": 5}}),
+            400,
+            "invalid_field",
+            Some("offsets.-1"),
+        ),
+        (
+            json!({"offsets": {"0": 101}}),
+            422,
+            "offset_out_of_range",
+            Some("offsets.0"),
+        ),
+        (
+            json!({"offsets": {"1": 9}}),
+            422,
+            "offset_out_of_range",
+            Some("offsets.1"),
+        ),
+        (
+            json!({"offsets": {"7": 1}}),
+            422,
+            "unknown_partition",
+            Some("offsets.7"),
+        ),
+        (
+            json!({"offsets": {"0": 1}, "partitions": [0]}),
+            400,
+            "invalid_field",
+            Some("partitions"),
+        ),
+        (
+            json!({"to": "latest", "partitions": []}),
+            400,
+            "invalid_field",
+            Some("partitions"),
+        ),
+        (
+            json!({"to": "latest", "partitions": [2]}),
+            422,
+            "unknown_partition",
+            Some("partitions"),
+        ),
+        (
+            json!({"timestamp_ms": -5}),
+            400,
+            "invalid_field",
+            Some("timestamp_ms"),
+        ),
+        (json!({"to": "sideways"}), 422, "invalid_body", None),
+        (json!({"to": "latest", "by": 3}), 422, "invalid_body", None),
+    ] {
+        let e = api
+            .refused(Method::POST, seek, Some(body.clone()), status, code)
+            .await;
+        assert_eq!(e["field"].as_str(), field, "{body}");
+    }
+    api.refused(
+        Method::POST,
+        "/v1/topics/orders/subscriptions/nobody/seek",
+        Some(json!({"to": "latest"})),
+        404,
+        "subscription_not_found",
+    )
+    .await;
+
+    // Skip forward on partition 0 only; the live cursor moves at once.
+    let r = api.post(seek, json!({"offsets": {"0": 60}})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["seeks"]["0"]["generation"], 1);
+    assert_eq!(r.body["seeks"]["0"]["offset"], 60);
+    assert_eq!(live.cursors(), vec![(0, 60)]);
+    assert_eq!(r.body["durable_cursors"]["0"], 60);
+    // By time (the table's timestamps are offsets), then to the log start.
+    let r = api.post(seek, json!({"timestamp_ms": 30})).await;
+    assert_eq!(
+        (
+            r.body["seeks"]["0"]["offset"].as_i64(),
+            r.body["seeks"]["1"]["offset"].as_i64()
+        ),
+        (Some(30), Some(30))
+    );
+    assert_eq!(r.body["seeks"]["1"]["generation"], 2);
+    let r = api.post(seek, json!({"timestamp_ms": 10_000})).await;
+    assert_eq!(
+        r.body["seeks"]["1"]["offset"], 50,
+        "nothing that recent: the log end"
+    );
+    let r = api
+        .post(seek, json!({"to": "earliest", "partitions": [1]}))
+        .await;
+    assert_eq!(
+        (
+            r.body["seeks"]["0"]["offset"].as_i64(),
+            r.body["seeks"]["1"]["offset"].as_i64()
+        ),
+        (Some(100), Some(10))
+    );
+    assert_eq!(r.body["seeks"]["1"]["generation"], 4);
+    assert_eq!(live.cursors(), vec![(0, 100)]);
+
+    api.kafka.down.store(true, AtomicOrdering::SeqCst);
+    api.refused(
+        Method::POST,
+        seek,
+        Some(json!({"to": "latest"})),
+        503,
+        "kafka_unavailable",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn pause_resume_lag_and_shards() {
+    let api = api();
+    api.setup().await;
+    let topic = TopicName::new("orders").unwrap();
+    api.shard.assign(&topic, 0, 0, 100);
+    let sub = "/v1/topics/orders/subscriptions/billing";
+    let r = api.post(&format!("{sub}/pause"), json!({})).await;
+    assert_eq!((r.status, &r.body["paused"]), (200, &json!(true)));
+    let (_, live) = api
+        .shard
+        .subscription(&topic, &SubscriptionName::new("billing").unwrap())
+        .unwrap();
+    assert!(live.is_paused());
+    assert_eq!(
+        api.post(&format!("{sub}/pause"), json!({})).await.status,
+        200,
+        "idempotent"
+    );
+    let r = api.raw(Method::POST, &format!("{sub}/resume"), None).await;
+    assert_eq!((r.status, &r.body["paused"]), (200, &json!(false)));
+    assert!(!live.is_paused());
+    api.refused(
+        Method::POST,
+        "/v1/topics/orders/subscriptions/nobody/pause",
+        None,
+        404,
+        "subscription_not_found",
+    )
+    .await;
+
+    let r = api.get(&format!("{sub}/lag")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["lag"], 100);
+    let p = &r.body["partitions"][0];
+    assert_eq!(
+        (
+            p["partition"].as_i64(),
+            p["log_start"].as_i64(),
+            p["log_end"].as_i64(),
+            p["cursor"].as_i64(),
+            p["lag"].as_i64()
+        ),
+        (Some(0), Some(0), Some(100), Some(0), Some(100))
+    );
+    assert_eq!(p["oldest_unacked_age_ms"], Value::Null);
+    let all = api.get("/v1/lag").await;
+    assert_eq!(all.body.as_array().unwrap().len(), 1);
+    assert_eq!(all.body[0]["subscription"], "billing");
+
+    let shards = api.get("/v1/shards").await;
+    assert_eq!(shards.body[0]["id"], "shard-0");
+    assert_eq!(shards.body[0]["partitions"], json!({"orders": [0]}));
+    assert_eq!(api.get("/v1/shard").await.status, 200);
+
+    api.kafka.down.store(true, AtomicOrdering::SeqCst);
+    api.refused(
+        Method::GET,
+        &format!("{sub}/lag"),
+        None,
+        503,
+        "kafka_unavailable",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_token_guards_the_api_but_not_the_probes() {
+    let token = "0123456789abcdef0123";
+    let api = api_with_token(Some(token));
+    let r = api.get("/v1/topics").await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (401, Some("unauthenticated"))
+    );
+    assert_eq!(r.www_authenticate.as_deref(), Some("Bearer"));
+    let r = api
+        .send(
+            Method::GET,
+            "/v1/topics",
+            None,
+            Some("0123456789abcdef0124"),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (401, Some("bad_token"))
+    );
+    let before = api.registry();
+    let r = api
+        .send(
+            Method::POST,
+            "/v1/topics",
+            Some(("application/json", br#"{"name":"orders"}"#.to_vec())),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(api.registry(), before);
+    assert_eq!(
+        api.send(Method::GET, "/v1/topics", None, Some(token))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(api.get("/healthz").await.status, 200);
+    assert_eq!(api.get("/readyz").await.status, 200);
+    assert!(constant_time_eq(b"abc", b"abc"));
+    assert!(!constant_time_eq(b"abc", b"abd"));
+    assert!(!constant_time_eq(b"abc", b"abcd"));
+}
