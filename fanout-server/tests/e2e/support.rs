@@ -366,6 +366,17 @@ impl Admin {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     /// A text endpoint (`/metrics`): status, content type, body.
     pub async fn get_text(&self, path: &str) -> (u16, String, String) {
         let r = self

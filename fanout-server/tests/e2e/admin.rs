@@ -1,0 +1,107 @@
+//! The on-call operations through the admin API, on real Kafka: replay, skip a poison
+//! record, delete a subscription and see the shard group's Kafka commit move.
+
+use std::collections::BTreeSet;
+
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seek_replays_and_skips_and_deleting_a_subscription_releases_the_commit() {
+    let topic = name("ops");
+    create_topic(&topic, 1).await;
+    let cluster = name("c");
+    let server = TestServer::start(&cluster).await;
+    let admin = server.admin_api();
+    admin.register(&topic).await;
+    admin.subscribe(&topic, "main", "earliest").await;
+    // Never reads: holds the shard group's commit at its start.
+    admin.subscribe(&topic, "idle", "earliest").await;
+    let sub_path = format!("/v1/topics/{topic}/subscriptions");
+    let first = produce(&topic, 0, 300).await;
+    let mut sub = subscriber(&server.grpc, &topic, "main", 500).await;
+    let mut got = Received::default();
+    receive_all(&mut sub, &first, &mut got).await;
+    let cursor_at = |want: i64| {
+        let admin = admin.clone();
+        let topic = topic.clone();
+        async move {
+            eventually(&format!("main's cursor at {want}"), || async {
+                (admin.cursors(&topic, "main").await.get(&0) == Some(&want)).then_some(())
+            })
+            .await
+        }
+    };
+    cursor_at(300).await;
+
+    // Replay: back 100 offsets; exactly those 100 come again.
+    let (status, view) = admin
+        .post(
+            &format!("{sub_path}/main/seek"),
+            json!({"offsets": {"0": 200}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["seeks"]["0"]["offset"], 200);
+    let replay: BTreeSet<(i32, i64)> = (200..300).map(|o| (0, o)).collect();
+    let mut again = Received::default();
+    receive_all(&mut sub, &replay, &mut again).await;
+    assert_eq!(again.unique, replay);
+    assert_eq!(again.deliveries, 100, "nothing else, nothing twice");
+    cursor_at(300).await;
+
+    // A poison record: received, never acked; a seek past it skips it.
+    produce(&topic, 300, 1).await;
+    let poison = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("the poison record")
+        .unwrap()
+        .unwrap();
+    assert_eq!(poison.offset, 300);
+    let (status, view) = admin
+        .post(
+            &format!("{sub_path}/main/seek"),
+            json!({"offsets": {"0": 301}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{view}");
+    let after = produce(&topic, 301, 20).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut rest = Received::default();
+    while !after.is_subset(&rest.unique) {
+        match tokio::time::timeout_at(deadline, sub.next())
+            .await
+            .expect("records after the poison one")
+            .expect("subscriber ended")
+        {
+            Ok(r) => {
+                assert_ne!(r.offset, 300, "the skipped record came again");
+                note(&mut rest, &r);
+                sub.ack(&r);
+            }
+            // The stream that had the poison record in flight was reset; the client
+            // reconnects by itself.
+            Err(e) => assert!(e.is_transient(), "{e}"),
+        }
+    }
+    cursor_at(321).await;
+
+    // Deleting the idle subscription lets the commit go up to main's cursor.
+    let group = cluster.clone();
+    let t = topic.clone();
+    eventually("the commit held at idle's start", || {
+        let (g, t) = (group.clone(), t.clone());
+        async move { (committed(&g, &t, 1).await.get(&0) == Some(&0)).then_some(()) }
+    })
+    .await;
+    let (status, _) = admin.delete(&format!("{sub_path}/idle")).await;
+    assert_eq!(status, 204);
+    eventually("the commit at main's cursor", || {
+        let (g, t) = (group.clone(), t.clone());
+        async move { (committed(&g, &t, 1).await.get(&0) == Some(&321)).then_some(()) }
+    })
+    .await;
+    sub.close().await;
+    server.stop().await.unwrap();
+}
