@@ -325,6 +325,7 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 async fn metrics(State(s): State<AdminState>) -> Response {
     match &s.metrics {
         Some(handle) => {
+            crate::telemetry::metrics::observe(&s.shard);
             handle.run_upkeep();
             (
                 [(

@@ -19,8 +19,9 @@ use tracing::Instrument;
 
 use crate::deadletter::DeadLetters;
 use crate::delivery::{AckError, Credits, DeadLetter, PartitionAckError, StreamId, TakeLimits};
-use crate::model::{NameError, SubscriptionName, TopicName};
+use crate::model::{NameError, Record, SubscriptionName, TopicName};
 use crate::shard::{CatchUpJob, LookupError, Shard, SubscriptionRuntime, TopicRuntime};
+use crate::telemetry;
 use crate::wire::Frame;
 
 pub use fanout_proto::encoded::fanout_server::FanoutServer;
@@ -226,12 +227,15 @@ impl Fanout for FanoutService {
         };
         // The channel is empty: this cannot wait.
         let _ = tx.send(Ok(opened.into())).await;
+        let metrics =
+            telemetry::metrics::Stream::open(topic.name.as_str(), sub.key().name.as_str());
         let stream = StreamTask {
             inner: self.0.clone(),
             topic,
             sub,
             id,
             tx,
+            metrics,
         };
         self.0.tracker.spawn(stream.run(inbound));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -246,6 +250,8 @@ struct StreamTask {
     id: StreamId,
     /// Responses to the subscriber.
     tx: mpsc::Sender<Result<EncodedResponse, Status>>,
+    /// Its subscription's counters; counts the stream as connected while it lives.
+    metrics: telemetry::metrics::Stream,
 }
 
 enum Wake {
@@ -350,6 +356,17 @@ impl StreamTask {
             if take.deliveries.is_empty() {
                 return Ok(true);
             }
+            let (mut records, mut bytes, mut again) = (0, 0, 0);
+            for d in &take.deliveries {
+                records += d.chunk.len() as u64;
+                bytes += d.chunk.records().iter().map(Record::size).sum::<usize>() as u64;
+                if d.attempt > 1 {
+                    again += d.chunk.len() as u64;
+                }
+            }
+            self.metrics.delivered.increment(records);
+            self.metrics.delivered_bytes.increment(bytes);
+            self.metrics.redelivered.increment(again);
             let batch = EncodedResponse::new(Frame::batch(&self.topic.name, take.deliveries));
             tokio::select! {
                 sent = self.tx.send(Ok(batch)) => sent.map_err(|_| ())?,
@@ -364,9 +381,11 @@ impl StreamTask {
             Some(Kind::Ack(ack)) => {
                 let ranges = convert::ranges(ack.partitions);
                 check_range_count(&ranges, limits.max_ranges)?;
-                self.sub
+                let acked = self
+                    .sub
                     .ack(self.id, &ranges)
                     .map_err(|e| bad_ack("ack", &e))?;
+                self.metrics.acked.increment(acked.records as u64);
             }
             Some(Kind::Nack(nack)) => {
                 let delay = Duration::from_millis(u64::from(nack.retry_delay_ms));
@@ -424,6 +443,8 @@ async fn dead_letter(
                 "record out of attempts sent to the dead-letter topic"
             );
             sub.dead_lettered(partition, offset);
+            let key = sub.key();
+            telemetry::metrics::dead_lettered(key.topic.as_str(), key.name.as_str());
         }
         Err(e) => {
             tracing::error!(partition, offset, error = %e, "dead-letter publish failed; retrying in 1s");

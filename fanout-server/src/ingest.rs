@@ -195,6 +195,7 @@ impl IngestContext {
             return;
         };
         let token = CancellationToken::new();
+        let metrics = telemetry::metrics::Ingest::new(name.as_str());
         self.reader_tokens.lock().insert((name, p), token.clone());
         self.pending.lock().push(partition::Reader {
             shard: self.shard.clone(),
@@ -205,6 +206,7 @@ impl IngestContext {
             token,
             initial: Vec::new(),
             restarts: self.restarts.clone(),
+            metrics,
         });
     }
 
@@ -475,9 +477,14 @@ impl Committer {
         let Some(consumer) = self.consumer.upgrade() else {
             return Ok(());
         };
-        tokio::task::spawn_blocking(move || commit(consumer.as_ref(), &positions))
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || commit(consumer.as_ref(), &positions))
             .await
-            .unwrap_or(Ok(()))
+            .unwrap_or(Ok(()));
+        if result.is_ok() {
+            telemetry::metrics::commit(started.elapsed());
+        }
+        result
     }
 }
 

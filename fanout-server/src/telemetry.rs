@@ -21,11 +21,22 @@ pub fn init(format: LogFormat) {
     }
 }
 
-/// Prometheus metrics, rendered by the admin API at `/metrics`.
+/// Prometheus metrics, rendered by the admin API at `/metrics`. Names follow
+/// `fanout_<what>_<unit>`; labels are topic and subscription (and partition for losses),
+/// never a stream. Counters are kept as handles by the tasks that count; gauges of the
+/// shard's state are set when `/metrics` is scraped ([`observe`]).
 pub mod metrics {
     use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
 
+    use ::metrics::{
+        Counter, Gauge, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+        histogram,
+    };
     use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+    use metrics_util::MetricKindMask;
+
+    use crate::shard::Shard;
 
     /// Records deleted by retention before a subscription acked them.
     pub const LOST_RECORDS: &str = "fanout_lost_records_total";
@@ -33,27 +44,137 @@ pub mod metrics {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
     /// Installs the process-wide recorder (once; later calls return the same handle), or
-    /// `None` if another recorder was installed first.
+    /// `None` if another recorder was installed first. Gauges of subscriptions that are
+    /// gone disappear after 10 minutes without an update.
     pub fn install() -> Option<PrometheusHandle> {
         HANDLE
-            .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-                Ok(handle) => {
-                    describe();
-                    Some(handle)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics recorder not installed; /metrics is off");
-                    None
+            .get_or_init(|| {
+                let builder = PrometheusBuilder::new()
+                    .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(600)));
+                match builder.install_recorder() {
+                    Ok(handle) => {
+                        describe();
+                        Some(handle)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics recorder not installed; /metrics is off");
+                        None
+                    }
                 }
             })
             .clone()
     }
 
     fn describe() {
-        ::metrics::describe_counter!(
+        describe_counter!(
             LOST_RECORDS,
-            ::metrics::Unit::Count,
+            Unit::Count,
             "Offsets a subscription skipped because retention deleted them before it acked them (records, and any transaction markers or compacted gaps among them), by topic, subscription and partition. Each series starts at 0 when the partition is assigned, so that increase() sees the first loss."
+        );
+        describe_counter!(
+            "fanout_records_ingested_total",
+            Unit::Count,
+            "Records read from Kafka into the shared windows (once per record, whatever the number of subscriptions)."
+        );
+        describe_counter!(
+            "fanout_ingested_bytes_total",
+            Unit::Bytes,
+            "Payload bytes (key, value, headers) read into the shared windows."
+        );
+        describe_counter!(
+            "fanout_records_read_again_total",
+            Unit::Count,
+            "Records read from Kafka again by the catch-up readers for subscriptions too far behind the shared window."
+        );
+        describe_counter!(
+            "fanout_records_delivered_total",
+            Unit::Count,
+            "Records sent to a subscription's streams, first deliveries and redeliveries."
+        );
+        describe_counter!(
+            "fanout_delivered_bytes_total",
+            Unit::Bytes,
+            "Payload bytes sent to a subscription's streams."
+        );
+        describe_counter!(
+            "fanout_records_redelivered_total",
+            Unit::Count,
+            "Deliveries with an attempt above 1 (ack timeout, nack, stream ended)."
+        );
+        describe_counter!(
+            "fanout_records_acked_total",
+            Unit::Count,
+            "Records a subscription acked."
+        );
+        describe_counter!(
+            "fanout_records_dead_lettered_total",
+            Unit::Count,
+            "Records out of attempts published to the subscription's dead-letter topic."
+        );
+        describe_gauge!(
+            "fanout_streams",
+            Unit::Count,
+            "Streams connected to this shard, per subscription."
+        );
+        describe_gauge!(
+            "fanout_lag_records",
+            Unit::Count,
+            "Per subscription: offsets this shard has read from Kafka that the subscription has not acked (the admin API's lag also counts what Kafka holds and fanout has not read yet)."
+        );
+        describe_gauge!(
+            "fanout_unacked_records",
+            Unit::Count,
+            "Per subscription: records delivered and not acked."
+        );
+        describe_gauge!(
+            "fanout_oldest_unacked_age_seconds",
+            Unit::Seconds,
+            "Per subscription: how long ago the oldest record still in flight was delivered (the longest-running handler)."
+        );
+        describe_gauge!(
+            "fanout_catch_up_partitions",
+            Unit::Count,
+            "Per subscription: partitions served by the catch-up path."
+        );
+        describe_gauge!(
+            "fanout_paused",
+            Unit::Count,
+            "Per subscription: 1 while paused."
+        );
+        describe_gauge!(
+            "fanout_window_bytes",
+            Unit::Bytes,
+            "Bytes held by the shared windows of this shard."
+        );
+        describe_gauge!(
+            "fanout_window_budget_bytes",
+            Unit::Bytes,
+            "Budget of the shared windows of this shard."
+        );
+        describe_gauge!(
+            "fanout_catch_up_bytes",
+            Unit::Bytes,
+            "Bytes held by the private windows of the catch-up path."
+        );
+        describe_gauge!(
+            "fanout_catch_up_budget_bytes",
+            Unit::Bytes,
+            "Budget of the private windows of the catch-up path."
+        );
+        describe_gauge!(
+            "fanout_owned_partitions",
+            Unit::Count,
+            "Partitions this shard owns, per topic."
+        );
+        describe_histogram!(
+            "fanout_cursor_flush_seconds",
+            Unit::Seconds,
+            "Time to write moved cursors to the cursors topic, until Kafka acknowledged them."
+        );
+        describe_histogram!(
+            "fanout_commit_seconds",
+            Unit::Seconds,
+            "Time to commit the shard group's offsets."
         );
     }
 
@@ -64,12 +185,133 @@ pub mod metrics {
 
     /// Counts offsets a subscription lost to retention.
     pub fn lost_records(topic: &str, subscription: &str, partition: i32, n: u64) {
-        ::metrics::counter!(
+        counter!(
             LOST_RECORDS,
             "topic" => topic.to_owned(),
             "subscription" => subscription.to_owned(),
             "partition" => partition.to_string(),
         )
         .increment(n);
+    }
+
+    /// Counters of one partition reader.
+    #[derive(Debug, Clone)]
+    pub struct Ingest {
+        pub records: Counter,
+        pub bytes: Counter,
+    }
+
+    impl Ingest {
+        pub fn new(topic: &str) -> Self {
+            Self {
+                records: counter!("fanout_records_ingested_total", "topic" => topic.to_owned()),
+                bytes: counter!("fanout_ingested_bytes_total", "topic" => topic.to_owned()),
+            }
+        }
+    }
+
+    /// Records read again for the catch-up path.
+    pub fn read_again(topic: &str, n: u64) {
+        counter!("fanout_records_read_again_total", "topic" => topic.to_owned()).increment(n);
+    }
+
+    /// Counters of one stream, labelled by its subscription.
+    #[derive(Debug, Clone)]
+    pub struct Stream {
+        pub delivered: Counter,
+        pub delivered_bytes: Counter,
+        pub redelivered: Counter,
+        pub acked: Counter,
+        pub streams: Gauge,
+    }
+
+    impl Stream {
+        /// Counts the stream as connected until dropped.
+        pub fn open(topic: &str, subscription: &str) -> Self {
+            let labels = [
+                ("topic", topic.to_owned()),
+                ("subscription", subscription.to_owned()),
+            ];
+            let s = Self {
+                delivered: counter!("fanout_records_delivered_total", &labels),
+                delivered_bytes: counter!("fanout_delivered_bytes_total", &labels),
+                redelivered: counter!("fanout_records_redelivered_total", &labels),
+                acked: counter!("fanout_records_acked_total", &labels),
+                streams: gauge!("fanout_streams", &labels),
+            };
+            s.streams.increment(1.0);
+            s
+        }
+    }
+
+    impl Drop for Stream {
+        fn drop(&mut self) {
+            self.streams.decrement(1.0);
+        }
+    }
+
+    pub fn dead_lettered(topic: &str, subscription: &str) {
+        counter!(
+            "fanout_records_dead_lettered_total",
+            "topic" => topic.to_owned(),
+            "subscription" => subscription.to_owned(),
+        )
+        .increment(1);
+    }
+
+    pub fn cursor_flush(took: Duration) {
+        histogram!("fanout_cursor_flush_seconds").record(took.as_secs_f64());
+    }
+
+    pub fn commit(took: Duration) {
+        histogram!("fanout_commit_seconds").record(took.as_secs_f64());
+    }
+
+    /// Sets the gauges of the shard's state (called on each scrape).
+    pub fn observe(shard: &Shard) {
+        let (window, window_budget) = shard.window_memory();
+        let (catch_up, catch_up_budget) = shard.catch_up_memory();
+        gauge!("fanout_window_bytes").set(window as f64);
+        gauge!("fanout_window_budget_bytes").set(window_budget as f64);
+        gauge!("fanout_catch_up_bytes").set(catch_up as f64);
+        gauge!("fanout_catch_up_budget_bytes").set(catch_up_budget as f64);
+        let now = Instant::now();
+        for t in shard.topics() {
+            let owned = t.owned_partitions();
+            gauge!("fanout_owned_partitions", "topic" => t.name.to_string())
+                .set(owned.len() as f64);
+            for s in t.subscriptions() {
+                let spec = s.spec();
+                let labels = [
+                    ("topic", t.name.to_string()),
+                    ("subscription", spec.name.to_string()),
+                ];
+                let timeout = Duration::from_millis(spec.delivery.ack_timeout_ms);
+                let stats = s.partition_stats();
+                let lag: i64 = stats
+                    .iter()
+                    .filter_map(|st| {
+                        let o = owned.iter().find(|o| o.partition == st.partition)?;
+                        Some((o.log.head() - st.cursor).max(0))
+                    })
+                    .sum();
+                let oldest = stats
+                    .iter()
+                    .filter_map(|st| st.oldest_deadline)
+                    .min()
+                    .map_or(0.0, |d| {
+                        timeout
+                            .saturating_sub(d.saturating_duration_since(now))
+                            .as_secs_f64()
+                    });
+                gauge!("fanout_lag_records", &labels).set(lag as f64);
+                gauge!("fanout_unacked_records", &labels)
+                    .set(stats.iter().map(|st| st.unacked).sum::<usize>() as f64);
+                gauge!("fanout_oldest_unacked_age_seconds", &labels).set(oldest);
+                gauge!("fanout_catch_up_partitions", &labels)
+                    .set(stats.iter().filter(|st| st.catching_up).count() as f64);
+                gauge!("fanout_paused", &labels).set(if s.is_paused() { 1.0 } else { 0.0 });
+            }
+        }
     }
 }

@@ -26,6 +26,7 @@ use crate::kafka;
 use crate::log::{Batch, LogWriter, held_bytes};
 use crate::model::Record;
 use crate::shard::{CatchUpJob, Shard};
+use crate::telemetry;
 
 /// Longest a reader stays on one (subscription, partition) while others wait.
 const SLICE: Duration = Duration::from_millis(500);
@@ -273,6 +274,7 @@ impl CatchUpReader {
         match writer.append(batch) {
             Ok(()) => {
                 pending.drain(..n);
+                telemetry::metrics::read_again(job.topic.name.as_str(), n as u64);
                 job.subscription.wake();
                 Appended::Some
             }

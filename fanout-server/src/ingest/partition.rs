@@ -20,6 +20,7 @@ use crate::kafka;
 use crate::log::{Batch, LogWriter, held_bytes};
 use crate::model::{Offset, Record, TimestampKind};
 use crate::shard::{OwnedPartition, Shard, TopicRuntime};
+use crate::telemetry;
 use crate::wire;
 
 /// Most records moved into the window in one batch.
@@ -37,6 +38,8 @@ pub(super) struct Reader {
     pub initial: Vec<Record>,
     /// Where to ask for a restart from another offset.
     pub restarts: mpsc::UnboundedSender<Restart>,
+    /// What it counts.
+    pub metrics: telemetry::metrics::Ingest,
 }
 
 /// A request to read a partition again from `offset`.
@@ -203,6 +206,10 @@ impl Reader {
         let Some(batch) = Batch::new(records) else {
             return true;
         };
+        let (n, bytes) = (
+            batch.records().len() as u64,
+            batch.records().iter().map(Record::size).sum::<usize>() as u64,
+        );
         loop {
             let (fits, evicted) = writer.make_room(batch.bytes());
             if evicted > 0 {
@@ -228,6 +235,8 @@ impl Reader {
         }
         match writer.append(batch) {
             Ok(()) => {
+                self.metrics.records.increment(n);
+                self.metrics.bytes.increment(bytes);
                 // Keep only what some subscription still needs.
                 writer.trim_to_pins();
                 self.topic.wake();

@@ -276,7 +276,9 @@ impl Flusher {
             return Ok(0);
         }
         tracing::trace!(updates = updates.len(), "writing cursors");
+        let started = std::time::Instant::now();
         self.writer.write(&updates).await?;
+        crate::telemetry::metrics::cursor_flush(started.elapsed());
         self.shard.mark_stored(&updates);
         Ok(updates.len())
     }

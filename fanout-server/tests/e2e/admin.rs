@@ -87,6 +87,31 @@ async fn seek_replays_and_skips_and_deleting_a_subscription_releases_the_commit(
     }
     cursor_at(321).await;
 
+    // Prometheus sees it all.
+    let (status, _, text) = admin.get_text("/metrics").await;
+    assert_eq!(status, 200);
+    let value = |name: &str, sub: Option<&str>| -> f64 {
+        let topic_label = format!("topic=\"{topic}\"");
+        let sub_label = sub.map(|s| format!("subscription=\"{s}\""));
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("{name}{{"))
+                    && l.contains(&topic_label)
+                    && sub_label.as_ref().is_none_or(|s| l.contains(s.as_str()))
+            })
+            .unwrap_or_else(|| panic!("no {name} for {sub:?} in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("fanout_records_ingested_total", None) >= 321.0);
+    assert!(value("fanout_records_delivered_total", Some("main")) >= 421.0);
+    assert!(value("fanout_records_acked_total", Some("main")) >= 420.0);
+    assert_eq!(value("fanout_streams", Some("main")), 1.0);
+    assert_eq!(value("fanout_lag_records", Some("main")), 0.0);
+    assert_eq!(value("fanout_lag_records", Some("idle")), 321.0);
+    assert_eq!(value("fanout_paused", Some("idle")), 0.0);
+    assert!(text.contains("fanout_cursor_flush_seconds"), "{text}");
+
     // Deleting the idle subscription lets the commit go up to main's cursor.
     let group = cluster.clone();
     let t = topic.clone();
