@@ -53,6 +53,8 @@ pub trait KafkaView: Send + Sync + 'static {
         topic: &str,
         partitions: &[Partition],
     ) -> Result<Vec<(Partition, Offset, Offset)>, KafkaError>;
+    /// Does a broker answer?
+    fn ping(&self) -> Result<(), KafkaError>;
     /// Per partition, the first offset at or after `timestamp_ms` (`None`: no such record).
     fn offsets_for_time(
         &self,
@@ -63,6 +65,16 @@ pub trait KafkaView: Send + Sync + 'static {
 }
 
 impl KafkaView for BaseConsumer {
+    fn ping(&self) -> Result<(), KafkaError> {
+        // Any answer will do (a topic error included): the broker is reachable.
+        rdkafka::consumer::Consumer::fetch_metadata(
+            self,
+            Some("__consumer_offsets"),
+            std::time::Duration::from_secs(2),
+        )
+        .map(drop)
+    }
+
     fn partitions(&self, topic: &str) -> Result<Option<Vec<Partition>>, KafkaError> {
         kafka::partitions_of(self, topic)
     }
@@ -308,17 +320,50 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// What readiness checked.
+#[derive(Debug, Serialize)]
+struct Readiness {
+    /// The registry is loaded, the ingest runs, and no shutdown has begun.
+    started: bool,
+    kafka_reachable: bool,
+    /// The shard group assigned this shard its partitions (or nothing is registered).
+    assigned: bool,
+    owned_partitions: usize,
+}
+
+/// Ready to serve: started, a Kafka broker answers, and the shard group assigned this shard
+/// its partitions. 200 with what was checked, else 503 saying what is missing.
 async fn readyz(State(s): State<AdminState>) -> Response {
-    if *s.ready.borrow() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "the registry is not loaded or the ingest is not running yet",
-        )
-        .into_response()
+    let started = *s.ready.borrow();
+    let kafka_reachable = ask_kafka(&s, |k| k.ping()).await.is_ok();
+    let r = Readiness {
+        started,
+        kafka_reachable,
+        assigned: s.shard.has_assignment(),
+        owned_partitions: s
+            .shard
+            .topics()
+            .iter()
+            .map(|t| t.owned_partitions().len())
+            .sum(),
+    };
+    if r.started && r.kafka_reachable && r.assigned {
+        return (StatusCode::OK, Json(r)).into_response();
     }
+    let missing: Vec<&str> = [
+        (!r.started).then_some("not started (registry loading, or shutting down)"),
+        (!r.kafka_reachable).then_some("Kafka does not answer"),
+        (!r.assigned).then_some("no partition assignment from the shard group yet"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        missing.join("; "),
+    )
+    .into_response()
 }
 
 /// Prometheus text exposition of the process's metrics.

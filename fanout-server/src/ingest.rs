@@ -136,6 +136,7 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, Partition)> {
 
 impl IngestContext {
     fn on_assign(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        self.shard.mark_group_joined();
         let parts = partitions_of(tpl);
         let mut owned = Vec::with_capacity(parts.len());
         for (topic, p) in &parts {

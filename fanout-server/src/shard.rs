@@ -210,6 +210,8 @@ pub struct Shard {
     next_stream: AtomicU64,
     /// The registered topics the ingest should subscribe to.
     wanted_topics: watch::Sender<Vec<TopicName>>,
+    /// Set once the shard group gave this shard an assignment (possibly empty).
+    group_joined: std::sync::atomic::AtomicBool,
     /// Budget of all shared windows.
     window_pool: Arc<MemoryPool>,
     /// Sizes of private windows on the catch-up path.
@@ -237,6 +239,7 @@ impl Shard {
             stored: Mutex::new(HashMap::new()),
             next_stream: AtomicU64::new(1),
             wanted_topics: watch::Sender::new(Vec::new()),
+            group_joined: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -354,6 +357,16 @@ impl Shard {
             *w = names;
             changed
         });
+    }
+
+    /// The shard group assigned partitions to this shard (possibly none).
+    pub fn mark_group_joined(&self) {
+        self.group_joined.store(true, Ordering::Release);
+    }
+
+    /// Has the shard group assigned this shard its partitions, or is there nothing to read?
+    pub fn has_assignment(&self) -> bool {
+        self.group_joined.load(Ordering::Acquire) || self.wanted_topics.borrow().is_empty()
     }
 
     /// Watches the registered topics the ingest should read.

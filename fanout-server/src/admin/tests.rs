@@ -67,6 +67,10 @@ impl Table {
 }
 
 impl KafkaView for Table {
+    fn ping(&self) -> Result<(), KafkaError> {
+        self.check()
+    }
+
     fn partitions(&self, topic: &str) -> Result<Option<Vec<Partition>>, KafkaError> {
         self.check()?;
         Ok(self
@@ -870,6 +874,19 @@ async fn a_token_guards_the_api_but_not_the_probes() {
     );
     assert_eq!(api.get("/healthz").await.status, 200);
     assert_eq!(api.get("/readyz").await.status, 200);
+    // Readiness follows Kafka.
+    api.kafka.down.store(true, AtomicOrdering::SeqCst);
+    let r = api.get("/readyz").await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (503, Some("not_ready"))
+    );
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("Kafka"),
+        "{}",
+        r.body
+    );
+    assert_eq!(api.get("/healthz").await.status, 200, "alive all the same");
     assert!(constant_time_eq(b"abc", b"abc"));
     assert!(!constant_time_eq(b"abc", b"abd"));
     assert!(!constant_time_eq(b"abc", b"abcd"));
