@@ -27,8 +27,10 @@ use rdkafka::error::KafkaError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, watch};
+use utoipa::{OpenApi, ToSchema};
+use utoipa_swagger_ui::SwaggerUi;
 
-pub use error::ApiError;
+pub use error::{ApiError, Problem};
 pub use operate::{LagView, PartitionLag};
 pub use subscriptions::SubscriptionView;
 pub use topics::TopicView;
@@ -118,7 +120,7 @@ impl RegistryStore for RegistryWriter {
 }
 
 /// This shard, as `GET /v1/shards` lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ShardInfo {
     /// The shard's name (the pod name on Kubernetes).
     pub id: String,
@@ -155,6 +157,62 @@ impl std::fmt::Debug for AdminState {
             .field("info", &self.info)
             .field("auth", &self.token.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// The OpenAPI document of the admin API (served at `/openapi.json`, browsable at `/docs`).
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "fanout admin API",
+        description = "Register topics, manage subscriptions, see lag, replay and skip. Errors are application/problem+json with a stable code."
+    ),
+    paths(
+        healthz,
+        readyz,
+        metrics,
+        get_shard,
+        list_shards,
+        topics::list_topics,
+        topics::register_topic,
+        topics::get_topic,
+        topics::unregister_topic,
+        subscriptions::list_subscriptions,
+        subscriptions::create_subscription,
+        subscriptions::get_subscription,
+        subscriptions::update_subscription,
+        subscriptions::delete_subscription,
+        operate::all_lag,
+        operate::subscription_lag,
+        operate::seek,
+        operate::pause,
+        operate::resume,
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "topics", description = "Kafka topics fanout reads"),
+        (name = "subscriptions", description = "Who receives a topic's records, and how"),
+        (name = "operations", description = "Lag, replay and skip, pause"),
+        (name = "shards", description = "This shard and the cluster"),
+        (name = "probes", description = "Health, readiness, metrics (no token needed)"),
+    )
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_default()
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
     }
 }
 
@@ -204,6 +262,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .merge(api)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -316,12 +375,15 @@ async fn ask_kafka<T: Send + 'static>(
         .map_err(ApiError::kafka)
 }
 
+/// Alive (the process answers); for liveness probes.
+#[utoipa::path(get, path = "/healthz", tag = "probes", security(()),
+    responses((status = 200, description = "Alive", body = String, content_type = "text/plain")))]
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
 /// What readiness checked.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Readiness {
     /// The registry is loaded, the ingest runs, and no shutdown has begun.
     started: bool,
@@ -333,6 +395,11 @@ struct Readiness {
 
 /// Ready to serve: started, a Kafka broker answers, and the shard group assigned this shard
 /// its partitions. 200 with what was checked, else 503 saying what is missing.
+#[utoipa::path(get, path = "/readyz", tag = "probes", security(()),
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready, and why", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn readyz(State(s): State<AdminState>) -> Response {
     let started = *s.ready.borrow();
     let kafka_reachable = ask_kafka(&s, |k| k.ping()).await.is_ok();
@@ -367,6 +434,11 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 }
 
 /// Prometheus text exposition of the process's metrics.
+#[utoipa::path(get, path = "/metrics", tag = "probes", security(()),
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
+        (status = 404, description = "No metrics recorder in this process", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn metrics(State(s): State<AdminState>) -> Response {
     match &s.metrics {
         Some(handle) => {
@@ -390,7 +462,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
 // ---- this shard ----
 
 /// This shard's memory for records, against its budgets.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ShardView {
     /// Bytes held by the shared windows of all owned partitions.
     pub window_bytes: usize,
@@ -400,6 +472,11 @@ pub struct ShardView {
     pub catch_up_budget_bytes: usize,
 }
 
+#[utoipa::path(get, path = "/v1/shard", tag = "shards",
+    responses(
+        (status = 200, description = "This shard's memory against its budgets", body = ShardView),
+        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn get_shard(State(s): State<AdminState>) -> Json<ShardView> {
     let (window_bytes, window_budget_bytes) = s.shard.window_memory();
     let (catch_up_bytes, catch_up_budget_bytes) = s.shard.catch_up_memory();
@@ -412,7 +489,7 @@ async fn get_shard(State(s): State<AdminState>) -> Json<ShardView> {
 }
 
 /// A shard and the partitions it owns.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ShardEntry {
     #[serde(flatten)]
     pub info: ShardInfo,
@@ -422,6 +499,11 @@ pub struct ShardEntry {
 
 /// The shards of the cluster. One shard knows only itself for now (discovery of the others
 /// comes with sharding).
+#[utoipa::path(get, path = "/v1/shards", tag = "shards",
+    responses(
+        (status = 200, description = "The shards and their partitions", body = [ShardEntry]),
+        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn list_shards(State(s): State<AdminState>) -> Json<Vec<ShardEntry>> {
     let partitions = s
         .shard
@@ -484,5 +566,7 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+#[cfg(test)]
+mod api_md;
 #[cfg(test)]
 mod tests;

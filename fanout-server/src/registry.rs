@@ -89,7 +89,7 @@ fn is_false(b: &bool) -> bool {
 
 /// A subscription's partition moved to `offset` by seek number `generation` (counted per
 /// subscription, from 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PartitionSeek {
     pub generation: u64,
     pub offset: Offset,

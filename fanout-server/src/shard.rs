@@ -182,7 +182,7 @@ impl CatchUpQueue {
 
 /// Records retention deleted before a subscription acked them, on one partition, since
 /// this shard started (shown by the admin API).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct LossTotal {
     /// Records (offsets) lost.
     pub records: i64,

@@ -19,16 +19,22 @@ pub struct ApiError {
     pub field: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An error, as an RFC 9457 problem document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `urn:fanout:problem:<code>`.
     #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    code: &'a str,
-    detail: &'a str,
+    pub kind: String,
+    /// The HTTP status's reason phrase.
+    pub title: String,
+    pub status: u16,
+    /// Stable, machine-readable identifier (`topic_exists`, `invalid_field`, ...).
+    pub code: String,
+    /// What went wrong, for a person.
+    pub detail: String,
+    /// The request field at fault, if one is (`name`, `offsets.3`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -88,14 +94,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let title = self.status.canonical_reason().unwrap_or("error");
         let body = Problem {
             kind: format!("urn:fanout:problem:{}", self.code),
-            title,
+            title: self.status.canonical_reason().unwrap_or("error").to_owned(),
             status: self.status.as_u16(),
-            code: self.code,
-            detail: &self.detail,
-            field: self.field.as_deref(),
+            code: self.code.to_owned(),
+            detail: self.detail,
+            field: self.field,
         };
         let mut resp = (self.status, axum::Json(body)).into_response();
         resp.headers_mut().insert(

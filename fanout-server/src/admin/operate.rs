@@ -6,6 +6,9 @@ use std::time::Instant;
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::Problem;
 
 use super::subscriptions::{SubscriptionView, subscription_view, write};
 use super::{AdminState, ApiError, Body, ask_kafka, existing, now_ms};
@@ -13,7 +16,7 @@ use crate::model::{Offset, Partition, TopicName};
 use crate::registry::{PartitionSeek, SubscriptionSpec};
 
 /// One partition of a subscription on this shard.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PartitionLag {
     pub partition: Partition,
     /// Oldest offset Kafka still holds.
@@ -37,7 +40,7 @@ pub struct PartitionLag {
 }
 
 /// A subscription's lag on this shard.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LagView {
     pub topic: String,
     pub subscription: String,
@@ -113,6 +116,22 @@ async fn lag_of(
         .collect())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/topics/{topic}/subscriptions/{name}/lag",
+    tag = "operations",
+    params(
+        ("topic" = String, Path, description = "Registered topic"),
+        ("name" = String, Path, description = "Subscription name")
+    ),
+    responses(
+        (status = 200, description = "Lag per partition owned by this shard", body = LagView),
+        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn subscription_lag(
     State(s): State<AdminState>,
     Path((topic, name)): Path<(String, String)>,
@@ -127,6 +146,17 @@ pub async fn subscription_lag(
 }
 
 /// The lag of every subscription of every registered topic, on this shard.
+#[utoipa::path(
+    get,
+    path = "/v1/lag",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Lag of every subscription on this shard", body = [LagView]),
+        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn all_lag(State(s): State<AdminState>) -> Result<Json<Vec<LagView>>, ApiError> {
     let topics: Vec<(TopicName, Vec<SubscriptionSpec>)> = s.shard.with_registry(|r| {
         r.topics()
@@ -148,7 +178,7 @@ pub async fn all_lag(State(s): State<AdminState>) -> Result<Json<Vec<LagView>>, 
 }
 
 /// Where to move a subscription: exactly one of `to`, `timestamp_ms`, `offsets`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SeekRequest {
     /// `earliest` (the oldest record Kafka holds) or `latest` (skip everything so far).
@@ -166,7 +196,7 @@ pub struct SeekRequest {
     partitions: Option<Vec<Partition>>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SeekTo {
     Earliest,
@@ -176,6 +206,26 @@ pub enum SeekTo {
 /// Moves a subscription's cursors (replay: back; skip: forward), live. Records in flight on
 /// moved partitions are dropped and their streams end with UNAVAILABLE (subscribers
 /// reconnect). Offsets must lie within what Kafka holds (`log_start ..= log_end`).
+#[utoipa::path(
+    post,
+    path = "/v1/topics/{topic}/subscriptions/{name}/seek",
+    tag = "operations",
+    params(
+        ("topic" = String, Path, description = "Registered topic"),
+        ("name" = String, Path, description = "Subscription name")
+    ),
+    request_body = SeekRequest,
+    responses(
+        (status = 200, description = "Moved; the view shows the seeks", body = SubscriptionView),
+        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unreadable JSON body, or impossible given Kafka's state", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn seek(
     State(s): State<AdminState>,
     Path((topic, name)): Path<(String, String)>,
@@ -349,6 +399,22 @@ async fn set_paused(
 }
 
 /// Stops deliveries (acks still count) until resumed. Idempotent.
+#[utoipa::path(
+    post,
+    path = "/v1/topics/{topic}/subscriptions/{name}/pause",
+    tag = "operations",
+    params(
+        ("topic" = String, Path, description = "Registered topic"),
+        ("name" = String, Path, description = "Subscription name")
+    ),
+    responses(
+        (status = 200, description = "Paused", body = SubscriptionView),
+        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn pause(
     State(s): State<AdminState>,
     Path((topic, name)): Path<(String, String)>,
@@ -357,6 +423,22 @@ pub async fn pause(
 }
 
 /// Starts deliveries again. Idempotent.
+#[utoipa::path(
+    post,
+    path = "/v1/topics/{topic}/subscriptions/{name}/resume",
+    tag = "operations",
+    params(
+        ("topic" = String, Path, description = "Registered topic"),
+        ("name" = String, Path, description = "Subscription name")
+    ),
+    responses(
+        (status = 200, description = "Resumed", body = SubscriptionView),
+        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn resume(
     State(s): State<AdminState>,
     Path((topic, name)): Path<(String, String)>,

@@ -6,6 +6,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+
+use super::error::Problem;
 
 use super::{
     AdminState, ApiError, Body, ask_kafka, existing, name_param, now_ms, registered, topic_param,
@@ -21,7 +24,7 @@ fn default_start() -> StartPosition {
     StartPosition::Latest
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSubscription {
     name: String,
@@ -113,7 +116,7 @@ async fn check_dead_letter_topic(s: &AdminState, policy: &DeliveryPolicy) -> Res
 }
 
 /// A subscription, with its live state on this shard.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SubscriptionView {
     pub topic: String,
     pub name: String,
@@ -169,6 +172,20 @@ pub fn subscription_view(s: &Shard, spec: &SubscriptionSpec) -> SubscriptionView
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/topics/{topic}/subscriptions",
+    tag = "subscriptions",
+    params(
+        ("topic" = String, Path, description = "Registered topic")
+    ),
+    responses(
+        (status = 200, description = "The topic's subscriptions", body = [SubscriptionView]),
+        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn list_subscriptions(
     State(s): State<AdminState>,
     Path(topic): Path<String>,
@@ -186,6 +203,21 @@ pub async fn list_subscriptions(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/topics/{topic}/subscriptions/{name}",
+    tag = "subscriptions",
+    params(
+        ("topic" = String, Path, description = "Registered topic"),
+        ("name" = String, Path, description = "Subscription name")
+    ),
+    responses(
+        (status = 200, description = "The subscription", body = SubscriptionView),
+        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get_subscription(
     State(s): State<AdminState>,
     Path((topic, name)): Path<(String, String)>,
@@ -194,6 +226,26 @@ pub async fn get_subscription(
     Ok(Json(subscription_view(&s.shard, &spec)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/topics/{topic}/subscriptions",
+    tag = "subscriptions",
+    params(
+        ("topic" = String, Path, description = "Registered topic")
+    ),
+    request_body = CreateSubscription,
+    responses(
+        (status = 201, description = "Created", body = SubscriptionView),
+        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Exists already", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unreadable JSON body, or impossible given Kafka's state", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn create_subscription(
     State(s): State<AdminState>,
     Path(topic): Path<String>,
@@ -279,7 +331,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 }
 
 /// Settings to change; absent fields keep their value.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSubscription {
     /// Cannot change: accepted only if equal to the current ordering.
@@ -291,11 +343,32 @@ pub struct UpdateSubscription {
     max_attempts: Option<u32>,
     /// A topic name, or `null` to have none (then `max_attempts` must be 0).
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     dead_letter_topic: Option<Option<String>>,
 }
 
 /// Changes a subscription's delivery settings, live: new deliveries use them at once,
 /// deliveries in flight keep the ack deadline they were given.
+#[utoipa::path(
+    patch,
+    path = "/v1/topics/{topic}/subscriptions/{name}",
+    tag = "subscriptions",
+    params(
+        ("topic" = String, Path, description = "Registered topic"),
+        ("name" = String, Path, description = "Subscription name")
+    ),
+    request_body = UpdateSubscription,
+    responses(
+        (status = 200, description = "Changed (or nothing to change)", body = SubscriptionView),
+        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unreadable JSON body, or impossible given Kafka's state", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn update_subscription(
     State(s): State<AdminState>,
     Path((topic, name)): Path<(String, String)>,
@@ -343,6 +416,22 @@ pub async fn update_subscription(
 
 /// Deletes a subscription: its streams end, its cursors stop gating the shards' Kafka
 /// commit from the next flush on.
+#[utoipa::path(
+    delete,
+    path = "/v1/topics/{topic}/subscriptions/{name}",
+    tag = "subscriptions",
+    params(
+        ("topic" = String, Path, description = "Registered topic"),
+        ("name" = String, Path, description = "Subscription name")
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn delete_subscription(
     State(s): State<AdminState>,
     Path((topic, name)): Path<(String, String)>,

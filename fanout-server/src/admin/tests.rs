@@ -834,6 +834,62 @@ async fn pause_resume_lag_and_shards() {
 }
 
 #[tokio::test]
+async fn the_openapi_document_lists_every_route_and_the_docs_render() {
+    let api = api_with_token(Some("0123456789abcdef0123"));
+    // Open: a tool needs the document before it has a token.
+    let r = api.get("/openapi.json").await;
+    assert_eq!(r.status, 200);
+    let mut documented: Vec<String> = r.body["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| format!("{} {path}", m.to_uppercase()))
+        })
+        .collect();
+    documented.sort();
+    let sub = "/v1/topics/{topic}/subscriptions/{name}";
+    let mut routed: Vec<String> = [
+        "GET /healthz".to_owned(),
+        "GET /readyz".into(),
+        "GET /metrics".into(),
+        "GET /v1/shard".into(),
+        "GET /v1/shards".into(),
+        "GET /v1/lag".into(),
+        "GET /v1/topics".into(),
+        "POST /v1/topics".into(),
+        "GET /v1/topics/{topic}".into(),
+        "DELETE /v1/topics/{topic}".into(),
+        "GET /v1/topics/{topic}/subscriptions".into(),
+        "POST /v1/topics/{topic}/subscriptions".into(),
+        format!("GET {sub}"),
+        format!("PATCH {sub}"),
+        format!("DELETE {sub}"),
+        format!("GET {sub}/lag"),
+        format!("POST {sub}/seek"),
+        format!("POST {sub}/pause"),
+        format!("POST {sub}/resume"),
+    ]
+    .into();
+    routed.sort();
+    assert_eq!(documented, routed);
+    assert_eq!(
+        r.body["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let ui = api.get("/docs/").await;
+    assert_eq!(ui.status, 200);
+    assert!(
+        ui.content_type.starts_with("text/html"),
+        "{}",
+        ui.content_type
+    );
+}
+
+#[tokio::test]
 async fn a_token_guards_the_api_but_not_the_probes() {
     let token = "0123456789abcdef0123";
     let api = api_with_token(Some(token));

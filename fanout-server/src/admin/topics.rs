@@ -4,20 +4,23 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::Problem;
 
 use super::{AdminState, ApiError, Body, QueryParams, ask_kafka, now_ms, registered, topic_param};
 use crate::model::TopicName;
 use crate::registry::{Entry, Key, SubscriptionSpec, TopicSpec};
 use crate::shard::Shard;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterTopic {
     name: String,
 }
 
 /// A registered topic.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TopicView {
     pub name: String,
     pub created_at_ms: i64,
@@ -36,11 +39,36 @@ fn topic_view(s: &Shard, t: &TopicSpec) -> TopicView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/topics",
+    tag = "topics",
+    responses(
+        (status = 200, description = "Registered topics", body = [TopicView]),
+        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+
+    )
+)]
 pub async fn list_topics(State(s): State<AdminState>) -> Json<Vec<TopicView>> {
     let topics: Vec<TopicSpec> = s.shard.with_registry(|r| r.topics().cloned().collect());
     Json(topics.iter().map(|t| topic_view(&s.shard, t)).collect())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/topics/{topic}",
+    tag = "topics",
+    params(
+        ("topic" = String, Path, description = "Registered topic")
+    ),
+    responses(
+        (status = 200, description = "The topic", body = TopicView),
+        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get_topic(
     State(s): State<AdminState>,
     Path(topic): Path<String>,
@@ -50,6 +78,22 @@ pub async fn get_topic(
     Ok(Json(topic_view(&s.shard, &spec)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/topics",
+    tag = "topics",
+    request_body = RegisterTopic,
+    responses(
+        (status = 201, description = "Registered", body = TopicView),
+        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already registered", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unreadable JSON body, or impossible given Kafka's state", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn register_topic(
     State(s): State<AdminState>,
     Body(req): Body<RegisterTopic>,
@@ -83,7 +127,7 @@ pub async fn register_topic(
     Ok((StatusCode::CREATED, Json(topic_view(&s.shard, &spec))))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct UnregisterQuery {
     /// Delete the topic's subscriptions too.
@@ -94,6 +138,23 @@ pub struct UnregisterQuery {
 /// Stops reading a topic. Refused while it has subscriptions, unless `force=true`, which
 /// deletes them first (each one a registry write: if one fails, the ones before it are
 /// deleted and the topic stays registered; the error says so and the call can be retried).
+#[utoipa::path(
+    delete,
+    path = "/v1/topics/{topic}",
+    tag = "topics",
+    params(
+        ("topic" = String, Path, description = "Registered topic"),
+        UnregisterQuery
+    ),
+    responses(
+        (status = 204, description = "Unregistered"),
+        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The topic has subscriptions (pass force=true)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn unregister_topic(
     State(s): State<AdminState>,
     Path(topic): Path<String>,
