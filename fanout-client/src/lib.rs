@@ -19,6 +19,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
+pub mod cli;
 mod session;
 
 use std::sync::Arc;

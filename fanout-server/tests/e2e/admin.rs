@@ -130,3 +130,147 @@ async fn seek_replays_and_skips_and_deleting_a_subscription_releases_the_commit(
     sub.close().await;
     server.stop().await.unwrap();
 }
+
+/// Runs the `fanout` command line in-process against `server`.
+async fn fanout(server: &TestServer, args: &[&str]) -> (bool, String) {
+    let mut argv = vec!["fanout", "--admin", &server.admin, "--server", &server.grpc];
+    argv.extend_from_slice(args);
+    let mut out = Vec::new();
+    let code = fanout_client::cli::run(argv, &mut out).await;
+    let ok = format!("{code:?}") == format!("{:?}", std::process::ExitCode::SUCCESS);
+    (ok, String::from_utf8(out).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_operates_subscriptions() {
+    let topic = name("cli");
+    create_topic(&topic, 2).await;
+    let server = TestServer::start(&name("c")).await;
+    let (ok, out) = fanout(&server, &["topics", "register", &topic]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = fanout(
+        &server,
+        &[
+            "subs",
+            "create",
+            "--topic",
+            &topic,
+            "--subscription",
+            "s",
+            "--start",
+            "earliest",
+        ],
+    )
+    .await;
+    assert!(
+        ok && out.contains("SUBSCRIPTION") && out.contains(" s "),
+        "{out}"
+    );
+    produce(&topic, 0, 50).await;
+    let admin = server.admin_api();
+    // The partitions are assigned once the group has rebalanced: the lag table shows both.
+    let lag = eventually("a lag row per partition", || async {
+        let (ok, out) = fanout(&server, &["lag", "--output", "json"]).await;
+        assert!(ok, "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        (v[0]["partitions"].as_array().map(Vec::len) == Some(2) && v[0]["lag"] == 50).then_some(v)
+    })
+    .await;
+    assert_eq!(lag[0]["subscription"], "s");
+    let (ok, table) = fanout(&server, &["lag", "--topic", &topic, "--subscription", "s"]).await;
+    assert!(ok, "{table}");
+    assert!(table.starts_with("TOPIC"), "{table}");
+    assert_eq!(
+        table.lines().count(),
+        3,
+        "a header and a row per partition: {table}"
+    );
+
+    let (ok, out) = fanout(
+        &server,
+        &[
+            "seek",
+            "--topic",
+            &topic,
+            "--subscription",
+            "s",
+            "--to",
+            "latest",
+            "--partition",
+            "0",
+        ],
+    )
+    .await;
+    assert!(ok && out.contains("partition 0: seek #1"), "{out}");
+    let (ok, out) = fanout(
+        &server,
+        &[
+            "seek",
+            "--topic",
+            &topic,
+            "--subscription",
+            "s",
+            "--offset",
+            "1=0",
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["seeks"]["1"]["generation"], 2);
+    // A refused seek fails the command and changes nothing.
+    let (ok, _) = fanout(
+        &server,
+        &[
+            "seek",
+            "--topic",
+            &topic,
+            "--subscription",
+            "s",
+            "--offset",
+            "1=999999",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    let (ok, _) = fanout(
+        &server,
+        &["pause", "--topic", &topic, "--subscription", "s"],
+    )
+    .await;
+    assert!(ok);
+    let (_, v) = admin
+        .get(&format!("/v1/topics/{topic}/subscriptions/s"))
+        .await;
+    assert_eq!(
+        (
+            v["paused"].as_bool(),
+            v["seeks"]["1"]["generation"].as_i64()
+        ),
+        (Some(true), Some(2))
+    );
+    let (ok, _) = fanout(
+        &server,
+        &["resume", "--topic", &topic, "--subscription", "s"],
+    )
+    .await;
+    assert!(ok);
+    let (ok, out) = fanout(
+        &server,
+        &["subs", "list", "--topic", &topic, "--output", "json"],
+    )
+    .await;
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["paused"], false);
+
+    let (ok, _) = fanout(&server, &["topics", "unregister", &topic]).await;
+    assert!(!ok, "refused while it has subscriptions");
+    let (ok, out) = fanout(&server, &["topics", "unregister", &topic, "--force"]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = fanout(&server, &["topics", "list", "--output", "json"]).await;
+    assert!(ok && !out.contains(&topic), "{out}");
+    server.stop().await.unwrap();
+}

@@ -1,0 +1,705 @@
+//! The `fanout` command line: subscribe to a subscription, and operate fanout through its
+//! admin API (topics, subscriptions, lag, seek, pause, resume). A library module so that
+//! tests run it in-process; `src/bin/fanout.rs` only calls [`run`].
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::admin::{AdminClient, AdminError, segment};
+use crate::{Record, Subscriber, SubscriberConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "fanout", version, about = "Command-line client for fanout")]
+pub struct Cli {
+    /// gRPC endpoint of a fanout server (for `subscribe`).
+    #[arg(
+        long,
+        global = true,
+        env = "FANOUT_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server: String,
+    /// Admin API of a fanout server (for everything else).
+    #[arg(
+        long,
+        global = true,
+        env = "FANOUT_ADMIN",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    admin: String,
+    /// File holding the admin API's bearer token.
+    #[arg(long, global = true, env = "FANOUT_ADMIN_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
+    /// How to print answers: tables for people, JSON for scripts.
+    #[arg(long, global = true, value_enum, default_value = "pretty")]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a subscription's records as they arrive, acking each one.
+    Subscribe {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        subscription: String,
+        /// Stop after this many records.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Records in flight (credits).
+        #[arg(long, default_value_t = 500)]
+        max_in_flight: u32,
+        /// Do not ack: records stay unacked and come again later.
+        #[arg(long)]
+        no_ack: bool,
+    },
+    /// Registered topics: list, register, unregister.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// Subscriptions: list, show, create, delete.
+    #[command(subcommand)]
+    Subs(SubsCommand),
+    /// Lag per subscription and partition (all subscriptions, or one).
+    Lag {
+        #[arg(long, requires = "subscription")]
+        topic: Option<String>,
+        #[arg(long, requires = "topic")]
+        subscription: Option<String>,
+    },
+    /// Move a subscription's cursors: replay (back) or skip (forward).
+    Seek(SeekArgs),
+    /// Stop a subscription's deliveries (acks still count).
+    Pause(SubRef),
+    /// Start a paused subscription's deliveries again.
+    Resume(SubRef),
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    List,
+    /// Start reading a Kafka topic (it must exist in Kafka).
+    Register {
+        name: String,
+    },
+    /// Stop reading a topic.
+    Unregister {
+        name: String,
+        /// Delete its subscriptions too.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SubsCommand {
+    /// Subscriptions of a topic.
+    List {
+        #[arg(long)]
+        topic: String,
+    },
+    Show(SubRef),
+    Create {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        subscription: String,
+        /// `earliest` or `latest`.
+        #[arg(long, default_value = "latest")]
+        start: String,
+        /// `partition`, `key` or `none`.
+        #[arg(long, default_value = "partition")]
+        ordering: String,
+        #[arg(long)]
+        ack_timeout_ms: Option<u64>,
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        #[arg(long)]
+        dead_letter_topic: Option<String>,
+    },
+    Delete(SubRef),
+}
+
+#[derive(Debug, Clone, Args)]
+struct SubRef {
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    subscription: String,
+}
+
+#[derive(Debug, Args)]
+#[group(id = "target", required = true, multiple = false)]
+struct SeekTarget {
+    /// `earliest` (replay everything Kafka holds) or `latest` (skip everything so far).
+    #[arg(long, group = "target")]
+    to: Option<String>,
+    /// The first record at or after this time: RFC 3339 (`2026-11-22T03:00:00Z`) or
+    /// milliseconds since the Unix epoch.
+    #[arg(long, group = "target")]
+    timestamp: Option<String>,
+    /// The first record at or after this long ago (`2h`, `1day`).
+    #[arg(long, group = "target", value_parser = humantime::parse_duration)]
+    since: Option<Duration>,
+    /// Explicit offsets, `PARTITION=OFFSET` (repeatable).
+    #[arg(long = "offset", group = "target", value_parser = parse_offset)]
+    offsets: Vec<(i32, i64)>,
+}
+
+#[derive(Debug, Args)]
+struct SeekArgs {
+    #[command(flatten)]
+    sub: SubRef,
+    #[command(flatten)]
+    target: SeekTarget,
+    /// With --to, --timestamp or --since: only these partitions.
+    #[arg(long = "partition")]
+    partitions: Vec<i32>,
+}
+
+fn parse_offset(s: &str) -> Result<(i32, i64), String> {
+    let (p, o) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected PARTITION=OFFSET, got {s:?}"))?;
+    Ok((
+        p.trim()
+            .parse()
+            .map_err(|_| format!("bad partition in {s:?}"))?,
+        o.trim()
+            .parse()
+            .map_err(|_| format!("bad offset in {s:?}"))?,
+    ))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Tables (and one line per record for `subscribe`).
+    Pretty,
+    /// JSON (one object per line for `subscribe`).
+    Json,
+}
+
+fn text(b: &Option<bytes::Bytes>) -> String {
+    match b {
+        None => "null".into(),
+        Some(b) => String::from_utf8_lossy(b).into_owned(),
+    }
+}
+
+fn print_record(
+    out: &mut (impl Write + ?Sized),
+    r: &Record,
+    format: Output,
+) -> std::io::Result<()> {
+    match format {
+        Output::Pretty => writeln!(
+            out,
+            "{}/{}@{} attempt={} key={} value={}",
+            r.topic,
+            r.partition,
+            r.offset,
+            r.attempt,
+            text(&r.key),
+            text(&r.value)
+        ),
+        Output::Json => {
+            let headers: serde_json::Map<String, serde_json::Value> = r
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_ref()
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                            .into(),
+                    )
+                })
+                .collect();
+            let v = serde_json::json!({
+                "topic": &*r.topic,
+                "partition": r.partition,
+                "offset": r.offset,
+                "attempt": r.attempt,
+                "timestamp_ms": r.timestamp_ms,
+                "key": r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+                "value": r.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
+                "headers": headers,
+            });
+            writeln!(out, "{v}")
+        }
+    }
+}
+
+/// Runs the command line `args` (the first being the program name), printing to `out` and
+/// errors to stderr.
+pub async fn run<I, T>(args: I, out: &mut (dyn Write + Send)) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match execute(cli, out).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fanout: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(cli: &Cli) -> Result<Option<String>, AdminError> {
+    if let Some(path) = &cli.token_file {
+        let t = std::fs::read_to_string(path).map_err(|e| {
+            AdminError::Transport(format!("cannot read --token-file {}: {e}", path.display()))
+        })?;
+        return Ok(Some(t.trim().to_owned()));
+    }
+    Ok(std::env::var("FANOUT_ADMIN_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty()))
+}
+
+fn sub_path(r: &SubRef) -> String {
+    format!(
+        "/v1/topics/{}/subscriptions/{}",
+        segment(&r.topic),
+        segment(&r.subscription)
+    )
+}
+
+async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, AdminError> {
+    let output = cli.output;
+    let admin =
+        || -> Result<AdminClient, AdminError> { AdminClient::new(&cli.admin, token(&cli)?) };
+    let answer = match &cli.command {
+        Command::Subscribe {
+            topic,
+            subscription,
+            count,
+            max_in_flight,
+            no_ack,
+        } => {
+            return Ok(subscribe(
+                &cli.server,
+                topic,
+                subscription,
+                *count,
+                *max_in_flight,
+                *no_ack,
+                output,
+                out,
+            )
+            .await);
+        }
+        Command::Topics(TopicsCommand::List) => {
+            let v = admin()?.get("/v1/topics").await?;
+            print_table(out, output, &v, &["name", "subscriptions", "created_at_ms"])
+        }
+        Command::Topics(TopicsCommand::Register { name }) => {
+            let v = admin()?.post("/v1/topics", json!({ "name": name })).await?;
+            print_table(
+                out,
+                output,
+                &json!([v]),
+                &["name", "subscriptions", "created_at_ms"],
+            )
+        }
+        Command::Topics(TopicsCommand::Unregister { name, force }) => {
+            admin()?
+                .delete(&format!("/v1/topics/{}?force={force}", segment(name)))
+                .await?;
+            print_done(out, output, &format!("topic {name} unregistered"))
+        }
+        Command::Subs(SubsCommand::List { topic }) => {
+            let v = admin()?
+                .get(&format!("/v1/topics/{}/subscriptions", segment(topic)))
+                .await?;
+            print_subs(out, output, &v)
+        }
+        Command::Subs(SubsCommand::Show(r)) => {
+            let v = admin()?.get(&sub_path(r)).await?;
+            match output {
+                Output::Json => writeln!(out, "{v}"),
+                Output::Pretty => print_subs(out, output, &json!([v])),
+            }
+        }
+        Command::Subs(SubsCommand::Create {
+            topic,
+            subscription,
+            start,
+            ordering,
+            ack_timeout_ms,
+            max_attempts,
+            dead_letter_topic,
+        }) => {
+            let mut body = json!({"name": subscription, "start": start, "ordering": ordering});
+            if let Some(t) = ack_timeout_ms {
+                body["ack_timeout_ms"] = json!(t);
+            }
+            if let Some(m) = max_attempts {
+                body["max_attempts"] = json!(m);
+            }
+            if let Some(d) = dead_letter_topic {
+                body["dead_letter_topic"] = json!(d);
+            }
+            let v = admin()?
+                .post(
+                    &format!("/v1/topics/{}/subscriptions", segment(topic)),
+                    body,
+                )
+                .await?;
+            print_subs(out, output, &json!([v]))
+        }
+        Command::Subs(SubsCommand::Delete(r)) => {
+            admin()?.delete(&sub_path(r)).await?;
+            print_done(
+                out,
+                output,
+                &format!("subscription {}/{} deleted", r.topic, r.subscription),
+            )
+        }
+        Command::Lag {
+            topic,
+            subscription,
+        } => {
+            let v = match (topic, subscription) {
+                (Some(t), Some(s)) => {
+                    let one = admin()?
+                        .get(&format!(
+                            "{}/lag",
+                            sub_path(&SubRef {
+                                topic: t.clone(),
+                                subscription: s.clone()
+                            })
+                        ))
+                        .await?;
+                    json!([one])
+                }
+                _ => admin()?.get("/v1/lag").await?,
+            };
+            print_lag(out, output, &v)
+        }
+        Command::Seek(a) => {
+            let mut body = match &a.target {
+                SeekTarget { to: Some(to), .. } => json!({ "to": to }),
+                SeekTarget {
+                    timestamp: Some(ts),
+                    ..
+                } => json!({ "timestamp_ms": parse_time(ts)? }),
+                SeekTarget { since: Some(d), .. } => {
+                    let at = SystemTime::now().checked_sub(*d).unwrap_or(UNIX_EPOCH);
+                    json!({ "timestamp_ms": millis(at) })
+                }
+                SeekTarget { offsets, .. } => {
+                    let m: serde_json::Map<String, Value> = offsets
+                        .iter()
+                        .map(|(p, o)| (p.to_string(), json!(o)))
+                        .collect();
+                    json!({ "offsets": m })
+                }
+            };
+            if !a.partitions.is_empty() {
+                body["partitions"] = json!(a.partitions);
+            }
+            let v = admin()?
+                .post(&format!("{}/seek", sub_path(&a.sub)), body)
+                .await?;
+            print_json_or(out, output, &v, || {
+                let seeks = v["seeks"].as_object().cloned().unwrap_or_default();
+                let mut s = String::new();
+                for (p, seek) in seeks {
+                    s.push_str(&format!(
+                        "partition {p}: seek #{} to offset {}\n",
+                        seek["generation"], seek["offset"]
+                    ));
+                }
+                s
+            })
+        }
+        Command::Pause(r) => {
+            let v = admin()?
+                .post(&format!("{}/pause", sub_path(r)), json!({}))
+                .await?;
+            print_json_or(out, output, &v, || {
+                format!("{}/{} paused\n", r.topic, r.subscription)
+            })
+        }
+        Command::Resume(r) => {
+            let v = admin()?
+                .post(&format!("{}/resume", sub_path(r)), json!({}))
+                .await?;
+            print_json_or(out, output, &v, || {
+                format!("{}/{} resumed\n", r.topic, r.subscription)
+            })
+        }
+    };
+    answer.map_err(|e| AdminError::Transport(format!("writing the answer: {e}")))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// RFC 3339 or milliseconds since the Unix epoch.
+fn parse_time(s: &str) -> Result<i64, AdminError> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(s).map(millis).map_err(|e| {
+        AdminError::Transport(format!(
+            "--timestamp {s:?}: {e} (RFC 3339 or epoch milliseconds)"
+        ))
+    })
+}
+
+fn print_done(out: &mut (dyn Write + Send), output: Output, what: &str) -> std::io::Result<()> {
+    match output {
+        Output::Json => writeln!(out, "{}", json!({ "done": what })),
+        Output::Pretty => writeln!(out, "{what}"),
+    }
+}
+
+fn print_json_or(
+    out: &mut (dyn Write + Send),
+    output: Output,
+    v: &Value,
+    pretty: impl FnOnce() -> String,
+) -> std::io::Result<()> {
+    match output {
+        Output::Json => writeln!(out, "{v}"),
+        Output::Pretty => write!(out, "{}", pretty()),
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// Prints rows (objects) as an aligned table of `columns`, or as JSON.
+fn table(
+    out: &mut (dyn Write + Send),
+    header: &[&str],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    writeln!(
+        out,
+        "{}",
+        line(header.iter().map(|h| h.to_uppercase()).collect())
+    )?;
+    for r in rows {
+        writeln!(out, "{}", line(r.clone()))?;
+    }
+    Ok(())
+}
+
+fn print_table(
+    out: &mut (dyn Write + Send),
+    output: Output,
+    v: &Value,
+    columns: &[&str],
+) -> std::io::Result<()> {
+    if output == Output::Json {
+        return writeln!(out, "{v}");
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|o| columns.iter().map(|c| cell(&o[*c])).collect())
+                .collect()
+        })
+        .unwrap_or_default();
+    table(out, columns, &rows)
+}
+
+fn print_subs(out: &mut (dyn Write + Send), output: Output, v: &Value) -> std::io::Result<()> {
+    if output == Output::Json {
+        return writeln!(out, "{v}");
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    vec![
+                        cell(&s["topic"]),
+                        cell(&s["name"]),
+                        cell(&s["delivery"]["ordering"]),
+                        if s["paused"] == json!(true) {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                        cell(&s["streams"]),
+                        cell(&s["unacked"]),
+                        cell(&s["delivery"]["dead_letter_topic"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(
+        out,
+        &[
+            "topic",
+            "subscription",
+            "ordering",
+            "paused",
+            "streams",
+            "unacked",
+            "dead_letter_topic",
+        ],
+        &rows,
+    )
+}
+
+fn print_lag(out: &mut (dyn Write + Send), output: Output, v: &Value) -> std::io::Result<()> {
+    if output == Output::Json {
+        return writeln!(out, "{v}");
+    }
+    let mut rows = Vec::new();
+    for s in v.as_array().into_iter().flatten() {
+        for p in s["partitions"].as_array().into_iter().flatten() {
+            rows.push(vec![
+                cell(&s["topic"]),
+                cell(&s["subscription"]),
+                cell(&p["partition"]),
+                cell(&p["cursor"]),
+                cell(&p["log_end"]),
+                cell(&p["lag"]),
+                cell(&p["in_flight"]),
+                p["oldest_unacked_age_ms"]
+                    .as_u64()
+                    .map_or_else(|| "-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
+                if p["catching_up"] == json!(true) {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                if s["paused"] == json!(true) {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+            ]);
+        }
+    }
+    table(
+        out,
+        &[
+            "topic",
+            "subscription",
+            "partition",
+            "cursor",
+            "log_end",
+            "lag",
+            "in_flight",
+            "oldest_unacked",
+            "catching_up",
+            "paused",
+        ],
+        &rows,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn subscribe(
+    server: &str,
+    topic: &str,
+    subscription: &str,
+    count: Option<u64>,
+    max_in_flight: u32,
+    no_ack: bool,
+    output: Output,
+    out: &mut (dyn Write + Send),
+) -> ExitCode {
+    let cfg = SubscriberConfig::new(server, topic, subscription).max_in_flight(max_in_flight);
+    let mut sub = match Subscriber::connect(cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fanout: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = Instant::now();
+    let mut seen = 0u64;
+    let mut last_report = Instant::now();
+    let code = loop {
+        if count.is_some_and(|c| seen >= c) {
+            break ExitCode::SUCCESS;
+        }
+        let next = tokio::select! {
+            r = sub.next() => r,
+            _ = tokio::signal::ctrl_c() => break ExitCode::SUCCESS,
+        };
+        match next {
+            None => break ExitCode::SUCCESS,
+            Some(Err(e)) => {
+                eprintln!("fanout: {e}");
+                break ExitCode::FAILURE;
+            }
+            Some(Ok(r)) => {
+                if print_record(out, &r, output).is_err() {
+                    // stdout closed (e.g. piped into head): stop quietly.
+                    break ExitCode::SUCCESS;
+                }
+                if !no_ack {
+                    sub.ack(&r);
+                }
+                seen += 1;
+                if last_report.elapsed() > Duration::from_secs(5) {
+                    let rate = seen as f64 / started.elapsed().as_secs_f64();
+                    eprintln!("fanout: {seen} records ({rate:.0}/s)");
+                    last_report = Instant::now();
+                }
+            }
+        }
+    };
+    let _ = out.flush();
+    sub.close().await;
+    eprintln!(
+        "fanout: {seen} records in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    code
+}
