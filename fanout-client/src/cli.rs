@@ -122,6 +122,20 @@ enum SubsCommand {
         #[arg(long)]
         dead_letter_topic: Option<String>,
     },
+    /// Change delivery settings, live (absent options keep their value).
+    Update {
+        #[command(flatten)]
+        sub: SubRef,
+        #[arg(long)]
+        ack_timeout_ms: Option<u64>,
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        #[arg(long, conflicts_with = "no_dead_letter_topic")]
+        dead_letter_topic: Option<String>,
+        /// Remove the dead-letter topic (needs --max-attempts 0).
+        #[arg(long)]
+        no_dead_letter_topic: bool,
+    },
     Delete(SubRef),
 }
 
@@ -364,6 +378,29 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Adm
                     body,
                 )
                 .await?;
+            print_subs(out, output, &json!([v]))
+        }
+        Command::Subs(SubsCommand::Update {
+            sub,
+            ack_timeout_ms,
+            max_attempts,
+            dead_letter_topic,
+            no_dead_letter_topic,
+        }) => {
+            let mut body = json!({});
+            if let Some(t) = ack_timeout_ms {
+                body["ack_timeout_ms"] = json!(t);
+            }
+            if let Some(m) = max_attempts {
+                body["max_attempts"] = json!(m);
+            }
+            if let Some(d) = dead_letter_topic {
+                body["dead_letter_topic"] = json!(d);
+            }
+            if *no_dead_letter_topic {
+                body["dead_letter_topic"] = Value::Null;
+            }
+            let v = admin()?.patch(&sub_path(sub), body).await?;
             print_subs(out, output, &json!([v]))
         }
         Command::Subs(SubsCommand::Delete(r)) => {

@@ -259,12 +259,43 @@ async fn the_cli_operates_subscriptions() {
     assert!(ok);
     let (ok, out) = fanout(
         &server,
+        &[
+            "subs",
+            "update",
+            "--topic",
+            &topic,
+            "--subscription",
+            "s",
+            "--ack-timeout-ms",
+            "2000",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let (ok, _) = fanout(
+        &server,
+        &[
+            "subs",
+            "update",
+            "--topic",
+            &topic,
+            "--subscription",
+            "s",
+            "--max-attempts",
+            "3",
+        ],
+    )
+    .await;
+    assert!(!ok, "attempts without a dead-letter topic are refused");
+    let (ok, out) = fanout(
+        &server,
         &["subs", "list", "--topic", &topic, "--output", "json"],
     )
     .await;
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["paused"], false);
+    assert_eq!(v[0]["delivery"]["ack_timeout_ms"], 2000);
 
     let (ok, _) = fanout(&server, &["topics", "unregister", &topic]).await;
     assert!(!ok, "refused while it has subscriptions");
