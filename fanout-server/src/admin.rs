@@ -257,6 +257,13 @@ pub fn router(state: AdminState) -> Router {
             post(operate::resume),
         )
         .fallback(|| async { ApiError::not_found("no_such_route", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method (see /openapi.json)",
+            )
+        })
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(healthz))

@@ -471,6 +471,8 @@ async fn bad_bodies_are_refused_precisely() {
     );
     api.refused(Method::GET, "/v2/nothing", None, 404, "no_such_route")
         .await;
+    api.refused(Method::PUT, "/v1/topics", None, 405, "method_not_allowed")
+        .await;
 }
 
 #[tokio::test]
