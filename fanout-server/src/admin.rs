@@ -102,6 +102,8 @@ impl KafkaView for BaseConsumer {
 /// Where registry writes go: the registry topic (or, in component tests, straight to the
 /// shard). A write returns once this shard applied it.
 pub trait RegistryStore: Send + Sync + 'static {
+    /// Returns once this shard applied everything written so far.
+    fn sync(&self) -> BoxFuture<'_, Result<(), StoreError>>;
     fn put<'a>(
         &'a self,
         key: &'a Key,
@@ -110,6 +112,10 @@ pub trait RegistryStore: Send + Sync + 'static {
 }
 
 impl RegistryStore for RegistryWriter {
+    fn sync(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(RegistryWriter::sync(self))
+    }
+
     fn put<'a>(
         &'a self,
         key: &'a Key,
@@ -564,6 +570,15 @@ fn existing(s: &Shard, topic: &str, name: &str) -> Result<SubscriptionSpec, ApiE
                 ),
             )
         })
+}
+
+/// Takes the write lock and waits until this shard applied the whole registry: a
+/// read-modify-write then starts from the latest state (writes of other shards, and earlier
+/// writes of this one that timed out but landed).
+async fn write_access(s: &AdminState) -> Result<tokio::sync::MutexGuard<'_, ()>, ApiError> {
+    let guard = s.write_lock.lock().await;
+    s.registry.sync().await.map_err(ApiError::store)?;
+    Ok(guard)
 }
 
 fn now_ms() -> i64 {

@@ -577,6 +577,11 @@ impl SubscriptionDelivery {
         given_back
     }
 
+    /// Was a partition reset under `stream` (it must end)?
+    pub fn is_reset(&self, stream: StreamId) -> bool {
+        self.reset.contains(&stream)
+    }
+
     /// Takes the next records for `stream` within its credits and `limits`: on each of its
     /// partitions, records due for redelivery first, then first deliveries in offset order.
     pub fn take(&mut self, stream: StreamId, now: Instant, limits: TakeLimits) -> Take {

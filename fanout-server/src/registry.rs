@@ -87,8 +87,9 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-/// A subscription's partition moved to `offset` by seek number `generation` (counted per
-/// subscription, from 1).
+/// A subscription's partition moved to `offset` by the seek `generation` (unique per
+/// subscription and increasing: at least the previous one + 1 and at least the time of the
+/// request in milliseconds, so that a retry after a lost or stale write is a new seek).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PartitionSeek {
     pub generation: u64,
@@ -114,7 +115,8 @@ impl SubscriptionSpec {
         }
     }
 
-    /// The last seek on a partition (0: none). Stored cursors carry it.
+    /// The last seek on a partition (0: none). Stored cursors carry it: a cursor counts only
+    /// if it follows the partition's current seek.
     pub fn seek_generation(&self, partition: Partition) -> u64 {
         self.seeks.get(&partition).map_or(0, |s| s.generation)
     }

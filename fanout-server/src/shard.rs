@@ -120,7 +120,7 @@ fn stored_entry<'a>(
 ) -> Option<&'a StoredCursor> {
     stored
         .get(&(spec.key(), p))
-        .filter(|c| c.incarnation == spec.created_at_ms && c.seek >= spec.seek_generation(p))
+        .filter(|c| c.incarnation == spec.created_at_ms && c.seek == spec.seek_generation(p))
 }
 
 /// The stored cursor of this life of the subscription, if there is one.
@@ -449,7 +449,7 @@ impl Shard {
         let resets: Vec<(Partition, Arc<PartitionLog>, Offset)> = new
             .seeks
             .iter()
-            .filter(|(p, s)| s.generation > old.seek_generation(**p))
+            .filter(|(p, s)| old.seeks.get(p) != Some(*s))
             .filter_map(|(p, s)| partitions.get(p).map(|o| (*p, o.log.clone(), s.offset)))
             .collect();
         {
@@ -704,22 +704,28 @@ impl Shard {
     /// Records that these cursors are now stored in Kafka. Partitions no longer owned (a
     /// flush that outlived its revoke) are left out: the next owner decides from Kafka.
     pub fn mark_stored(&self, updates: &[CursorUpdate]) {
-        let owned: Vec<bool> = updates
+        let current_seek = |u: &CursorUpdate| {
+            let (_, s) = self
+                .subscription(&u.subscription.topic, &u.subscription.name)
+                .ok()?;
+            (s.created_at_ms() == u.incarnation).then(|| s.spec().seek_generation(u.partition))
+        };
+        // Looked up before the stored cursors are locked (lock order).
+        let keep: Vec<bool> = updates
             .iter()
             .map(|u| {
-                self.topic(&u.subscription.topic)
+                let owned = self
+                    .topic(&u.subscription.topic)
                     .and_then(|t| t.partition(u.partition))
-                    .is_some()
+                    .is_some();
+                // A seek applied while the flush ran is not undone by the cursor before it.
+                owned && current_seek(u) == Some(u.seek)
             })
             .collect();
         let mut stored = self.stored.lock();
-        for (u, owned) in updates.iter().zip(owned) {
+        for (u, keep) in updates.iter().zip(keep) {
             let key = (u.subscription.clone(), u.partition);
-            // A seek applied while the flush ran is not undone by the cursor before it.
-            let superseded = stored
-                .get(&key)
-                .is_some_and(|c| c.incarnation == u.incarnation && c.seek > u.seek);
-            if owned && !superseded {
+            if keep {
                 stored.insert(
                     key,
                     StoredCursor {
@@ -743,7 +749,7 @@ impl Shard {
             .filter(|((k, p), c)| {
                 *k == key
                     && c.incarnation == spec.created_at_ms
-                    && c.seek >= spec.seek_generation(*p)
+                    && c.seek == spec.seek_generation(*p)
             })
             .map(|((_, p), c)| (*p, c.offset))
             .collect()

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::error::Problem;
 
 use super::subscriptions::{SubscriptionView, subscription_view, write};
-use super::{AdminState, ApiError, Body, ask_kafka, existing, now_ms};
+use super::{AdminState, ApiError, Body, ask_kafka, existing, now_ms, write_access};
 use crate::model::{Offset, Partition, TopicName};
 use crate::registry::{PartitionSeek, SubscriptionSpec};
 
@@ -274,7 +274,7 @@ pub async fn seek(
         ),
     };
 
-    let _guard = s.write_lock.lock().await;
+    let _guard = write_access(&s).await?;
     let spec = existing(&s.shard, &topic, &name)?;
     let t = spec.topic.clone();
     let (marks, by_time) = {
@@ -364,8 +364,8 @@ pub async fn seek(
                 .collect()
         }
     };
-    let generation = spec.last_seek() + 1;
     let at_ms = now_ms();
+    let generation = (spec.last_seek() + 1).max(u64::try_from(at_ms).unwrap_or(0));
     let mut new = spec.clone();
     for (p, offset) in targets {
         new.seeks.insert(
@@ -388,7 +388,7 @@ async fn set_paused(
     name: &str,
     paused: bool,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    let _guard = s.write_lock.lock().await;
+    let _guard = write_access(s).await?;
     let spec = existing(&s.shard, topic, name)?;
     if spec.paused == paused {
         return Ok(Json(subscription_view(&s.shard, &spec)));

@@ -12,6 +12,7 @@ use super::error::Problem;
 
 use super::{
     AdminState, ApiError, Body, ask_kafka, existing, name_param, now_ms, registered, topic_param,
+    write_access,
 };
 use crate::model::{
     DEFAULT_ACK_TIMEOUT_MS, DeliveryOrder, DeliveryPolicy, Offset, Partition, StartOffsets,
@@ -266,7 +267,7 @@ pub async fn create_subscription(
         topic: topic.clone(),
         name: name.clone(),
     };
-    let _guard = s.write_lock.lock().await;
+    let _guard = write_access(&s).await?;
     if s.shard.with_registry(|r| r.subscription(&key).is_some()) {
         return Err(ApiError::conflict(
             "subscription_exists",
@@ -374,7 +375,7 @@ pub async fn update_subscription(
     Path((topic, name)): Path<(String, String)>,
     Body(req): Body<UpdateSubscription>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    let _guard = s.write_lock.lock().await;
+    let _guard = write_access(&s).await?;
     let spec = existing(&s.shard, &topic, &name)?;
     let old = &spec.delivery;
     if let Some(o) = req.ordering
@@ -436,7 +437,7 @@ pub async fn delete_subscription(
     State(s): State<AdminState>,
     Path((topic, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let _guard = s.write_lock.lock().await;
+    let _guard = write_access(&s).await?;
     let spec = existing(&s.shard, &topic, &name)?;
     s.registry
         .put(&Key::Subscription(spec.key()), None)

@@ -8,7 +8,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::Problem;
 
-use super::{AdminState, ApiError, Body, QueryParams, ask_kafka, now_ms, registered, topic_param};
+use super::{
+    AdminState, ApiError, Body, QueryParams, ask_kafka, now_ms, registered, topic_param,
+    write_access,
+};
 use crate::model::TopicName;
 use crate::registry::{Entry, Key, SubscriptionSpec, TopicSpec};
 use crate::shard::Shard;
@@ -108,7 +111,7 @@ pub async fn register_topic(
         )
         .field("name"));
     }
-    let _guard = s.write_lock.lock().await;
+    let _guard = write_access(&s).await?;
     if s.shard.with_registry(|r| r.topic(&name).is_some()) {
         return Err(ApiError::conflict(
             "topic_exists",
@@ -161,7 +164,7 @@ pub async fn unregister_topic(
     QueryParams(q): QueryParams<UnregisterQuery>,
 ) -> Result<StatusCode, ApiError> {
     let topic = topic_param(&topic)?;
-    let _guard = s.write_lock.lock().await;
+    let _guard = write_access(&s).await?;
     registered(&s.shard, &topic)?;
     let subs: Vec<SubscriptionSpec> = s
         .shard

@@ -211,7 +211,12 @@ impl SubscriptionRuntime {
     /// Records for `stream` to send now (none while the subscription is paused).
     pub fn take(&self, stream: StreamId, now: Instant, limits: TakeLimits) -> Take {
         if self.is_paused() {
-            return Take::default();
+            // A seek while paused still ends the streams it dropped records of.
+            let reset = self.delivery.lock().is_reset(stream);
+            return Take {
+                reset,
+                ..Take::default()
+            };
         }
         let take = self.delivery.lock().take(stream, now, limits);
         if take.released {

@@ -663,3 +663,35 @@ fn a_paused_subscription_delivers_nothing_until_resumed_and_settings_change_live
     register(&shard, 3, Entry::Subscription(paused));
     assert_eq!(sa.take(s1, Instant::now(), LIMITS.take).records(), 4);
 }
+
+#[test]
+fn any_change_of_a_seek_applies_and_flushes_never_undo_one() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, topic_entry("orders"));
+    let Entry::Subscription(spec) = sub_entry("orders", "a", &[(0, 0)]) else {
+        unreachable!()
+    };
+    register(&shard, 1, Entry::Subscription(spec.clone()));
+    let assigned = shard.assign(&t("orders"), 0, 0, 100);
+    append(&assigned.partition, 0..50);
+    let (_, sa) = shard.subscription(&t("orders"), &spec.name).unwrap();
+    register(&shard, 2, seek(&spec, 500, &[(0, 40)]));
+    assert_eq!(sa.cursors(), vec![(0, 40)]);
+    // The registry now says another seek (a lower generation: written from a stale read):
+    // it applies all the same, and cursors stored under the other one stop counting.
+    register(&shard, 3, seek(&spec, 7, &[(0, 10)]));
+    assert_eq!(sa.cursors(), vec![(0, 10)]);
+    assert_eq!(shard.durable_cursors(&sa.spec()), BTreeMap::from([(0, 10)]));
+    // A flush of a cursor read before the seek does not overwrite it.
+    let stale = CursorUpdate {
+        subscription: spec.key(),
+        incarnation: spec.created_at_ms,
+        partition: 0,
+        cursor: 45,
+        acked: vec![],
+        seek: 500,
+    };
+    shard.mark_stored(&[stale]);
+    assert_eq!(shard.durable_cursors(&sa.spec()), BTreeMap::from([(0, 10)]));
+    assert_eq!(shard.commit_positions(), vec![(t("orders"), 0, 10)]);
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use tokio::sync::watch;
@@ -138,6 +138,35 @@ impl RegistryWriter {
     }
 
     /// Writes `value` (or a tombstone) under `key` and waits until the shard applied it.
+    /// Waits until this shard applied everything the registry topic holds now (writes of
+    /// other shards, and earlier writes of this one that timed out), so that a
+    /// read-modify-write starts from the latest state.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        let high = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+        })
+        .await
+        .map_err(|_| StoreError::ShuttingDown)?
+        .map_err(|e| StoreError::Kafka {
+            what: format!("reading the end of {}", self.topic),
+            source: e,
+        })?
+        .1;
+        let mut progress = self.shard.registry_progress();
+        tokio::time::timeout(self.apply_timeout, progress.wait_for(|next| *next >= high))
+            .await
+            .map_err(|_| StoreError::Timeout {
+                what: format!("applying the registry up to offset {high}"),
+                after: self.apply_timeout,
+            })?
+            .map_err(|_| StoreError::ShuttingDown)?;
+        Ok(())
+    }
+
     pub async fn put(&self, key: &Key, value: Option<Vec<u8>>) -> Result<i64, StoreError> {
         let k = key.encode();
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.topic).key(&k);

@@ -201,7 +201,7 @@ async fn the_cli_operates_subscriptions() {
         ],
     )
     .await;
-    assert!(ok && out.contains("partition 0: seek #1"), "{out}");
+    assert!(ok && out.contains("partition 0: seek #"), "{out}");
     let (ok, out) = fanout(
         &server,
         &[
@@ -219,7 +219,11 @@ async fn the_cli_operates_subscriptions() {
     .await;
     assert!(ok, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["seeks"]["1"]["generation"], 2);
+    let second = v["seeks"]["1"]["generation"].as_i64().unwrap();
+    assert!(
+        second > v["seeks"]["0"]["generation"].as_i64().unwrap(),
+        "{v}"
+    );
     // A refused seek fails the command and changes nothing.
     let (ok, _) = fanout(
         &server,
@@ -249,7 +253,7 @@ async fn the_cli_operates_subscriptions() {
             v["paused"].as_bool(),
             v["seeks"]["1"]["generation"].as_i64()
         ),
-        (Some(true), Some(2))
+        (Some(true), Some(second))
     );
     let (ok, _) = fanout(
         &server,
