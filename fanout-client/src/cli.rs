@@ -281,7 +281,14 @@ fn token(cli: &Cli) -> Result<Option<String>, AdminError> {
         let t = std::fs::read_to_string(path).map_err(|e| {
             AdminError::Transport(format!("cannot read --token-file {}: {e}", path.display()))
         })?;
-        return Ok(Some(t.trim().to_owned()));
+        let t = t.trim();
+        if t.is_empty() {
+            return Err(AdminError::Transport(format!(
+                "--token-file {} is empty",
+                path.display()
+            )));
+        }
+        return Ok(Some(t.to_owned()));
     }
     Ok(std::env::var("FANOUT_ADMIN_TOKEN")
         .ok()
@@ -297,7 +304,46 @@ fn sub_path(r: &SubRef) -> String {
     )
 }
 
+/// Names are never `.` or `..` (a URL would read them as path steps).
+fn check_names(cli: &Cli) -> Result<(), AdminError> {
+    let names: Vec<&str> = match &cli.command {
+        Command::Topics(
+            TopicsCommand::Register { name } | TopicsCommand::Unregister { name, .. },
+        )
+        | Command::Subs(SubsCommand::List { topic: name }) => vec![name],
+        Command::Subs(SubsCommand::Show(r) | SubsCommand::Delete(r))
+        | Command::Pause(r)
+        | Command::Resume(r) => vec![&r.topic, &r.subscription],
+        Command::Subs(SubsCommand::Create {
+            topic,
+            subscription,
+            ..
+        }) => vec![topic, subscription],
+        Command::Subs(SubsCommand::Update { sub, .. }) => vec![&sub.topic, &sub.subscription],
+        Command::Seek(a) => vec![&a.sub.topic, &a.sub.subscription],
+        Command::Lag {
+            topic,
+            subscription,
+        } => topic
+            .iter()
+            .chain(subscription.iter())
+            .map(String::as_str)
+            .collect(),
+        Command::Topics(TopicsCommand::List) | Command::Subscribe { .. } => vec![],
+    };
+    match names
+        .into_iter()
+        .find(|n| !n.is_empty() && n.bytes().all(|b| b == b'.'))
+    {
+        Some(n) => Err(AdminError::Transport(format!(
+            "{n:?} is not a valid name: letters, digits, '.', '_' and '-', not only dots"
+        ))),
+        None => Ok(()),
+    }
+}
+
 async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, AdminError> {
+    check_names(&cli)?;
     let output = cli.output;
     let admin =
         || -> Result<AdminClient, AdminError> { AdminClient::new(&cli.admin, token(&cli)?) };

@@ -155,7 +155,13 @@ pub struct AdminState {
     pub info: ShardInfo,
     /// The bearer token requests must carry (`None`: no authentication, by configuration).
     pub token: Option<Arc<str>>,
+    /// When a Kafka broker last answered a readiness check.
+    pub kafka_seen: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
 }
+
+/// How long Kafka may not answer before readiness fails: a short blip must not take every
+/// shard out of its Services at once (they keep serving what they hold).
+const KAFKA_READY_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl std::fmt::Debug for AdminState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -277,6 +283,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .merge(api)
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method (see /openapi.json)",
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -290,7 +303,12 @@ async fn authenticate(State(s): State<AdminState>, req: Request, next: Next) -> 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then_some(token.trim())
+        });
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => next.run(req).await,
         Some(_) => ApiError::new(
@@ -376,6 +394,26 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for
     }
 }
 
+/// Path parameters whose rejections (bad percent-encoding, ...) become problem documents.
+#[derive(Debug)]
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for PathParams<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathParams(p.0))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.body_text()))
+    }
+}
+
 /// Runs a blocking Kafka query off the async workers.
 async fn ask_kafka<T: Send + 'static>(
     s: &AdminState,
@@ -406,8 +444,9 @@ struct Readiness {
     owned_partitions: usize,
 }
 
-/// Ready to serve: started, a Kafka broker answers, and the shard group assigned this shard
-/// its partitions. 200 with what was checked, else 503 saying what is missing.
+/// Ready to serve: started, the shard group assigned this shard its partitions, and a Kafka
+/// broker answers (or answered within the last minute). 200 with what was checked, else 503
+/// saying what is missing.
 #[utoipa::path(get, path = "/readyz", tag = "probes", security(()),
     responses(
         (status = 200, description = "Ready", body = Readiness),
@@ -416,6 +455,13 @@ struct Readiness {
 async fn readyz(State(s): State<AdminState>) -> Response {
     let started = *s.ready.borrow();
     let kafka_reachable = ask_kafka(&s, |k| k.ping()).await.is_ok();
+    let kafka_recent = {
+        let mut seen = s.kafka_seen.lock();
+        if kafka_reachable {
+            *seen = Some(std::time::Instant::now());
+        }
+        seen.is_some_and(|t| t.elapsed() < KAFKA_READY_GRACE)
+    };
     let r = Readiness {
         started,
         kafka_reachable,
@@ -427,12 +473,12 @@ async fn readyz(State(s): State<AdminState>) -> Response {
             .map(|t| t.owned_partitions().len())
             .sum(),
     };
-    if r.started && r.kafka_reachable && r.assigned {
+    if r.started && kafka_recent && r.assigned {
         return (StatusCode::OK, Json(r)).into_response();
     }
     let missing: Vec<&str> = [
         (!r.started).then_some("not started (registry loading, or shutting down)"),
-        (!r.kafka_reachable).then_some("Kafka does not answer"),
+        (!kafka_recent).then_some("Kafka has not answered for a minute"),
         (!r.assigned).then_some("no partition assignment from the shard group yet"),
     ]
     .into_iter()

@@ -198,6 +198,7 @@ pub async fn run(
             admin_address: admin_addr.map_or_else(String::new, |a| a.to_string()),
         },
         token: cfg.admin_token()?.map(Arc::from),
+        kafka_seen: Arc::default(),
     };
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(

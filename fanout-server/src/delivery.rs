@@ -360,9 +360,17 @@ impl SubscriptionDelivery {
         }
     }
 
-    /// Replaces the policy's ack timeout, attempts and dead-letter topic. What is in flight
-    /// keeps its deadline. The ordering stays: it cannot change under a live subscription.
+    /// Replaces the policy's ack timeout, attempts and dead-letter topic. Records in flight
+    /// move to the new ack timeout (counted from their delivery). The ordering stays: it
+    /// cannot change under a live subscription.
     pub fn set_policy(&mut self, policy: DeliveryPolicy) {
+        if policy.ack_timeout_ms != self.policy.ack_timeout_ms {
+            let old = std::time::Duration::from_millis(self.policy.ack_timeout_ms);
+            let new = std::time::Duration::from_millis(policy.ack_timeout_ms);
+            for p in self.partitions.values_mut() {
+                p.window.retime(old, new);
+            }
+        }
         self.policy = DeliveryPolicy {
             ordering: self.policy.ordering,
             ..policy

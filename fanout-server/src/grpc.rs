@@ -250,7 +250,7 @@ struct StreamTask {
     id: StreamId,
     /// Responses to the subscriber.
     tx: mpsc::Sender<Result<EncodedResponse, Status>>,
-    /// Its subscription's counters; counts the stream as connected while it lives.
+    /// Its subscription's counters.
     metrics: telemetry::metrics::Stream,
 }
 

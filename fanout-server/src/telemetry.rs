@@ -30,7 +30,7 @@ pub mod metrics {
     use std::time::{Duration, Instant};
 
     use ::metrics::{
-        Counter, Gauge, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+        Counter, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
         histogram,
     };
     use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -222,31 +222,20 @@ pub mod metrics {
         pub delivered_bytes: Counter,
         pub redelivered: Counter,
         pub acked: Counter,
-        pub streams: Gauge,
     }
 
     impl Stream {
-        /// Counts the stream as connected until dropped.
         pub fn open(topic: &str, subscription: &str) -> Self {
             let labels = [
                 ("topic", topic.to_owned()),
                 ("subscription", subscription.to_owned()),
             ];
-            let s = Self {
+            Self {
                 delivered: counter!("fanout_records_delivered_total", &labels),
                 delivered_bytes: counter!("fanout_delivered_bytes_total", &labels),
                 redelivered: counter!("fanout_records_redelivered_total", &labels),
                 acked: counter!("fanout_records_acked_total", &labels),
-                streams: gauge!("fanout_streams", &labels),
-            };
-            s.streams.increment(1.0);
-            s
-        }
-    }
-
-    impl Drop for Stream {
-        fn drop(&mut self) {
-            self.streams.decrement(1.0);
+            }
         }
     }
 
@@ -311,6 +300,7 @@ pub mod metrics {
                 gauge!("fanout_catch_up_partitions", &labels)
                     .set(stats.iter().filter(|st| st.catching_up).count() as f64);
                 gauge!("fanout_paused", &labels).set(if s.is_paused() { 1.0 } else { 0.0 });
+                gauge!("fanout_streams", &labels).set(s.stream_count() as f64);
             }
         }
     }

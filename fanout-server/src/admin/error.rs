@@ -82,7 +82,8 @@ impl ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             "registry_unavailable",
             format!(
-                "the registry could not be written: {e}; nothing was changed if this persists, retry"
+                "the registry could not be written, or the write was not applied in time: {e}; \
+                 it may or may not have taken effect: look before retrying"
             ),
         )
     }

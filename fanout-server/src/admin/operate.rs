@@ -4,14 +4,14 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::Problem;
 
 use super::subscriptions::{SubscriptionView, subscription_view, write};
-use super::{AdminState, ApiError, Body, ask_kafka, existing, now_ms, write_access};
+use super::{AdminState, ApiError, Body, PathParams, ask_kafka, existing, now_ms, write_access};
 use crate::model::{Offset, Partition, TopicName};
 use crate::registry::{PartitionSeek, SubscriptionSpec};
 
@@ -134,7 +134,7 @@ async fn lag_of(
 )]
 pub async fn subscription_lag(
     State(s): State<AdminState>,
-    Path((topic, name)): Path<(String, String)>,
+    PathParams((topic, name)): PathParams<(String, String)>,
 ) -> Result<Json<LagView>, ApiError> {
     let spec = existing(&s.shard, &topic, &name)?;
     let topic = spec.topic.clone();
@@ -228,7 +228,7 @@ pub enum SeekTo {
 )]
 pub async fn seek(
     State(s): State<AdminState>,
-    Path((topic, name)): Path<(String, String)>,
+    PathParams((topic, name)): PathParams<(String, String)>,
     Body(req): Body<SeekRequest>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     let given = [
@@ -264,7 +264,8 @@ pub async fn seek(
         Some(m) => Some(
             m.iter()
                 .map(|(k, &v)| match k.parse::<Partition>() {
-                    Ok(p) if p >= 0 => Ok((p, v)),
+                    // Only the plain form: "01" and "+1" would name partition 1 twice.
+                    Ok(p) if p >= 0 && p.to_string() == *k => Ok((p, v)),
                     _ => Err(ApiError::invalid(
                         format!("offsets.{k}"),
                         format!("{k:?} is not a partition number"),
@@ -417,7 +418,7 @@ async fn set_paused(
 )]
 pub async fn pause(
     State(s): State<AdminState>,
-    Path((topic, name)): Path<(String, String)>,
+    PathParams((topic, name)): PathParams<(String, String)>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     set_paused(&s, &topic, &name, true).await
 }
@@ -441,7 +442,7 @@ pub async fn pause(
 )]
 pub async fn resume(
     State(s): State<AdminState>,
-    Path((topic, name)): Path<(String, String)>,
+    PathParams((topic, name)): PathParams<(String, String)>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     set_paused(&s, &topic, &name, false).await
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
@@ -11,8 +11,8 @@ use utoipa::ToSchema;
 use super::error::Problem;
 
 use super::{
-    AdminState, ApiError, Body, ask_kafka, existing, name_param, now_ms, registered, topic_param,
-    write_access,
+    AdminState, ApiError, Body, PathParams, ask_kafka, existing, name_param, now_ms, registered,
+    topic_param, write_access,
 };
 use crate::model::{
     DEFAULT_ACK_TIMEOUT_MS, DeliveryOrder, DeliveryPolicy, Offset, Partition, StartOffsets,
@@ -189,7 +189,7 @@ pub fn subscription_view(s: &Shard, spec: &SubscriptionSpec) -> SubscriptionView
 )]
 pub async fn list_subscriptions(
     State(s): State<AdminState>,
-    Path(topic): Path<String>,
+    PathParams(topic): PathParams<String>,
 ) -> Result<Json<Vec<SubscriptionView>>, ApiError> {
     let topic = topic_param(&topic)?;
     registered(&s.shard, &topic)?;
@@ -221,7 +221,7 @@ pub async fn list_subscriptions(
 )]
 pub async fn get_subscription(
     State(s): State<AdminState>,
-    Path((topic, name)): Path<(String, String)>,
+    PathParams((topic, name)): PathParams<(String, String)>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     let spec = existing(&s.shard, &topic, &name)?;
     Ok(Json(subscription_view(&s.shard, &spec)))
@@ -249,7 +249,7 @@ pub async fn get_subscription(
 )]
 pub async fn create_subscription(
     State(s): State<AdminState>,
-    Path(topic): Path<String>,
+    PathParams(topic): PathParams<String>,
     Body(req): Body<CreateSubscription>,
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
     let topic = topic_param(&topic)?;
@@ -348,8 +348,8 @@ pub struct UpdateSubscription {
     dead_letter_topic: Option<Option<String>>,
 }
 
-/// Changes a subscription's delivery settings, live: new deliveries use them at once,
-/// deliveries in flight keep the ack deadline they were given.
+/// Changes a subscription's delivery settings, live: they apply at once, to records in
+/// flight too (a new ack timeout counts from their delivery).
 #[utoipa::path(
     patch,
     path = "/v1/topics/{topic}/subscriptions/{name}",
@@ -372,7 +372,7 @@ pub struct UpdateSubscription {
 )]
 pub async fn update_subscription(
     State(s): State<AdminState>,
-    Path((topic, name)): Path<(String, String)>,
+    PathParams((topic, name)): PathParams<(String, String)>,
     Body(req): Body<UpdateSubscription>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     let _guard = write_access(&s).await?;
@@ -435,7 +435,7 @@ pub async fn update_subscription(
 )]
 pub async fn delete_subscription(
     State(s): State<AdminState>,
-    Path((topic, name)): Path<(String, String)>,
+    PathParams((topic, name)): PathParams<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let _guard = write_access(&s).await?;
     let spec = existing(&s.shard, &topic, &name)?;

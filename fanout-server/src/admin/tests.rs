@@ -118,6 +118,7 @@ struct Api {
     router: Router,
     shard: Arc<Shard>,
     kafka: Arc<Table>,
+    kafka_seen: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
 }
 
 struct Reply {
@@ -138,6 +139,7 @@ fn api_with_token(token: Option<&str>) -> Api {
         down: AtomicBool::new(false),
     });
     let (_ready_tx, ready) = watch::channel(true);
+    let kafka_seen: Arc<parking_lot::Mutex<Option<std::time::Instant>>> = Arc::default();
     let state = AdminState {
         shard: shard.clone(),
         registry: Arc::new(Applied {
@@ -154,11 +156,13 @@ fn api_with_token(token: Option<&str>) -> Api {
             admin_address: "127.0.0.1:8080".into(),
         },
         token: token.map(Arc::from),
+        kafka_seen: kafka_seen.clone(),
     };
     Api {
         router: router(state),
         shard,
         kafka,
+        kafka_seen,
     }
 }
 
@@ -477,6 +481,10 @@ async fn bad_bodies_are_refused_precisely() {
         .await;
     api.refused(Method::PUT, "/v1/topics", None, 405, "method_not_allowed")
         .await;
+    api.refused(Method::POST, "/healthz", None, 405, "method_not_allowed")
+        .await;
+    api.refused(Method::GET, "/v1/topics/%FF", None, 400, "invalid_path")
+        .await;
 }
 
 #[tokio::test]
@@ -667,6 +675,12 @@ async fn seeks_resolve_validate_and_move_live_cursors() {
             400,
             "invalid_field",
             Some("offsets.-1"),
+        ),
+        (
+            json!({"offsets": {"01": 5}}),
+            400,
+            "invalid_field",
+            Some("offsets.01"),
         ),
         (
             json!({"offsets": {"0": 101}}),
@@ -937,8 +951,12 @@ async fn a_token_guards_the_api_but_not_the_probes() {
     );
     assert_eq!(api.get("/healthz").await.status, 200);
     assert_eq!(api.get("/readyz").await.status, 200);
-    // Readiness follows Kafka.
+    // A Kafka blip does not make the shard unready (it answered a moment ago)...
     api.kafka.down.store(true, AtomicOrdering::SeqCst);
+    let r = api.get("/readyz").await;
+    assert_eq!((r.status, &r.body["kafka_reachable"]), (200, &json!(false)));
+    // ...a Kafka that has not answered for a minute does.
+    *api.kafka_seen.lock() = Some(std::time::Instant::now() - std::time::Duration::from_secs(61));
     let r = api.get("/readyz").await;
     assert_eq!(
         (r.status, r.body["code"].as_str()),

@@ -1,7 +1,7 @@
 //! Topics: register, list, get, unregister.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -9,8 +9,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::Problem;
 
 use super::{
-    AdminState, ApiError, Body, QueryParams, ask_kafka, now_ms, registered, topic_param,
-    write_access,
+    AdminState, ApiError, Body, PathParams, QueryParams, ask_kafka, now_ms, registered,
+    topic_param, write_access,
 };
 use crate::model::TopicName;
 use crate::registry::{Entry, Key, SubscriptionSpec, TopicSpec};
@@ -74,7 +74,7 @@ pub async fn list_topics(State(s): State<AdminState>) -> Json<Vec<TopicView>> {
 )]
 pub async fn get_topic(
     State(s): State<AdminState>,
-    Path(topic): Path<String>,
+    PathParams(topic): PathParams<String>,
 ) -> Result<Json<TopicView>, ApiError> {
     let topic = topic_param(&topic)?;
     let spec = registered(&s.shard, &topic)?;
@@ -160,7 +160,7 @@ pub struct UnregisterQuery {
 )]
 pub async fn unregister_topic(
     State(s): State<AdminState>,
-    Path(topic): Path<String>,
+    PathParams(topic): PathParams<String>,
     QueryParams(q): QueryParams<UnregisterQuery>,
 ) -> Result<StatusCode, ApiError> {
     let topic = topic_param(&topic)?;
@@ -190,9 +190,16 @@ pub async fn unregister_topic(
             return Err(err);
         }
     }
-    s.registry
-        .put(&Key::Topic(topic), None)
-        .await
-        .map_err(ApiError::store)?;
+    if let Err(e) = s.registry.put(&Key::Topic(topic), None).await {
+        let mut err = ApiError::store(e);
+        if !subs.is_empty() {
+            err.detail = format!(
+                "{}; its {} subscriptions were deleted before",
+                err.detail,
+                subs.len()
+            );
+        }
+        return Err(err);
+    }
     Ok(StatusCode::NO_CONTENT)
 }

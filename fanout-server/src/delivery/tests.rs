@@ -691,3 +691,32 @@ fn a_subscription_without_streams_waits_at_no_head() {
     assert_eq!(w.make_room(one), (false, 0));
     assert!(!other.is_evicted());
 }
+
+#[test]
+fn a_new_ack_timeout_applies_to_records_in_flight() {
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default()).with_policy(DeliveryPolicy {
+        ack_timeout_ms: 30_000,
+        ..DeliveryPolicy::default()
+    });
+    d.add_partition(0, log_with(0, &[0, 1]), 0);
+    let s = StreamId(1);
+    d.open_stream(s, credits(1));
+    let t0 = Instant::now();
+    assert_eq!(offsets(&d.take(s, t0, LIMITS)), vec![(0, 0, 1)]);
+    let age = |d: &SubscriptionDelivery, now: Instant| {
+        let deadline = d.partition_stats()[0].oldest_deadline.unwrap();
+        Duration::from_millis(d.policy().ack_timeout_ms) - deadline.saturating_duration_since(now)
+    };
+    assert!(age(&d, t0 + Duration::from_secs(1)) <= Duration::from_secs(1));
+    d.set_policy(DeliveryPolicy {
+        ack_timeout_ms: 1_000,
+        ..DeliveryPolicy::default()
+    });
+    // Still delivered 1 s ago, not 29 s.
+    assert!(age(&d, t0 + Duration::from_millis(500)) <= Duration::from_millis(500));
+    // Timed out under the new timeout: delivered again.
+    assert_eq!(
+        offsets(&d.take(s, t0 + Duration::from_secs(2), LIMITS)),
+        vec![(0, 0, 2)]
+    );
+}

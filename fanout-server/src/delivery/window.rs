@@ -250,6 +250,23 @@ impl AckWindow {
         self.in_flight + self.waiting + self.dead_lettering
     }
 
+    /// Moves the ack deadline of every record in flight from `old` to `new` after its
+    /// delivery (the subscription's ack timeout changed).
+    pub fn retime(&mut self, old: std::time::Duration, new: std::time::Duration) {
+        let mut next: Option<Instant> = None;
+        for s in &mut self.slots {
+            if let SlotState::InFlight {
+                deadline: Some(d), ..
+            } = &mut s.state
+            {
+                let delivered = d.checked_sub(old).unwrap_or(*d);
+                *d = delivered + new;
+                next = Some(next.map_or(*d, |n| n.min(*d)));
+            }
+        }
+        self.next_deadline = next;
+    }
+
     /// The earliest ack deadline of the records in flight (the one delivered longest ago,
     /// under one ack timeout). Scans the window: for views, not the delivery path.
     pub fn oldest_deadline(&self) -> Option<Instant> {
