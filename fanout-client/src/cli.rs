@@ -78,6 +78,15 @@ enum Command {
     Pause(SubRef),
     /// Start a paused subscription's deliveries again.
     Resume(SubRef),
+    /// Deliver a subscription's dead letters to it again (to it alone), from where the last
+    /// redrive stopped.
+    Redrive {
+        #[command(flatten)]
+        sub: SubRef,
+        /// Dead letters read per call to the server.
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -321,6 +330,7 @@ fn check_names(cli: &Cli) -> Result<(), AdminError> {
         }) => vec![topic, subscription],
         Command::Subs(SubsCommand::Update { sub, .. }) => vec![&sub.topic, &sub.subscription],
         Command::Seek(a) => vec![&a.sub.topic, &a.sub.subscription],
+        Command::Redrive { sub, .. } => vec![&sub.topic, &sub.subscription],
         Command::Lag {
             topic,
             subscription,
@@ -513,6 +523,35 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Adm
                     ));
                 }
                 s
+            })
+        }
+        Command::Redrive { sub, batch } => {
+            let admin = admin()?;
+            let (mut scanned, mut redriven) = (0u64, 0u64);
+            // Bounded: each call reads at least one dead letter or completes.
+            for _ in 0..100_000 {
+                let v = admin
+                    .post(
+                        &format!("{}/redrive", sub_path(sub)),
+                        json!({ "max_records": batch }),
+                    )
+                    .await?;
+                scanned += v["scanned"].as_u64().unwrap_or(0);
+                redriven += v["redriven"].as_u64().unwrap_or(0);
+                let complete = v["complete"].as_bool().unwrap_or(true);
+                if !complete {
+                    eprintln!("fanout: {scanned} dead letters read, {redriven} redriven so far...");
+                }
+                if complete || v["scanned"].as_u64() == Some(0) {
+                    break;
+                }
+            }
+            let summary = json!({ "scanned": scanned, "redriven": redriven });
+            print_json_or(out, output, &summary, || {
+                format!(
+                    "{redriven} records redriven into {}/{} ({scanned} dead letters read)\n",
+                    sub.topic, sub.subscription
+                )
             })
         }
         Command::Pause(r) => {

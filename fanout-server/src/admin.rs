@@ -155,6 +155,8 @@ pub struct AdminState {
     pub info: ShardInfo,
     /// The bearer token requests must carry (`None`: no authentication, by configuration).
     pub token: Option<Arc<str>>,
+    /// Redrives dead letters into their subscription.
+    pub redrive: Arc<dyn crate::deadletter::Redrive>,
     /// When a Kafka broker last answered a readiness check.
     pub kafka_seen: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
 }
@@ -199,13 +201,14 @@ impl std::fmt::Debug for AdminState {
         operate::seek,
         operate::pause,
         operate::resume,
+        operate::redrive,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(
         (name = "topics", description = "Kafka topics fanout reads"),
         (name = "subscriptions", description = "Who receives a topic's records, and how"),
-        (name = "operations", description = "Lag, replay and skip, pause"),
+        (name = "operations", description = "Lag, replay and skip, pause, dead-letter redrive"),
         (name = "shards", description = "This shard and the cluster"),
         (name = "probes", description = "Health, readiness, metrics (no token needed)"),
     )
@@ -263,6 +266,10 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/v1/topics/{topic}/subscriptions/{name}/pause",
             post(operate::pause),
+        )
+        .route(
+            "/v1/topics/{topic}/subscriptions/{name}/redrive",
+            post(operate::redrive),
         )
         .route(
             "/v1/topics/{topic}/subscriptions/{name}/resume",

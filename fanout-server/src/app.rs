@@ -199,6 +199,10 @@ pub async fn run(
         },
         token: cfg.admin_token()?.map(Arc::from),
         kafka_seen: Arc::default(),
+        redrive: Arc::new(
+            crate::deadletter::Redriver::new(&cfg)
+                .map_err(StoreError::kafka("dead-letter redrive producer"))?,
+        ),
     };
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(

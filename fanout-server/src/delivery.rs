@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::log::{Chunk, LogLimits, MemoryPool, PartitionLog, Pin};
-use crate::model::{DeliveryOrder, DeliveryPolicy, Offset, Partition, Record};
+use crate::model::{DeliveryOrder, DeliveryPolicy, Offset, Partition, REDRIVE_FOR, Record};
 
 pub use window::{AckWindow, Due, MAX_STORED_RANGES, OffsetRange, Redelivery, Released};
 
@@ -281,6 +281,15 @@ pub struct DeadLetter {
     pub why: Redelivery,
 }
 
+/// Is `record` a dead letter redriven for another subscription than `name`?
+fn addressed_elsewhere(record: &Record, name: Option<&str>) -> bool {
+    !record.headers.is_empty()
+        && record
+            .headers
+            .iter()
+            .any(|h| h.key == REDRIVE_FOR && h.value.as_deref() != name.map(str::as_bytes))
+}
+
 /// A partition of a subscription, as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionStats {
@@ -343,6 +352,9 @@ pub struct SubscriptionDelivery {
     /// Order of deliveries (which streams serve which partitions, whether keys wait for
     /// each other), ack timeout and attempts.
     policy: DeliveryPolicy,
+    /// The subscription's name: records addressed to another subscription (a dead-letter
+    /// redrive, header [`REDRIVE_FOR`]) are skipped as done.
+    name: Option<Arc<str>>,
     /// Owned partitions of the subscription's topic.
     partitions: BTreeMap<Partition, PartitionState>,
     /// Live streams and their credits.
@@ -358,6 +370,12 @@ impl SubscriptionDelivery {
             catch_up,
             ..Self::default()
         }
+    }
+
+    /// Names the subscription, so that records addressed to others are skipped.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(Arc::from(name));
+        self
     }
 
     /// Replaces the policy's ack timeout, attempts and dead-letter topic. Records in flight
@@ -605,6 +623,7 @@ impl SubscriptionDelivery {
         let deadline = Some(now + std::time::Duration::from_millis(self.policy.ack_timeout_ms));
         let max_attempts = self.policy.max_attempts;
         let ordering = self.policy.ordering;
+        let name = self.name.clone();
         // Rebind even without credits: a drained partition must move on regardless.
         let (draining, released) = if ordering == DeliveryOrder::Partition {
             self.rebind(stream)
@@ -700,8 +719,11 @@ impl SubscriptionDelivery {
                             stop = true;
                             break;
                         }
-                        if p.window.pre_acked(record.offset) {
-                            // Acked before a restart: done, not delivered again.
+                        if p.window.pre_acked(record.offset)
+                            || addressed_elsewhere(record, name.as_deref())
+                        {
+                            // Acked before a restart, or redriven for another
+                            // subscription: done, not delivered.
                             if i > run_start && end > run_start {
                                 take.deliveries.push(Delivery {
                                     chunk: chunk.slice(run_start..end),

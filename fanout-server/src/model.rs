@@ -247,6 +247,10 @@ impl Record {
     }
 }
 
+/// Header of a record redriven from a dead-letter topic: the one subscription (by name) it
+/// is for. Every other subscription of the topic skips it.
+pub const REDRIVE_FOR: &str = "fanout.redrive.for";
+
 /// A Kafka record header.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Header {

@@ -51,6 +51,18 @@ pub struct SubscriptionSpec {
         with = "partition_keys"
     )]
     pub seeks: BTreeMap<Partition, PartitionSeek>,
+    /// How far its dead-letter topic was redriven into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive: Option<RedrivePosition>,
+}
+
+/// Per partition of a dead-letter topic, the next offset a redrive reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RedrivePosition {
+    #[schema(value_type = String)]
+    pub dead_letter_topic: TopicName,
+    #[serde(with = "partition_keys")]
+    pub next: BTreeMap<Partition, Offset>,
 }
 
 /// Maps keyed by partition, as JSON objects (keys are strings there).

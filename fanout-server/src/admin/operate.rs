@@ -383,6 +383,101 @@ pub async fn seek(
     Ok(Json(subscription_view(&s.shard, &new)))
 }
 
+/// How many dead letters one redrive call reads at most.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveBody {
+    /// Dead letters to read in this call (1..=100000, default 10000); call again while
+    /// `complete` is false.
+    #[serde(default)]
+    max_records: Option<usize>,
+}
+
+/// Publishes the subscription's records from its dead-letter topic back to its topic, for it
+/// alone (header `fanout.redrive.for`: other subscriptions skip them), from where the last
+/// redrive stopped. They are delivered again as new records (attempt 1) at new offsets of the
+/// partitions they came from. At least once: after an error, a retry may publish some again.
+#[utoipa::path(
+    post,
+    path = "/v1/topics/{topic}/subscriptions/{name}/redrive",
+    tag = "operations",
+    params(
+        ("topic" = String, Path, description = "Registered topic"),
+        ("name" = String, Path, description = "Subscription name")
+    ),
+    request_body = RedriveBody,
+    responses(
+        (status = 200, description = "What was read and published; call again while not complete", body = crate::deadletter::RedriveOutcome),
+        (status = 400, description = "A bad field", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The subscription has no dead-letter topic", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unreadable JSON body", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn redrive(
+    State(s): State<AdminState>,
+    PathParams((topic, name)): PathParams<(String, String)>,
+    Body(req): Body<RedriveBody>,
+) -> Result<Json<crate::deadletter::RedriveOutcome>, ApiError> {
+    let max_records = req.max_records.unwrap_or(10_000);
+    if !(1..=100_000).contains(&max_records) {
+        return Err(ApiError::invalid(
+            "max_records",
+            format!("must be between 1 and 100000, got {max_records}"),
+        ));
+    }
+    // Held throughout: one redrive of this shard at a time, and its position written last.
+    let _guard = write_access(&s).await?;
+    let spec = existing(&s.shard, &topic, &name)?;
+    let Some(dlq) = spec.delivery.dead_letter_topic.clone() else {
+        return Err(ApiError::conflict(
+            "no_dead_letter_topic",
+            format!("subscription {:?} has no dead-letter topic", spec.name),
+        ));
+    };
+    // A position in another dead-letter topic (it was changed) does not count.
+    let from = spec
+        .redrive
+        .as_ref()
+        .filter(|r| r.dead_letter_topic == dlq)
+        .map(|r| r.next.clone())
+        .unwrap_or_default();
+    let out = s
+        .redrive
+        .redrive(crate::deadletter::RedriveRequest {
+            topic: spec.topic.clone(),
+            subscription: spec.name.clone(),
+            dead_letter_topic: dlq.clone(),
+            from: from.clone(),
+            max_records,
+        })
+        .await
+        .map_err(ApiError::kafka)?;
+    if out.next != from {
+        let new = SubscriptionSpec {
+            redrive: Some(crate::registry::RedrivePosition {
+                dead_letter_topic: dlq,
+                next: out.next.clone(),
+            }),
+            ..spec
+        };
+        write(&s, &new).await?;
+    }
+    tracing::info!(
+        topic,
+        subscription = name,
+        scanned = out.scanned,
+        redriven = out.redriven,
+        complete = out.complete,
+        "dead letters redriven"
+    );
+    Ok(Json(out))
+}
+
 async fn set_paused(
     s: &AdminState,
     topic: &str,

@@ -18,7 +18,7 @@ use crate::model::{
     DEFAULT_ACK_TIMEOUT_MS, DeliveryOrder, DeliveryPolicy, Offset, Partition, StartOffsets,
     StartPosition, SubscriptionKey, TopicName,
 };
-use crate::registry::{Entry, Key, PartitionSeek, SubscriptionSpec};
+use crate::registry::{Entry, Key, PartitionSeek, RedrivePosition, SubscriptionSpec};
 use crate::shard::{LossTotal, Shard};
 
 fn default_start() -> StartPosition {
@@ -130,6 +130,8 @@ pub struct SubscriptionView {
     pub paused: bool,
     /// Per partition, the last seek.
     pub seeks: BTreeMap<Partition, PartitionSeek>,
+    /// Where the next dead-letter redrive starts.
+    pub redrive: Option<RedrivePosition>,
     /// Cursor per partition owned by this shard: everything below it is acked.
     pub cursors: BTreeMap<Partition, Offset>,
     /// Per partition, where a restart would resume: the cursor last written to Kafka (or the
@@ -158,6 +160,7 @@ pub fn subscription_view(s: &Shard, spec: &SubscriptionSpec) -> SubscriptionView
         delivery: spec.delivery.clone(),
         paused: spec.paused,
         seeks: spec.seeks.clone(),
+        redrive: spec.redrive.clone(),
         cursors: live
             .as_ref()
             .map(|(_, l)| l.cursors().into_iter().collect())
@@ -311,6 +314,7 @@ pub async fn create_subscription(
         delivery,
         paused: false,
         seeks: BTreeMap::new(),
+        redrive: None,
     };
     let entry = Entry::Subscription(spec.clone());
     debug_assert_eq!(entry.key(), Key::Subscription(key));

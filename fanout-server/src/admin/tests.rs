@@ -114,11 +114,40 @@ impl KafkaView for Table {
     }
 }
 
+/// Redrives by moving every dead-letter partition 5 offsets on, remembering what it was
+/// asked.
+#[derive(Default)]
+struct FakeRedrive {
+    asked: parking_lot::Mutex<Vec<crate::deadletter::RedriveRequest>>,
+}
+
+impl crate::deadletter::Redrive for FakeRedrive {
+    fn redrive(
+        &self,
+        req: crate::deadletter::RedriveRequest,
+    ) -> BoxFuture<'_, Result<crate::deadletter::RedriveOutcome, KafkaError>> {
+        Box::pin(async move {
+            let next = [0, 1]
+                .into_iter()
+                .map(|p| (p, req.from.get(&p).copied().unwrap_or(0) + 5))
+                .collect();
+            self.asked.lock().push(req);
+            Ok(crate::deadletter::RedriveOutcome {
+                scanned: 10,
+                redriven: 4,
+                next,
+                complete: true,
+            })
+        })
+    }
+}
+
 struct Api {
     router: Router,
     shard: Arc<Shard>,
     kafka: Arc<Table>,
     kafka_seen: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
+    redrive: Arc<FakeRedrive>,
 }
 
 struct Reply {
@@ -140,6 +169,7 @@ fn api_with_token(token: Option<&str>) -> Api {
     });
     let (_ready_tx, ready) = watch::channel(true);
     let kafka_seen: Arc<parking_lot::Mutex<Option<std::time::Instant>>> = Arc::default();
+    let redrive = Arc::new(FakeRedrive::default());
     let state = AdminState {
         shard: shard.clone(),
         registry: Arc::new(Applied {
@@ -157,12 +187,14 @@ fn api_with_token(token: Option<&str>) -> Api {
         },
         token: token.map(Arc::from),
         kafka_seen: kafka_seen.clone(),
+        redrive: redrive.clone(),
     };
     Api {
         router: router(state),
         shard,
         kafka,
         kafka_seen,
+        redrive,
     }
 }
 
@@ -893,6 +925,7 @@ async fn the_openapi_document_lists_every_route_and_the_docs_render() {
         format!("POST {sub}/seek"),
         format!("POST {sub}/pause"),
         format!("POST {sub}/resume"),
+        format!("POST {sub}/redrive"),
     ]
     .into();
     routed.sort();
@@ -971,4 +1004,67 @@ async fn a_token_guards_the_api_but_not_the_probes() {
     assert!(constant_time_eq(b"abc", b"abc"));
     assert!(!constant_time_eq(b"abc", b"abd"));
     assert!(!constant_time_eq(b"abc", b"abcd"));
+}
+
+#[tokio::test]
+async fn redrive_needs_a_dead_letter_topic_and_goes_on_where_it_stopped() {
+    let api = api();
+    api.setup().await;
+    let redrive = "/v1/topics/orders/subscriptions/billing/redrive";
+    api.refused(
+        Method::POST,
+        redrive,
+        Some(json!({})),
+        409,
+        "no_dead_letter_topic",
+    )
+    .await;
+    let r = api
+        .json(
+            Method::PATCH,
+            "/v1/topics/orders/subscriptions/billing",
+            json!({"max_attempts": 2, "dead_letter_topic": "orders.dlq"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for body in [json!({"max_records": 0}), json!({"max_records": 100_001})] {
+        let e = api
+            .refused(Method::POST, redrive, Some(body), 400, "invalid_field")
+            .await;
+        assert_eq!(e["field"], "max_records");
+    }
+    api.refused(
+        Method::POST,
+        redrive,
+        Some(json!({"max": 1})),
+        422,
+        "invalid_body",
+    )
+    .await;
+    let r = api.post(redrive, json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.body["redriven"].as_u64(), r.body["complete"].as_bool()),
+        (Some(4), Some(true))
+    );
+    let r = api.post(redrive, json!({"max_records": 50})).await;
+    assert_eq!(r.body["next"], json!({"0": 10, "1": 10}));
+    let asked = api.redrive.asked.lock().clone();
+    assert_eq!(asked.len(), 2);
+    assert!(
+        asked[0].from.is_empty(),
+        "the first redrive starts at the beginning"
+    );
+    assert_eq!(asked[1].from, BTreeMap::from([(0, 5), (1, 5)]));
+    assert_eq!(
+        (asked[1].max_records, asked[1].subscription.as_str()),
+        (50, "billing")
+    );
+    let view = api.get("/v1/topics/orders/subscriptions/billing").await;
+    assert_eq!(
+        view.body["redrive"]["next"],
+        json!({"0": 10, "1": 10}),
+        "{}",
+        view.body
+    );
 }

@@ -720,3 +720,45 @@ fn a_new_ack_timeout_applies_to_records_in_flight() {
         vec![(0, 0, 2)]
     );
 }
+
+#[test]
+fn records_redriven_for_another_subscription_are_skipped_as_done() {
+    let log = PartitionLog::new(0, 1 << 20);
+    let header = |to: &str| -> Arc<[crate::model::Header]> {
+        Arc::new([crate::model::Header {
+            key: crate::model::REDRIVE_FOR.into(),
+            value: Some(Bytes::copy_from_slice(to.as_bytes())),
+        }])
+    };
+    let records = vec![
+        rec(0, 0),
+        Record {
+            headers: header("billing"),
+            ..rec(0, 1)
+        },
+        Record {
+            headers: header("audit"),
+            ..rec(0, 2)
+        },
+        rec(0, 3),
+    ];
+    log.writer()
+        .unwrap()
+        .append(Batch::new(records).unwrap())
+        .unwrap();
+    let got = |name: &str| {
+        let mut d = SubscriptionDelivery::new(CatchUpLimits::default()).named(name);
+        d.add_partition(0, log.clone(), 0);
+        let s = StreamId(1);
+        d.open_stream(s, credits(10));
+        let take = d.take(s, Instant::now(), LIMITS);
+        let offsets: Vec<Offset> = offsets(&take).iter().map(|&(_, o, _)| o).collect();
+        // Acking what it got moves the cursor past the skipped ones too.
+        let ranges: Vec<OffsetRange> = offsets.iter().map(|&o| range(o, o)).collect();
+        d.ack(s, &[(0, ranges)]).unwrap();
+        (offsets, d.cursor(0))
+    };
+    assert_eq!(got("billing"), (vec![0, 1, 3], Some(4)));
+    assert_eq!(got("audit"), (vec![0, 2, 3], Some(4)));
+    assert_eq!(got("other"), (vec![0, 3], Some(4)));
+}

@@ -17,6 +17,7 @@ fn sub(t: &str, n: &str) -> Entry {
         delivery: Default::default(),
         paused: false,
         seeks: Default::default(),
+        redrive: None,
     })
 }
 

@@ -130,7 +130,9 @@ pub struct SubscriptionRuntime {
 
 impl SubscriptionRuntime {
     pub(super) fn new(spec: SubscriptionSpec, catch_up: CatchUpLimits) -> Self {
-        let delivery = SubscriptionDelivery::new(catch_up).with_policy(spec.delivery.clone());
+        let delivery = SubscriptionDelivery::new(catch_up)
+            .with_policy(spec.delivery.clone())
+            .named(spec.name.as_str());
         Self {
             key: spec.key(),
             created_at_ms: spec.created_at_ms,

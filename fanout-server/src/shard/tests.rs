@@ -51,6 +51,7 @@ fn sub_entry(topic: &str, name: &str, starts: &[(Partition, Offset)]) -> Entry {
         delivery: Default::default(),
         paused: false,
         seeks: Default::default(),
+        redrive: None,
     })
 }
 

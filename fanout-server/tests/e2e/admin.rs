@@ -309,3 +309,98 @@ async fn the_cli_operates_subscriptions() {
     assert!(ok && !out.contains(&topic), "{out}");
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redrive_delivers_dead_letters_again_to_their_subscription_alone() {
+    let topic = name("redrive");
+    let dlq = name("redrive-dlq");
+    create_topic(&topic, 1).await;
+    create_topic(&dlq, 1).await;
+    let server = TestServer::start(&name("c")).await;
+    let admin = server.admin_api();
+    admin.register(&topic).await;
+    let path = format!("/v1/topics/{topic}/subscriptions");
+    let (status, body) = admin
+        .post(
+            &path,
+            json!({"name": "s", "start": "earliest", "max_attempts": 1, "dead_letter_topic": dlq}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    admin.subscribe(&topic, "other", "earliest").await;
+    let all = produce(&topic, 0, 10).await;
+
+    // s gives offset 3 back: out of attempts, it goes to the dead-letter topic.
+    let mut s = subscriber(&server.grpc, &topic, "s", 100).await;
+    let mut seen = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.len() < 10 {
+        let r = tokio::time::timeout_at(deadline, s.next())
+            .await
+            .expect("s's records")
+            .unwrap()
+            .unwrap();
+        seen.insert(r.offset);
+        if r.offset == 3 {
+            s.nack(&r, std::time::Duration::ZERO);
+        } else {
+            s.ack(&r);
+        }
+    }
+    eventually("s's cursor past the dead letter", || async {
+        (admin.cursors(&topic, "s").await.get(&0) == Some(&10)).then_some(())
+    })
+    .await;
+    let mut other = subscriber(&server.grpc, &topic, "other", 100).await;
+    let mut got = Received::default();
+    receive_all(&mut other, &all, &mut got).await;
+
+    // Redrive with the CLI: one record, published again for s alone.
+    let (ok, out) = fanout(
+        &server,
+        &["redrive", "--topic", &topic, "--subscription", "s"],
+    )
+    .await;
+    assert!(ok && out.starts_with("1 records redriven"), "{out}");
+    let again = tokio::time::timeout(WAIT, s.next())
+        .await
+        .expect("the redriven record")
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.offset, again.attempt), (10, 1));
+    assert!(
+        again
+            .headers
+            .iter()
+            .any(|(k, v)| k == "fanout.redrive.for" && v.as_deref() == Some(&b"s"[..])),
+        "{again:?}"
+    );
+    assert!(
+        !again
+            .headers
+            .iter()
+            .any(|(k, _)| k.starts_with("fanout.dlq."))
+    );
+    s.ack(&again);
+    // The other subscription skips it: its cursor passes offset 10, nothing delivered.
+    eventually("other's cursor past the redriven record", || async {
+        (admin.cursors(&topic, "other").await.get(&0) == Some(&11)).then_some(())
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), other.next())
+            .await
+            .is_err(),
+        "other received the redriven record"
+    );
+    // Nothing is redriven twice.
+    let (status, v) = admin.post(&format!("{path}/s/redrive"), json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["redriven"].as_u64(), v["complete"].as_bool()),
+        (Some(0), Some(true))
+    );
+    s.close().await;
+    other.close().await;
+    server.stop().await.unwrap();
+}
