@@ -254,7 +254,10 @@ impl Redriver {
                 .headers()
                 .map(|hs| {
                     hs.iter()
-                        .filter(|h| !h.key.starts_with("fanout.dlq.") && h.key != REDRIVE_FOR)
+                        .filter(|h| {
+                            !h.key.starts_with("fanout.dlq.")
+                                && !h.key.starts_with("fanout.redrive.")
+                        })
                         .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
                         .collect()
                 })

@@ -288,6 +288,16 @@ impl Shard {
         f(&self.registry.read())
     }
 
+    /// The registry reader reached `end` (the end of the topic): offsets below it that were
+    /// no records (compacted away) count as applied.
+    pub fn registry_reached(&self, end: i64) {
+        self.registry_next.send_if_modified(|n| {
+            let moved = end > *n;
+            *n = (*n).max(end);
+            moved
+        });
+    }
+
     /// Watches the offset of the next registry record to apply.
     pub fn registry_progress(&self) -> watch::Receiver<i64> {
         self.registry_next.subscribe()

@@ -80,6 +80,14 @@ pub async fn tail(
                 }
             }
             Err(KafkaError::PartitionEOF(_)) => {
+                if let Ok(positions) = consumer.position()
+                    && let Some(KafkaOffset::Offset(end)) = positions
+                        .elements()
+                        .first()
+                        .map(rdkafka::topic_partition_list::TopicPartitionListElem::offset)
+                {
+                    shard.registry_reached(end);
+                }
                 if !*loaded.borrow() {
                     let (topics, subs) = shard.with_registry(|r| {
                         let topics = r.topics().count();
@@ -137,7 +145,6 @@ impl RegistryWriter {
         })
     }
 
-    /// Writes `value` (or a tombstone) under `key` and waits until the shard applied it.
     /// Waits until this shard applied everything the registry topic holds now (writes of
     /// other shards, and earlier writes of this one that timed out), so that a
     /// read-modify-write starts from the latest state.
@@ -156,17 +163,11 @@ impl RegistryWriter {
             source: e,
         })?
         .1;
-        let mut progress = self.shard.registry_progress();
-        tokio::time::timeout(self.apply_timeout, progress.wait_for(|next| *next >= high))
+        self.applied_up_to(high, || format!("the registry up to offset {high}"))
             .await
-            .map_err(|_| StoreError::Timeout {
-                what: format!("applying the registry up to offset {high}"),
-                after: self.apply_timeout,
-            })?
-            .map_err(|_| StoreError::ShuttingDown)?;
-        Ok(())
     }
 
+    /// Writes `value` (or a tombstone) under `key` and waits until the shard applied it.
     pub async fn put(&self, key: &Key, value: Option<Vec<u8>>) -> Result<i64, StoreError> {
         let k = key.encode();
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.topic).key(&k);
@@ -182,14 +183,27 @@ impl RegistryWriter {
                 source: e,
             })?;
         let offset = delivery.offset;
+        self.applied_up_to(offset + 1, || {
+            format!("registry record {k} at offset {offset}")
+        })
+        .await?;
+        Ok(offset)
+    }
+
+    /// Waits until the shard applied every registry record below `end`.
+    async fn applied_up_to(
+        &self,
+        end: i64,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), StoreError> {
         let mut progress = self.shard.registry_progress();
-        tokio::time::timeout(self.apply_timeout, progress.wait_for(|next| *next > offset))
+        tokio::time::timeout(self.apply_timeout, progress.wait_for(|next| *next >= end))
             .await
             .map_err(|_| StoreError::Timeout {
-                what: format!("applying registry record {k} at offset {offset}"),
+                what: format!("applying {}", what()),
                 after: self.apply_timeout,
             })?
             .map_err(|_| StoreError::ShuttingDown)?;
-        Ok(offset)
+        Ok(())
     }
 }
