@@ -692,9 +692,18 @@ impl SubscriptionDelivery {
                 p.window.deliver_held(offset, stream, deadline);
                 take.deliveries.push(Delivery { chunk, attempt: 1 });
             }
-            // First deliveries, bounded by the unacked span.
-            let span_left = limits.max_unacked_span - p.window.unacked_span();
-            if !budget.exhausted() && span_left > 0 {
+            // First deliveries, bounded by the unacked span. Records skipped as done (acked
+            // before a restart, redriven for another subscription) take no budget: read on
+            // past them, or a long run of them would leave this take empty with more to do.
+            let mut still_skipping = false;
+            for _pass in 0..64 {
+                still_skipping = false;
+                let span_left = limits.max_unacked_span - p.window.unacked_span();
+                if budget.exhausted() || span_left <= 0 {
+                    break;
+                }
+                let delivered_before = take.deliveries.len();
+                let next_before = p.window.next();
                 let want = budget
                     .records_left
                     .min(usize::try_from(span_left).unwrap_or(usize::MAX));
@@ -772,6 +781,15 @@ impl SubscriptionDelivery {
                 if moved {
                     p.cursor_moved();
                 }
+                still_skipping =
+                    take.deliveries.len() == delivered_before && p.window.next() > next_before;
+                if !still_skipping {
+                    break;
+                }
+            }
+            if still_skipping {
+                // More to skip than one take reads: the streams look again at once.
+                take.released = true;
             }
             // Tell the shared window's writer how far this subscription has come.
             if p.catch_up.is_none() {

@@ -762,3 +762,36 @@ fn records_redriven_for_another_subscription_are_skipped_as_done() {
     assert_eq!(got("audit"), (vec![0, 2, 3], Some(4)));
     assert_eq!(got("other"), (vec![0, 3], Some(4)));
 }
+
+#[test]
+fn a_long_run_of_records_for_others_does_not_leave_a_take_empty() {
+    let log = PartitionLog::new(0, 64 << 20);
+    let other: Arc<[crate::model::Header]> = Arc::new([crate::model::Header {
+        key: crate::model::REDRIVE_FOR.into(),
+        value: Some(Bytes::from_static(b"someone-else")),
+    }]);
+    let mut records: Vec<Record> = (0..3_000)
+        .map(|o| Record {
+            headers: other.clone(),
+            ..rec(0, o)
+        })
+        .collect();
+    records.push(rec(0, 3_000));
+    log.writer()
+        .unwrap()
+        .append(Batch::new(records).unwrap())
+        .unwrap();
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default()).named("me");
+    d.add_partition(0, log, 0);
+    let s = StreamId(1);
+    d.open_stream(s, credits(100));
+    let limits = TakeLimits {
+        batch_records: 100,
+        ..LIMITS
+    };
+    assert_eq!(
+        offsets(&d.take(s, Instant::now(), limits)),
+        vec![(0, 3_000, 1)]
+    );
+    assert_eq!(d.cursor(0), Some(3_000));
+}
