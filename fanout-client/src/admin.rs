@@ -64,6 +64,17 @@ impl AdminClient {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// A POST that may take long (a redrive reads and publishes for up to a minute).
+    pub async fn post_slow(&self, path: &str, body: Value) -> Result<Value, AdminError> {
+        self.send_with(
+            reqwest::Method::POST,
+            path,
+            Some(body),
+            Some(Duration::from_secs(180)),
+        )
+        .await
+    }
+
     pub async fn patch(&self, path: &str, body: Value) -> Result<Value, AdminError> {
         self.send(reqwest::Method::PATCH, path, Some(body)).await
     }
@@ -78,8 +89,21 @@ impl AdminClient {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, AdminError> {
+        self.send_with(method, path, body, None).await
+    }
+
+    async fn send_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        timeout: Option<Duration>,
+    ) -> Result<Value, AdminError> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }

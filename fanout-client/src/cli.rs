@@ -531,20 +531,29 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Adm
             // Bounded: each call reads at least one dead letter or completes.
             for _ in 0..100_000 {
                 let v = admin
-                    .post(
+                    .post_slow(
                         &format!("{}/redrive", sub_path(sub)),
                         json!({ "max_records": batch }),
                     )
                     .await?;
                 scanned += v["scanned"].as_u64().unwrap_or(0);
                 redriven += v["redriven"].as_u64().unwrap_or(0);
-                let complete = v["complete"].as_bool().unwrap_or(true);
-                if !complete {
-                    eprintln!("fanout: {scanned} dead letters read, {redriven} redriven so far...");
+                if v["position_saved"] == json!(false) && v["redriven"].as_u64() > Some(0) {
+                    return Err(AdminError::Transport(format!(
+                        "the subscription changed during the redrive: {redriven} records were \
+                         published, but a next redrive would publish them again; stopping"
+                    )));
                 }
-                if complete || v["scanned"].as_u64() == Some(0) {
+                if v["complete"].as_bool().unwrap_or(true) {
                     break;
                 }
+                if v["scanned"].as_u64() == Some(0) {
+                    return Err(AdminError::Transport(format!(
+                        "the redrive makes no progress (the dead-letter topic does not answer?); \
+                         {redriven} redriven so far, run it again later"
+                    )));
+                }
+                eprintln!("fanout: {scanned} dead letters read, {redriven} redriven so far...");
             }
             let summary = json!({ "scanned": scanned, "redriven": redriven });
             print_json_or(out, output, &summary, || {

@@ -157,6 +157,8 @@ pub struct AdminState {
     pub token: Option<Arc<str>>,
     /// Redrives dead letters into their subscription.
     pub redrive: Arc<dyn crate::deadletter::Redrive>,
+    /// One redrive at a time on this shard.
+    pub redrive_lock: Arc<Mutex<()>>,
     /// When a Kafka broker last answered a readiness check.
     pub kafka_seen: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
 }

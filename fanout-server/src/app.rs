@@ -199,6 +199,7 @@ pub async fn run(
         },
         token: cfg.admin_token()?.map(Arc::from),
         kafka_seen: Arc::default(),
+        redrive_lock: Arc::default(),
         redrive: Arc::new(
             crate::deadletter::Redriver::new(&cfg)
                 .map_err(StoreError::kafka("dead-letter redrive producer"))?,

@@ -30,6 +30,9 @@ pub mod headers {
     pub const SOURCE_TOPIC: &str = "fanout.dlq.source.topic";
     pub const SOURCE_PARTITION: &str = "fanout.dlq.source.partition";
     pub const SOURCE_OFFSET: &str = "fanout.dlq.source.offset";
+    /// Which life of the subscription (its creation time, ms): a subscription deleted and
+    /// created again under the same name does not redrive the old one's dead letters.
+    pub const SUBSCRIPTION_CREATED: &str = "fanout.dlq.subscription.created_at_ms";
 }
 
 /// How long one publish may take before it counts as failed (and is tried again).
@@ -58,13 +61,20 @@ impl DeadLetters {
         &self,
         to: &TopicName,
         subscription: &SubscriptionKey,
+        incarnation: i64,
         letter: &DeadLetter,
     ) -> Result<(), KafkaError> {
         let Some(r) = letter.chunk.records().first() else {
             return Ok(());
         };
-        let mut hs = OwnedHeaders::new_with_capacity(r.headers.len() + 6);
-        for h in r.headers.iter() {
+        let mut hs = OwnedHeaders::new_with_capacity(r.headers.len() + 7);
+        // A record dead-lettered before (its topic is a dead-letter topic itself) carries
+        // older `fanout.dlq.*` headers: only the new ones describe it now.
+        for h in r
+            .headers
+            .iter()
+            .filter(|h| !h.key.starts_with("fanout.dlq."))
+        {
             hs = hs.insert(Header {
                 key: &h.key,
                 value: h.value.as_deref(),
@@ -74,7 +84,9 @@ impl DeadLetters {
         let partition = r.partition.to_string();
         let offset = r.offset.to_string();
         let sub = subscription.name.to_string();
+        let created = incarnation.to_string();
         for (key, value) in [
+            (headers::SUBSCRIPTION_CREATED, created.as_str()),
             (headers::REASON, letter.why.as_str()),
             (headers::ATTEMPTS, attempts.as_str()),
             (headers::SUBSCRIPTION, sub.as_str()),
@@ -106,12 +118,14 @@ impl DeadLetters {
 }
 
 /// What to redrive: the records of `dead_letter_topic` that came from `topic` for
-/// `subscription`, from `from` (per dead-letter partition; absent: its start) up to the end
-/// the topic had when asked, at most `max_records` read.
+/// `subscription` (this life of it: `incarnation`, its creation time), from `from` (per
+/// dead-letter partition; absent: its start) up to the end the topic had when asked, at most
+/// `max_records` read.
 #[derive(Debug, Clone)]
 pub struct RedriveRequest {
     pub topic: TopicName,
     pub subscription: SubscriptionName,
+    pub incarnation: i64,
     pub dead_letter_topic: TopicName,
     pub from: BTreeMap<Partition, Offset>,
     pub max_records: usize,
@@ -127,14 +141,27 @@ pub struct RedriveOutcome {
     /// Where the next redrive starts, per dead-letter partition.
     pub next: BTreeMap<Partition, Offset>,
     /// True if everything up to the end the topic had when asked was read; false if
-    /// `max_records` or the time limit stopped it (call again to go on).
+    /// `max_records`, the byte limit or the time limit stopped it (call again to go on).
     pub complete: bool,
+    /// False if the subscription changed while the records were published (its
+    /// dead-letter topic, or another redrive): they were published, but the next redrive
+    /// starts where this one did and publishes them again.
+    pub position_saved: bool,
+}
+
+/// Why a redrive failed (nothing was published).
+#[derive(Debug, thiserror::Error)]
+pub enum RedriveError {
+    #[error("Kafka has no topic {0:?}")]
+    NoTopic(String),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
 }
 
 /// Redrives dead letters (`POST .../redrive`); a trait so that the admin API's component
 /// tests run without Kafka.
 pub trait Redrive: Send + Sync + 'static {
-    fn redrive(&self, req: RedriveRequest) -> BoxFuture<'_, Result<RedriveOutcome, KafkaError>>;
+    fn redrive(&self, req: RedriveRequest) -> BoxFuture<'_, Result<RedriveOutcome, RedriveError>>;
 }
 
 /// One dead letter to publish again.
@@ -142,18 +169,21 @@ struct Letter {
     partition: Partition,
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
-    timestamp: Option<i64>,
     headers: Vec<(String, Option<Vec<u8>>)>,
     from: String,
 }
 
 /// How long reading a dead-letter topic for one redrive may take.
-const REDRIVE_READ_LIMIT: Duration = Duration::from_secs(60);
+const REDRIVE_READ_LIMIT: Duration = Duration::from_secs(20);
+/// Most bytes of dead letters one redrive holds in memory.
+const REDRIVE_MAX_BYTES: usize = 64 << 20;
 
 /// Redrives through Kafka: reads the dead-letter topic with an assign-only consumer, then
 /// publishes the subscription's records to the partition they came from, with the header
-/// [`REDRIVE_FOR`] so that only that subscription receives them. At least once: a failure
-/// after some publishes leaves the position where it was, and a retry publishes those again.
+/// [`REDRIVE_FOR`] so that only that subscription receives them, stamped with the time of
+/// the redrive (the original timestamp travels in `fanout.redrive.timestamp`: an old one
+/// could fall behind the topic's retention at once). At least once: a failure after some
+/// publishes leaves the position where it was, and a retry publishes those again.
 pub struct Redriver {
     cfg: Config,
     producer: FutureProducer,
@@ -163,6 +193,17 @@ impl std::fmt::Debug for Redriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Redriver")
     }
+}
+
+/// The value of the last header `name` of `m` (a record dead-lettered twice carries the
+/// newest last).
+fn last_header(m: &BorrowedMessage<'_>, name: &str) -> Option<String> {
+    m.headers()?
+        .iter()
+        .filter(|h| h.key == name)
+        .last()
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 impl Redriver {
@@ -177,12 +218,14 @@ impl Redriver {
     fn read(
         cfg: &Config,
         req: &RedriveRequest,
-    ) -> Result<(Vec<Letter>, RedriveOutcome), KafkaError> {
+    ) -> Result<(Vec<Letter>, RedriveOutcome), RedriveError> {
         let consumer: BaseConsumer = kafka::reader(cfg, "redrive").create()?;
         let dlq = req.dead_letter_topic.as_str();
-        let partitions = kafka::partitions_of(&consumer, dlq)?.unwrap_or_default();
+        let partitions = kafka::partitions_of(&consumer, dlq)?
+            .ok_or_else(|| RedriveError::NoTopic(dlq.to_owned()))?;
         let marks = kafka::watermarks(&consumer, dlq, &partitions)?;
-        let mut next: BTreeMap<Partition, Offset> = BTreeMap::new();
+        // Positions only move forward; partitions not read keep theirs.
+        let mut next = req.from.clone();
         let mut ends: BTreeMap<Partition, Offset> = BTreeMap::new();
         let mut tpl = TopicPartitionList::new();
         for (p, lo, hi) in marks {
@@ -198,34 +241,44 @@ impl Redriver {
             redriven: 0,
             next,
             complete: true,
+            position_saved: false,
         };
         if ends.is_empty() {
             return Ok((Vec::new(), out));
         }
         consumer.assign(&tpl)?;
+        drop(tpl);
         let deadline = Instant::now() + REDRIVE_READ_LIMIT;
-        let mut letters = Vec::new();
-        let header = |m: &BorrowedMessage<'_>, name: &str| -> Option<String> {
-            m.headers()?
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        };
+        let (mut letters, mut bytes, mut last_error) = (Vec::new(), 0usize, None);
         while !ends.is_empty() {
-            if out.scanned >= req.max_records || Instant::now() >= deadline {
+            if out.scanned >= req.max_records
+                || bytes >= REDRIVE_MAX_BYTES
+                || Instant::now() >= deadline
+            {
                 out.complete = false;
                 break;
             }
             let m = match consumer.poll(Duration::from_millis(500)) {
                 None => continue,
                 Some(Err(KafkaError::PartitionEOF(p))) => {
-                    if let Some(end) = ends.remove(&p) {
-                        out.next.insert(p, end);
+                    // At the end for this reader (with read_committed: the last stable
+                    // offset, so an open transaction's records are read next time).
+                    if ends.remove(&p).is_some() {
+                        let position = consumer.position()?;
+                        if let Some(KafkaOffset::Offset(o)) =
+                            position.find_partition(dlq, p).map(|e| e.offset())
+                        {
+                            out.next.insert(p, o);
+                        }
                     }
                     continue;
                 }
-                Some(Err(e)) => return Err(e),
+                Some(Err(e)) => {
+                    // Transient (a broker moving, ...): go on until the deadline.
+                    tracing::debug!(error = %e, "reading the dead-letter topic");
+                    last_error = Some(e);
+                    continue;
+                }
                 Some(Ok(m)) => m,
             };
             let p = m.partition();
@@ -243,14 +296,17 @@ impl Redriver {
                 ends.remove(&p);
                 out.next.insert(p, end);
             }
-            let mine = header(&m, headers::SUBSCRIPTION).as_deref()
-                == Some(req.subscription.as_str())
-                && header(&m, headers::SOURCE_TOPIC).as_deref() == Some(req.topic.as_str());
-            let source = header(&m, headers::SOURCE_PARTITION).and_then(|s| s.parse().ok());
+            let this_life = last_header(&m, headers::SUBSCRIPTION_CREATED)
+                .is_none_or(|c| c == req.incarnation.to_string());
+            let mine = this_life
+                && last_header(&m, headers::SUBSCRIPTION).as_deref()
+                    == Some(req.subscription.as_str())
+                && last_header(&m, headers::SOURCE_TOPIC).as_deref() == Some(req.topic.as_str());
+            let source = last_header(&m, headers::SOURCE_PARTITION).and_then(|s| s.parse().ok());
             let (true, Some(partition)) = (mine, source) else {
                 continue;
             };
-            let headers = m
+            let mut headers: Vec<(String, Option<Vec<u8>>)> = m
                 .headers()
                 .map(|hs| {
                     hs.iter()
@@ -262,22 +318,40 @@ impl Redriver {
                         .collect()
                 })
                 .unwrap_or_default();
-            letters.push(Letter {
+            if let Some(t) = m.timestamp().to_millis() {
+                headers.push((
+                    "fanout.redrive.timestamp".into(),
+                    Some(t.to_string().into_bytes()),
+                ));
+            }
+            let letter = Letter {
                 partition,
                 key: m.key().map(<[u8]>::to_vec),
                 value: m.payload().map(<[u8]>::to_vec),
-                timestamp: m.timestamp().to_millis(),
                 headers,
                 from: format!("{dlq}:{p}:{}", m.offset()),
-            });
+            };
+            bytes += letter.key.as_ref().map_or(0, Vec::len)
+                + letter.value.as_ref().map_or(0, Vec::len)
+                + letter
+                    .headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                    .sum::<usize>();
+            letters.push(letter);
         }
-        drop(tpl);
+        if out.scanned == 0
+            && !out.complete
+            && let Some(e) = last_error
+        {
+            return Err(e.into());
+        }
         Ok((letters, out))
     }
 }
 
 impl Redrive for Redriver {
-    fn redrive(&self, req: RedriveRequest) -> BoxFuture<'_, Result<RedriveOutcome, KafkaError>> {
+    fn redrive(&self, req: RedriveRequest) -> BoxFuture<'_, Result<RedriveOutcome, RedriveError>> {
         Box::pin(async move {
             let cfg = self.cfg.clone();
             let request = req.clone();
@@ -311,9 +385,6 @@ impl Redrive for Redriver {
                 }
                 if let Some(v) = &l.value {
                     record = record.payload(v.as_slice());
-                }
-                if let Some(t) = l.timestamp {
-                    record = record.timestamp(t);
                 }
                 self.producer.send(record, Timeout::After(PUBLISH_TIMEOUT))
             });

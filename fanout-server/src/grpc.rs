@@ -428,7 +428,7 @@ async fn dead_letter(
     let (partition, offset) = (letter.partition, r.offset);
     let published = match &sub.spec().delivery.dead_letter_topic {
         Some(to) => dead_letters
-            .publish(to, &sub.key(), &letter)
+            .publish(to, &sub.key(), sub.created_at_ms(), &letter)
             .await
             .map_err(|e| e.to_string()),
         None => Err("the subscription has no dead-letter topic".to_owned()),

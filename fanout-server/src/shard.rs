@@ -735,7 +735,11 @@ impl Shard {
         let mut stored = self.stored.lock();
         for (u, keep) in updates.iter().zip(keep) {
             let key = (u.subscription.clone(), u.partition);
-            if keep {
+            // A seek applied since `keep` was decided left its entry here first.
+            let newer_seek = stored
+                .get(&key)
+                .is_some_and(|c| c.incarnation == u.incarnation && c.seek != u.seek);
+            if keep && !newer_seek {
                 stored.insert(
                     key,
                     StoredCursor {

@@ -430,8 +430,21 @@ pub async fn redrive(
             format!("must be between 1 and 100000, got {max_records}"),
         ));
     }
-    // Held throughout: one redrive of this shard at a time, and its position written last.
-    let _guard = write_access(&s).await?;
+    // On a task of its own: a client that hangs up does not stop it half-way (between the
+    // publishes and the position).
+    let task = tokio::spawn(redrive_once(s.clone(), topic, name, max_records));
+    task.await.map_err(ApiError::internal)?.map(Json)
+}
+
+async fn redrive_once(
+    s: AdminState,
+    topic: String,
+    name: String,
+    max_records: usize,
+) -> Result<crate::deadletter::RedriveOutcome, ApiError> {
+    // One redrive of this shard at a time; admin writes are not held up meanwhile.
+    let _one = s.redrive_lock.lock().await;
+    s.registry.sync().await.map_err(ApiError::store)?;
     let spec = existing(&s.shard, &topic, &name)?;
     let Some(dlq) = spec.delivery.dead_letter_topic.clone() else {
         return Err(ApiError::conflict(
@@ -440,33 +453,56 @@ pub async fn redrive(
         ));
     };
     // A position in another dead-letter topic (it was changed) does not count.
-    let from = spec
-        .redrive
-        .as_ref()
-        .filter(|r| r.dead_letter_topic == dlq)
-        .map(|r| r.next.clone())
-        .unwrap_or_default();
-    let out = s
+    let position = |spec: &SubscriptionSpec| {
+        spec.redrive
+            .as_ref()
+            .filter(|r| r.dead_letter_topic == dlq)
+            .map(|r| r.next.clone())
+            .unwrap_or_default()
+    };
+    let from = position(&spec);
+    let mut out = s
         .redrive
         .redrive(crate::deadletter::RedriveRequest {
             topic: spec.topic.clone(),
             subscription: spec.name.clone(),
+            incarnation: spec.created_at_ms,
             dead_letter_topic: dlq.clone(),
             from: from.clone(),
             max_records,
         })
         .await
-        .map_err(ApiError::kafka)?;
-    if out.next != from {
+        .map_err(|e| match e {
+            crate::deadletter::RedriveError::NoTopic(t) => ApiError::conflict(
+                "dead_letter_topic_missing",
+                format!("Kafka has no topic {t:?} (the subscription's dead-letter topic)"),
+            ),
+            crate::deadletter::RedriveError::Kafka(e) => ApiError::kafka(e),
+        })?;
+    // The position goes onto the subscription as it is now, if it is still the same life,
+    // with the same dead-letter topic, and nobody moved the position meanwhile.
+    let _guard = write_access(&s).await?;
+    let now = existing(&s.shard, &topic, &name)?;
+    let same = now.created_at_ms == spec.created_at_ms
+        && now.delivery.dead_letter_topic.as_ref() == Some(&dlq)
+        && position(&now) == from;
+    if !same {
+        tracing::warn!(
+            topic,
+            subscription = name,
+            "subscription changed during a redrive; position not saved"
+        );
+    } else if out.next != from {
         let new = SubscriptionSpec {
             redrive: Some(crate::registry::RedrivePosition {
                 dead_letter_topic: dlq,
                 next: out.next.clone(),
             }),
-            ..spec
+            ..now
         };
         write(&s, &new).await?;
     }
+    out.position_saved = same;
     tracing::info!(
         topic,
         subscription = name,
@@ -475,7 +511,7 @@ pub async fn redrive(
         complete = out.complete,
         "dead letters redriven"
     );
-    Ok(Json(out))
+    Ok(out)
 }
 
 async fn set_paused(

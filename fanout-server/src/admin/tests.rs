@@ -125,7 +125,8 @@ impl crate::deadletter::Redrive for FakeRedrive {
     fn redrive(
         &self,
         req: crate::deadletter::RedriveRequest,
-    ) -> BoxFuture<'_, Result<crate::deadletter::RedriveOutcome, KafkaError>> {
+    ) -> BoxFuture<'_, Result<crate::deadletter::RedriveOutcome, crate::deadletter::RedriveError>>
+    {
         Box::pin(async move {
             let next = [0, 1]
                 .into_iter()
@@ -137,6 +138,7 @@ impl crate::deadletter::Redrive for FakeRedrive {
                 redriven: 4,
                 next,
                 complete: true,
+                position_saved: false,
             })
         })
     }
@@ -188,6 +190,7 @@ fn api_with_token(token: Option<&str>) -> Api {
         token: token.map(Arc::from),
         kafka_seen: kafka_seen.clone(),
         redrive: redrive.clone(),
+        redrive_lock: Arc::default(),
     };
     Api {
         router: router(state),
@@ -1047,6 +1050,7 @@ async fn redrive_needs_a_dead_letter_topic_and_goes_on_where_it_stopped() {
         (r.body["redriven"].as_u64(), r.body["complete"].as_bool()),
         (Some(4), Some(true))
     );
+    assert_eq!(r.body["position_saved"], true);
     let r = api.post(redrive, json!({"max_records": 50})).await;
     assert_eq!(r.body["next"], json!({"0": 10, "1": 10}));
     let asked = api.redrive.asked.lock().clone();

@@ -381,6 +381,14 @@ async fn redrive_delivers_dead_letters_again_to_their_subscription_alone() {
             .iter()
             .any(|(k, _)| k.starts_with("fanout.dlq."))
     );
+    // Stamped now (an old timestamp could fall behind retention); the original travels along.
+    assert!(
+        again
+            .headers
+            .iter()
+            .any(|(k, _)| k == "fanout.redrive.timestamp"),
+        "{again:?}"
+    );
     s.ack(&again);
     // The other subscription skips it: its cursor passes offset 10, nothing delivered.
     eventually("other's cursor past the redriven record", || async {
