@@ -95,6 +95,9 @@ enum TopicsCommand {
     /// Start reading a Kafka topic (it must exist in Kafka).
     Register {
         name: String,
+        /// Where its new subscriptions start unless they say: `earliest` or `latest`.
+        #[arg(long)]
+        default_start: Option<String>,
     },
     /// Stop reading a topic.
     Unregister {
@@ -118,9 +121,15 @@ enum SubsCommand {
         topic: String,
         #[arg(long)]
         subscription: String,
-        /// `earliest` or `latest`.
-        #[arg(long, default_value = "latest")]
-        start: String,
+        /// `earliest`, `latest` or `timestamp` (default: the topic's default start).
+        #[arg(long)]
+        start: Option<String>,
+        /// With `--start timestamp`: RFC 3339 or epoch milliseconds.
+        #[arg(long)]
+        start_timestamp: Option<String>,
+        /// Most records in flight per stream, whatever the subscriber asks for.
+        #[arg(long)]
+        max_in_flight_records: Option<u32>,
         /// `partition`, `key` or `none`.
         #[arg(long, default_value = "partition")]
         ordering: String,
@@ -141,6 +150,9 @@ enum SubsCommand {
         max_attempts: Option<u32>,
         #[arg(long, conflicts_with = "no_dead_letter_topic")]
         dead_letter_topic: Option<String>,
+        /// Most records in flight per stream (0: the server's limit).
+        #[arg(long)]
+        max_in_flight_records: Option<u32>,
         /// Remove the dead-letter topic (needs --max-attempts 0).
         #[arg(long)]
         no_dead_letter_topic: bool,
@@ -317,7 +329,7 @@ fn sub_path(r: &SubRef) -> String {
 fn check_names(cli: &Cli) -> Result<(), AdminError> {
     let names: Vec<&str> = match &cli.command {
         Command::Topics(
-            TopicsCommand::Register { name } | TopicsCommand::Unregister { name, .. },
+            TopicsCommand::Register { name, .. } | TopicsCommand::Unregister { name, .. },
         )
         | Command::Subs(SubsCommand::List { topic: name }) => vec![name],
         Command::Subs(SubsCommand::Show(r) | SubsCommand::Delete(r))
@@ -381,8 +393,15 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Adm
             let v = admin()?.get("/v1/topics").await?;
             print_table(out, output, &v, &["name", "subscriptions", "created_at_ms"])
         }
-        Command::Topics(TopicsCommand::Register { name }) => {
-            let v = admin()?.post("/v1/topics", json!({ "name": name })).await?;
+        Command::Topics(TopicsCommand::Register {
+            name,
+            default_start,
+        }) => {
+            let mut body = json!({ "name": name });
+            if let Some(d) = default_start {
+                body["default_start"] = json!(d);
+            }
+            let v = admin()?.post("/v1/topics", body).await?;
             print_table(
                 out,
                 output,
@@ -413,12 +432,23 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Adm
             topic,
             subscription,
             start,
+            start_timestamp,
+            max_in_flight_records,
             ordering,
             ack_timeout_ms,
             max_attempts,
             dead_letter_topic,
         }) => {
-            let mut body = json!({"name": subscription, "start": start, "ordering": ordering});
+            let mut body = json!({"name": subscription, "ordering": ordering});
+            if let Some(st) = start {
+                body["start"] = json!(st);
+            }
+            if let Some(ts) = start_timestamp {
+                body["start_timestamp_ms"] = json!(parse_time(ts)?);
+            }
+            if let Some(m) = max_in_flight_records {
+                body["max_in_flight_records"] = json!(m);
+            }
             if let Some(t) = ack_timeout_ms {
                 body["ack_timeout_ms"] = json!(t);
             }
@@ -442,8 +472,12 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Adm
             max_attempts,
             dead_letter_topic,
             no_dead_letter_topic,
+            max_in_flight_records,
         }) => {
             let mut body = json!({});
+            if let Some(m) = max_in_flight_records {
+                body["max_in_flight_records"] = json!(m);
+            }
             if let Some(t) = ack_timeout_ms {
                 body["ack_timeout_ms"] = json!(t);
             }

@@ -150,7 +150,9 @@ impl From<SubscribeError> for Status {
 }
 
 impl Inner {
-    fn credits(&self, records: u32, bytes: u64) -> Result<Credits, SubscribeError> {
+    /// The credits a stream asked for, checked against the server's limit, then capped by
+    /// its subscription's ceiling (`ceiling`, 0: none): `Opened` tells the stream.
+    fn credits(&self, records: u32, bytes: u64, ceiling: u32) -> Result<Credits, SubscribeError> {
         if records == 0 {
             return Err(SubscribeError::ZeroCredits);
         }
@@ -160,6 +162,11 @@ impl Inner {
                 limit: self.limits.max_credits,
             });
         }
+        let records = if ceiling > 0 {
+            records.min(ceiling)
+        } else {
+            records
+        };
         let bytes = if bytes == 0 {
             self.limits.default_bytes
         } else {
@@ -198,7 +205,11 @@ impl Inner {
             }
         })?;
         let (t, s) = self.shard.subscription(&topic, &name)?;
-        let credits = self.credits(open.max_in_flight_records, open.max_in_flight_bytes)?;
+        let credits = self.credits(
+            open.max_in_flight_records,
+            open.max_in_flight_bytes,
+            s.spec().delivery.max_in_flight_records,
+        )?;
         Ok((t, s, credits))
     }
 }
@@ -403,9 +414,11 @@ impl StreamTask {
                 tracing::debug!(reason = nack.reason, "records nacked");
             }
             Some(Kind::Credits(c)) => {
-                let credits = self
-                    .inner
-                    .credits(c.max_in_flight_records, c.max_in_flight_bytes)?;
+                let credits = self.inner.credits(
+                    c.max_in_flight_records,
+                    c.max_in_flight_bytes,
+                    self.sub.spec().delivery.max_in_flight_records,
+                )?;
                 self.sub.set_credits(self.id, credits);
             }
             Some(Kind::Open(_)) => return Err(SubscribeError::OpenTwice),

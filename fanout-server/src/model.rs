@@ -178,6 +178,15 @@ pub struct DeliveryPolicy {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub dead_letter_topic: Option<TopicName>,
+    /// Most records a stream of the subscription may have in flight, whatever it asks for
+    /// (0: the server's limit). Written only when set, so that entries without one stay
+    /// readable by builds that predate it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_in_flight_records: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Default ack timeout: 30 s.
@@ -194,6 +203,7 @@ impl Default for DeliveryPolicy {
             ack_timeout_ms: DEFAULT_ACK_TIMEOUT_MS,
             max_attempts: 0,
             dead_letter_topic: None,
+            max_in_flight_records: 0,
         }
     }
 }
@@ -206,6 +216,8 @@ pub enum StartPosition {
     Earliest,
     /// Only records produced after the subscription was created.
     Latest,
+    /// The first record at or after a time (`start_timestamp_ms`).
+    Timestamp,
 }
 
 /// How Kafka stamped a record's timestamp.

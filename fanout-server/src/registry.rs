@@ -25,6 +25,9 @@ pub struct TopicSpec {
     pub name: TopicName,
     /// When it was registered, milliseconds since the Unix epoch.
     pub created_at_ms: i64,
+    /// Where its new subscriptions start unless they say (`earliest` or `latest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_start: Option<StartPosition>,
 }
 
 /// A subscription and where it starts.
@@ -33,6 +36,9 @@ pub struct SubscriptionSpec {
     pub topic: TopicName,
     pub name: SubscriptionName,
     pub start: StartPosition,
+    /// With `start: timestamp`: the time, in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timestamp_ms: Option<i64>,
     /// `start` resolved to offsets when the subscription was created.
     pub start_offsets: StartOffsets,
     pub created_at_ms: i64,

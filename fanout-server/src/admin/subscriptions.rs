@@ -21,17 +21,18 @@ use crate::model::{
 use crate::registry::{Entry, Key, PartitionSeek, RedrivePosition, SubscriptionSpec};
 use crate::shard::{LossTotal, Shard};
 
-fn default_start() -> StartPosition {
-    StartPosition::Latest
-}
-
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSubscription {
     name: String,
-    /// `earliest` or `latest` (the default).
-    #[serde(default = "default_start")]
-    start: StartPosition,
+    /// `earliest`, `latest` or `timestamp` (with `start_timestamp_ms`); absent: the topic's
+    /// default start (`latest` unless registered otherwise).
+    #[serde(default)]
+    start: Option<StartPosition>,
+    /// With `start: timestamp`: the first record at or after this time (milliseconds since
+    /// the Unix epoch) on each partition; the log end where there is none.
+    #[serde(default)]
+    start_timestamp_ms: Option<i64>,
     /// `partition` (the default), `key` or `none`.
     #[serde(default)]
     ordering: DeliveryOrder,
@@ -44,7 +45,14 @@ pub struct CreateSubscription {
     /// Kafka topic for records out of attempts (required with `max_attempts`).
     #[serde(default)]
     dead_letter_topic: Option<String>,
+    /// Most records a stream may have in flight, whatever it asks for (0 or absent: the
+    /// server's limit).
+    #[serde(default)]
+    max_in_flight_records: Option<u32>,
 }
+
+/// Largest credits ceiling a subscription may set.
+const MAX_IN_FLIGHT_CEILING: u32 = 1_000_000;
 
 /// Longest ack timeout: one hour.
 const MAX_ACK_TIMEOUT_MS: u64 = 3_600_000;
@@ -58,7 +66,16 @@ fn check_policy(
     ack_timeout_ms: u64,
     max_attempts: u32,
     dead_letter_topic: Option<&str>,
+    max_in_flight_records: u32,
 ) -> Result<DeliveryPolicy, ApiError> {
+    if max_in_flight_records > MAX_IN_FLIGHT_CEILING {
+        return Err(ApiError::invalid(
+            "max_in_flight_records",
+            format!(
+                "must be at most {MAX_IN_FLIGHT_CEILING} (0: the server's limit), got {max_in_flight_records}"
+            ),
+        ));
+    }
     if !(100..=MAX_ACK_TIMEOUT_MS).contains(&ack_timeout_ms) {
         return Err(ApiError::invalid(
             "ack_timeout_ms",
@@ -95,6 +112,7 @@ fn check_policy(
             ack_timeout_ms,
             max_attempts,
             dead_letter_topic,
+            max_in_flight_records,
         }),
     }
 }
@@ -122,6 +140,7 @@ pub struct SubscriptionView {
     pub topic: String,
     pub name: String,
     pub start: StartPosition,
+    pub start_timestamp_ms: Option<i64>,
     pub start_offsets: BTreeMap<Partition, Offset>,
     pub created_at_ms: i64,
     /// Ordering, ack timeout, attempts and dead-letter topic.
@@ -155,6 +174,7 @@ pub fn subscription_view(s: &Shard, spec: &SubscriptionSpec) -> SubscriptionView
         topic: spec.topic.to_string(),
         name: spec.name.to_string(),
         start: spec.start,
+        start_timestamp_ms: spec.start_timestamp_ms,
         start_offsets: spec.start_offsets.0.clone(),
         created_at_ms: spec.created_at_ms,
         delivery: spec.delivery.clone(),
@@ -264,7 +284,37 @@ pub async fn create_subscription(
         req.ack_timeout_ms.unwrap_or(DEFAULT_ACK_TIMEOUT_MS),
         req.max_attempts.unwrap_or(0),
         req.dead_letter_topic.as_deref(),
+        req.max_in_flight_records.unwrap_or(0),
     )?;
+    let start = req
+        .start
+        .or_else(|| {
+            s.shard
+                .with_registry(|r| r.topic(&topic).and_then(|t| t.default_start))
+        })
+        .unwrap_or(StartPosition::Latest);
+    let start_timestamp_ms = match (start, req.start_timestamp_ms) {
+        (StartPosition::Timestamp, Some(t)) if t >= 0 => Some(t),
+        (StartPosition::Timestamp, Some(t)) => {
+            return Err(ApiError::invalid(
+                "start_timestamp_ms",
+                format!("must be milliseconds since the Unix epoch, got {t}"),
+            ));
+        }
+        (StartPosition::Timestamp, None) => {
+            return Err(ApiError::invalid(
+                "start_timestamp_ms",
+                "required with start: timestamp",
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::invalid(
+                "start_timestamp_ms",
+                "goes with start: timestamp only",
+            ));
+        }
+        (_, None) => None,
+    };
     check_dead_letter_topic(&s, &delivery).await?;
     let key = SubscriptionKey {
         topic: topic.clone(),
@@ -279,12 +329,17 @@ pub async fn create_subscription(
     }
     // Resolve the start position now, so it means "as of creation" on every shard.
     let t = topic.clone();
-    let start = req.start;
-    let offsets = ask_kafka(&s, move |kafka| {
+    let (offsets, by_time) = ask_kafka(&s, move |kafka| {
         let partitions = kafka.partitions(t.as_str())?.unwrap_or_default();
-        kafka.watermarks(t.as_str(), &partitions)
+        let marks = kafka.watermarks(t.as_str(), &partitions)?;
+        let by_time = match start_timestamp_ms {
+            Some(ts) => kafka.offsets_for_time(t.as_str(), &partitions, ts)?,
+            None => Vec::new(),
+        };
+        Ok((marks, by_time))
     })
     .await?;
+    let by_time: BTreeMap<Partition, Option<Offset>> = by_time.into_iter().collect();
     if offsets.is_empty() {
         return Err(ApiError::conflict(
             "kafka_topic_not_found",
@@ -300,6 +355,12 @@ pub async fn create_subscription(
                     match start {
                         StartPosition::Earliest => lo,
                         StartPosition::Latest => hi,
+                        StartPosition::Timestamp => by_time
+                            .get(&p)
+                            .copied()
+                            .flatten()
+                            .unwrap_or(hi)
+                            .clamp(lo, hi),
                     },
                 )
             })
@@ -309,6 +370,7 @@ pub async fn create_subscription(
         topic,
         name,
         start,
+        start_timestamp_ms,
         start_offsets,
         created_at_ms: now_ms(),
         delivery,
@@ -350,6 +412,8 @@ pub struct UpdateSubscription {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     dead_letter_topic: Option<Option<String>>,
+    #[serde(default)]
+    max_in_flight_records: Option<u32>,
 }
 
 /// Changes a subscription's delivery settings, live: they apply at once, to records in
@@ -407,6 +471,8 @@ pub async fn update_subscription(
         req.ack_timeout_ms.unwrap_or(old.ack_timeout_ms),
         req.max_attempts.unwrap_or(old.max_attempts),
         dead_letter_topic.as_deref(),
+        req.max_in_flight_records
+            .unwrap_or(old.max_in_flight_records),
     )?;
     if delivery == *old {
         return Ok(Json(subscription_view(&s.shard, &spec)));

@@ -1072,3 +1072,89 @@ async fn redrive_needs_a_dead_letter_topic_and_goes_on_where_it_stopped() {
         view.body
     );
 }
+
+#[tokio::test]
+async fn starts_default_per_topic_resolve_by_time_and_credits_have_a_ceiling() {
+    let api = api();
+    api.refused(
+        Method::POST,
+        "/v1/topics",
+        Some(json!({"name": "orders", "default_start": "timestamp"})),
+        400,
+        "invalid_field",
+    )
+    .await;
+    let r = api
+        .post(
+            "/v1/topics",
+            json!({"name": "orders", "default_start": "earliest"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, &r.body["default_start"]),
+        (201, &json!("earliest"))
+    );
+    let base = "/v1/topics/orders/subscriptions";
+    let r = api.post(base, json!({"name": "a"})).await;
+    assert_eq!(
+        r.body["start_offsets"],
+        json!({"0": 0, "1": 10}),
+        "the topic's default"
+    );
+    let r = api
+        .post(base, json!({"name": "b", "start": "latest"}))
+        .await;
+    assert_eq!(r.body["start_offsets"], json!({"0": 100, "1": 50}));
+    // By time (the table's timestamps are offsets): the first record at or after it, the
+    // log end where there is none.
+    let r = api
+        .post(
+            base,
+            json!({"name": "c", "start": "timestamp", "start_timestamp_ms": 30}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["start_offsets"], json!({"0": 30, "1": 30}));
+    assert_eq!(r.body["start_timestamp_ms"], 30);
+    let r = api
+        .post(
+            base,
+            json!({"name": "d", "start": "timestamp", "start_timestamp_ms": 75}),
+        )
+        .await;
+    assert_eq!(r.body["start_offsets"], json!({"0": 75, "1": 50}));
+    for body in [
+        json!({"name": "x", "start": "timestamp"}),
+        json!({"name": "x", "start": "timestamp", "start_timestamp_ms": -1}),
+        json!({"name": "x", "start": "latest", "start_timestamp_ms": 5}),
+    ] {
+        let e = api
+            .refused(Method::POST, base, Some(body.clone()), 400, "invalid_field")
+            .await;
+        assert_eq!(e["field"], "start_timestamp_ms", "{body}");
+    }
+    // A ceiling on every stream's credits, set at creation or later.
+    let e = api
+        .refused(
+            Method::POST,
+            base,
+            Some(json!({"name": "x", "max_in_flight_records": 2_000_000})),
+            400,
+            "invalid_field",
+        )
+        .await;
+    assert_eq!(e["field"], "max_in_flight_records");
+    let r = api
+        .post(base, json!({"name": "e", "max_in_flight_records": 7}))
+        .await;
+    assert_eq!(r.body["delivery"]["max_in_flight_records"], 7);
+    let r = api
+        .json(
+            Method::PATCH,
+            &format!("{base}/e"),
+            json!({"max_in_flight_records": 0}),
+        )
+        .await;
+    // 0 (the server's limit) is not written.
+    assert_eq!(r.body["delivery"]["max_in_flight_records"], Value::Null);
+}

@@ -12,7 +12,7 @@ use super::{
     AdminState, ApiError, Body, PathParams, QueryParams, ask_kafka, now_ms, registered,
     topic_param, write_access,
 };
-use crate::model::TopicName;
+use crate::model::{StartPosition, TopicName};
 use crate::registry::{Entry, Key, SubscriptionSpec, TopicSpec};
 use crate::shard::Shard;
 
@@ -20,6 +20,10 @@ use crate::shard::Shard;
 #[serde(deny_unknown_fields)]
 pub struct RegisterTopic {
     name: String,
+    /// Where new subscriptions of the topic start unless they say: `earliest` or `latest`
+    /// (absent: `latest`).
+    #[serde(default)]
+    default_start: Option<StartPosition>,
 }
 
 /// A registered topic.
@@ -27,6 +31,8 @@ pub struct RegisterTopic {
 pub struct TopicView {
     pub name: String,
     pub created_at_ms: i64,
+    /// Where new subscriptions start unless they say.
+    pub default_start: StartPosition,
     pub subscriptions: Vec<String>,
 }
 
@@ -34,6 +40,7 @@ fn topic_view(s: &Shard, t: &TopicSpec) -> TopicView {
     TopicView {
         name: t.name.to_string(),
         created_at_ms: t.created_at_ms,
+        default_start: t.default_start.unwrap_or(StartPosition::Latest),
         subscriptions: s.with_registry(|r| {
             r.subscriptions_of(&t.name)
                 .map(|s| s.name.to_string())
@@ -102,6 +109,12 @@ pub async fn register_topic(
     Body(req): Body<RegisterTopic>,
 ) -> Result<(StatusCode, Json<TopicView>), ApiError> {
     let name = TopicName::new(&req.name).map_err(|e| ApiError::invalid("name", e.to_string()))?;
+    if req.default_start == Some(StartPosition::Timestamp) {
+        return Err(ApiError::invalid(
+            "default_start",
+            "a topic's default start is earliest or latest; a time is given per subscription",
+        ));
+    }
     let n = name.clone();
     let partitions = ask_kafka(&s, move |kafka| kafka.partitions(n.as_str())).await?;
     if partitions.is_none() {
@@ -121,6 +134,7 @@ pub async fn register_topic(
     let spec = TopicSpec {
         name: name.clone(),
         created_at_ms: now_ms(),
+        default_start: req.default_start,
     };
     let entry = Entry::Topic(spec.clone());
     s.registry

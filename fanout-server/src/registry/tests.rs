@@ -4,6 +4,7 @@ fn topic(name: &str) -> Entry {
     Entry::Topic(TopicSpec {
         name: TopicName::new(name).unwrap(),
         created_at_ms: 1,
+        default_start: None,
     })
 }
 
@@ -12,6 +13,7 @@ fn sub(t: &str, n: &str) -> Entry {
         topic: TopicName::new(t).unwrap(),
         name: SubscriptionName::new(n).unwrap(),
         start: StartPosition::Latest,
+        start_timestamp_ms: None,
         start_offsets: StartOffsets([(0, 10), (1, 12)].into_iter().collect()),
         created_at_ms: 2,
         delivery: Default::default(),

@@ -38,6 +38,7 @@ fn topic_entry(name: &str) -> Entry {
     Entry::Topic(TopicSpec {
         name: t(name),
         created_at_ms: 0,
+        default_start: None,
     })
 }
 
@@ -46,6 +47,7 @@ fn sub_entry(topic: &str, name: &str, starts: &[(Partition, Offset)]) -> Entry {
         topic: t(topic),
         name: SubscriptionName::new(name).unwrap(),
         start: StartPosition::Earliest,
+        start_timestamp_ms: None,
         start_offsets: StartOffsets(starts.iter().copied().collect::<BTreeMap<_, _>>()),
         created_at_ms: 0,
         delivery: Default::default(),

@@ -412,3 +412,41 @@ async fn redrive_delivers_dead_letters_again_to_their_subscription_alone() {
     other.close().await;
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscription_caps_the_credits_of_its_streams() {
+    let topic = name("ceiling");
+    create_topic(&topic, 1).await;
+    let server = TestServer::start(&name("c")).await;
+    let admin = server.admin_api();
+    admin.register(&topic).await;
+    let (status, body) = admin
+        .post(
+            &format!("/v1/topics/{topic}/subscriptions"),
+            json!({"name": "s", "start": "earliest", "max_in_flight_records": 7}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    produce(&topic, 0, 50).await;
+    // Asks for 100, never acks: gets 7 and no more.
+    let mut sub = subscriber(&server.grpc, &topic, "s", 100).await;
+    for _ in 0..7 {
+        tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("a record within its credits")
+            .unwrap()
+            .unwrap();
+    }
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), sub.next())
+            .await
+            .is_err(),
+        "an eighth record arrived"
+    );
+    let (_, lag) = admin
+        .get(&format!("/v1/topics/{topic}/subscriptions/s/lag"))
+        .await;
+    assert_eq!(lag["partitions"][0]["in_flight"], 7, "{lag}");
+    sub.close().await;
+    server.stop().await.unwrap();
+}
