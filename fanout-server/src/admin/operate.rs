@@ -411,7 +411,7 @@ pub struct RedriveBody {
         (status = 400, description = "A bad field", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The subscription has no dead-letter topic", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The subscription has no dead-letter topic, or Kafka lacks it", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unreadable JSON body", body = Problem, content_type = "application/problem+json"),
