@@ -439,25 +439,23 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Adm
             max_attempts,
             dead_letter_topic,
         }) => {
-            let mut body = json!({"name": subscription, "ordering": ordering});
-            if let Some(st) = start {
-                body["start"] = json!(st);
-            }
-            if let Some(ts) = start_timestamp {
-                body["start_timestamp_ms"] = json!(parse_time(ts)?);
-            }
-            if let Some(m) = max_in_flight_records {
-                body["max_in_flight_records"] = json!(m);
-            }
-            if let Some(t) = ack_timeout_ms {
-                body["ack_timeout_ms"] = json!(t);
-            }
-            if let Some(m) = max_attempts {
-                body["max_attempts"] = json!(m);
-            }
-            if let Some(d) = dead_letter_topic {
-                body["dead_letter_topic"] = json!(d);
-            }
+            let start_timestamp_ms = start_timestamp.as_deref().map(parse_time).transpose()?;
+            let body = given([
+                ("name", Some(json!(subscription))),
+                ("ordering", Some(json!(ordering))),
+                ("start", start.as_ref().map(|v| json!(v))),
+                ("start_timestamp_ms", start_timestamp_ms.map(|v| json!(v))),
+                (
+                    "max_in_flight_records",
+                    max_in_flight_records.map(|v| json!(v)),
+                ),
+                ("ack_timeout_ms", ack_timeout_ms.map(|v| json!(v))),
+                ("max_attempts", max_attempts.map(|v| json!(v))),
+                (
+                    "dead_letter_topic",
+                    dead_letter_topic.as_ref().map(|v| json!(v)),
+                ),
+            ]);
             let v = admin()?
                 .post(
                     &format!("/v1/topics/{}/subscriptions", segment(topic)),
@@ -474,22 +472,20 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Adm
             no_dead_letter_topic,
             max_in_flight_records,
         }) => {
-            let mut body = json!({});
-            if let Some(m) = max_in_flight_records {
-                body["max_in_flight_records"] = json!(m);
-            }
-            if let Some(t) = ack_timeout_ms {
-                body["ack_timeout_ms"] = json!(t);
-            }
-            if let Some(m) = max_attempts {
-                body["max_attempts"] = json!(m);
-            }
-            if let Some(d) = dead_letter_topic {
-                body["dead_letter_topic"] = json!(d);
-            }
-            if *no_dead_letter_topic {
-                body["dead_letter_topic"] = Value::Null;
-            }
+            let dead_letter_topic = if *no_dead_letter_topic {
+                Some(Value::Null)
+            } else {
+                dead_letter_topic.as_ref().map(|v| json!(v))
+            };
+            let body = given([
+                (
+                    "max_in_flight_records",
+                    max_in_flight_records.map(|v| json!(v)),
+                ),
+                ("ack_timeout_ms", ack_timeout_ms.map(|v| json!(v))),
+                ("max_attempts", max_attempts.map(|v| json!(v))),
+                ("dead_letter_topic", dead_letter_topic),
+            ]);
             let v = admin()?.patch(&sub_path(sub), body).await?;
             print_subs(out, output, &json!([v]))
         }
@@ -616,6 +612,16 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Adm
     };
     answer.map_err(|e| AdminError::Transport(format!("writing the answer: {e}")))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A JSON object of the fields that are given.
+fn given<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
+    Value::Object(
+        fields
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?)))
+            .collect(),
+    )
 }
 
 fn millis(t: SystemTime) -> i64 {
@@ -867,4 +873,30 @@ async fn subscribe(
         started.elapsed().as_secs_f64()
     );
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("fanout").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn dot_names_are_refused_before_any_request() {
+        for (topic, sub) in [("..", "s"), ("orders", "."), ("...", "s")] {
+            let cli = parse(&["subs", "show", "--topic", topic, "--subscription", sub]);
+            assert!(check_names(&cli).is_err(), "{topic}/{sub}");
+        }
+        assert!(check_names(&parse(&["pause", "--topic", "a.b", "--subscription", "s"])).is_ok());
+    }
+
+    #[test]
+    fn only_given_fields_are_sent() {
+        assert_eq!(
+            given([("a", Some(json!(1))), ("b", None), ("c", Some(Value::Null))]),
+            json!({"a": 1, "c": null})
+        );
+    }
 }

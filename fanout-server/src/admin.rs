@@ -205,7 +205,7 @@ impl std::fmt::Debug for AdminState {
         operate::resume,
         operate::redrive,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ProblemResponses),
     security(("bearer" = [])),
     tags(
         (name = "topics", description = "Kafka topics fanout reads"),
@@ -230,6 +230,63 @@ impl utoipa::Modify for BearerAuth {
                 "bearer",
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
             );
+    }
+}
+
+/// Adds the error responses every `/v1` operation shares, from its shape: 401 for all,
+/// 400 with a path, query or body, 404 under a topic, 413/415/422 with a body. Handlers
+/// declare only their own (success, 409, 503, a 422 of their own).
+struct ProblemResponses;
+
+impl utoipa::Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::Operation;
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        fn add(op: &mut Operation, status: &str, what: &str) {
+            op.responses
+                .responses
+                .entry(status.to_owned())
+                .or_insert_with(|| {
+                    ResponseBuilder::new()
+                        .description(what)
+                        .content(
+                            "application/problem+json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name("Problem")))
+                                .build(),
+                        )
+                        .build()
+                        .into()
+                });
+        }
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            let ops = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for op in ops.into_iter().flatten() {
+                let body = op.request_body.is_some();
+                let params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                add(op, "401", "Missing or wrong bearer token");
+                if params || body {
+                    add(op, "400", "A bad field, path or query");
+                }
+                if path.contains("{topic}") {
+                    add(op, "404", "No such topic or subscription");
+                }
+                if body {
+                    add(op, "413", "Body over 64 KiB");
+                    add(op, "415", "Not JSON");
+                    add(op, "422", "Unreadable JSON body");
+                }
+            }
+        }
     }
 }
 
@@ -543,7 +600,6 @@ pub struct ShardView {
 #[utoipa::path(get, path = "/v1/shard", tag = "shards",
     responses(
         (status = 200, description = "This shard's memory against its budgets", body = ShardView),
-        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_shard(State(s): State<AdminState>) -> Json<ShardView> {
     let (window_bytes, window_budget_bytes) = s.shard.window_memory();
@@ -570,7 +626,6 @@ pub struct ShardEntry {
 #[utoipa::path(get, path = "/v1/shards", tag = "shards",
     responses(
         (status = 200, description = "The shards and their partitions", body = [ShardEntry]),
-        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn list_shards(State(s): State<AdminState>) -> Json<Vec<ShardEntry>> {
     let partitions = s

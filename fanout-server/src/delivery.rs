@@ -352,6 +352,8 @@ pub struct SubscriptionDelivery {
     /// Order of deliveries (which streams serve which partitions, whether keys wait for
     /// each other), ack timeout and attempts.
     policy: DeliveryPolicy,
+    /// Paused: takes deliver nothing (and nothing times out into a redelivery).
+    paused: bool,
     /// The subscription's name: records addressed to another subscription (a dead-letter
     /// redrive, header [`REDRIVE_FOR`]) are skipped as done.
     name: Option<Arc<str>>,
@@ -603,9 +605,8 @@ impl SubscriptionDelivery {
         given_back
     }
 
-    /// Was a partition reset under `stream` (it must end)?
-    pub fn is_reset(&self, stream: StreamId) -> bool {
-        self.reset.contains(&stream)
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
     }
 
     /// Takes the next records for `stream` within its credits and `limits`: on each of its
@@ -617,6 +618,9 @@ impl SubscriptionDelivery {
         }
         if self.reset.contains(&stream) {
             take.reset = true;
+            return take;
+        }
+        if self.paused {
             return take;
         }
         self.expire(now);

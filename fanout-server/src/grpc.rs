@@ -6,8 +6,8 @@ mod convert;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fanout_proto::encoded::EncodedResponse;
 use fanout_proto::encoded::fanout_server::Fanout;
+use fanout_proto::encoded::{Body as _, EncodedResponse};
 use fanout_proto::v1 as pb;
 use fanout_proto::v1::subscribe_request::Kind;
 use tokio::sync::mpsc;
@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::deadletter::DeadLetters;
 use crate::delivery::{AckError, Credits, DeadLetter, PartitionAckError, StreamId, TakeLimits};
-use crate::model::{NameError, Record, SubscriptionName, TopicName};
+use crate::model::{NameError, SubscriptionName, TopicName};
 use crate::shard::{CatchUpJob, LookupError, Shard, SubscriptionRuntime, TopicRuntime};
 use crate::telemetry;
 use crate::wire::Frame;
@@ -367,18 +367,18 @@ impl StreamTask {
             if take.deliveries.is_empty() {
                 return Ok(true);
             }
-            let (mut records, mut bytes, mut again) = (0, 0, 0);
+            let (mut records, mut again) = (0, 0);
             for d in &take.deliveries {
                 records += d.chunk.len() as u64;
-                bytes += d.chunk.records().iter().map(Record::size).sum::<usize>() as u64;
                 if d.attempt > 1 {
                     again += d.chunk.len() as u64;
                 }
             }
+            let frame = Frame::batch(&self.topic.name, take.deliveries);
             self.metrics.delivered.increment(records);
-            self.metrics.delivered_bytes.increment(bytes);
+            self.metrics.delivered_bytes.increment(frame.size() as u64);
             self.metrics.redelivered.increment(again);
-            let batch = EncodedResponse::new(Frame::batch(&self.topic.name, take.deliveries));
+            let batch = EncodedResponse::new(frame);
             tokio::select! {
                 sent = self.tx.send(Ok(batch)) => sent.map_err(|_| ())?,
                 _ = self.inner.control.close.cancelled() => return Ok(true),

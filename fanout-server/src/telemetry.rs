@@ -94,7 +94,7 @@ pub mod metrics {
         describe_counter!(
             "fanout_delivered_bytes_total",
             Unit::Bytes,
-            "Payload bytes sent to a subscription's streams."
+            "Bytes of batches sent to a subscription's streams (the protobuf messages: records with their framing)."
         );
         describe_counter!(
             "fanout_records_redelivered_total",

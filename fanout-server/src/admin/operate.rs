@@ -126,9 +126,6 @@ async fn lag_of(
     ),
     responses(
         (status = 200, description = "Lag per partition owned by this shard", body = LagView),
-        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -152,8 +149,6 @@ pub async fn subscription_lag(
     tag = "operations",
     responses(
         (status = 200, description = "Lag of every subscription on this shard", body = [LagView]),
-        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -217,12 +212,7 @@ pub enum SeekTo {
     request_body = SeekRequest,
     responses(
         (status = 200, description = "Moved; the view shows the seeks", body = SubscriptionView),
-        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unreadable JSON body, or impossible given Kafka's state", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unreadable JSON body, an offset outside what Kafka holds, or no such partition", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -408,13 +398,7 @@ pub struct RedriveBody {
     request_body = RedriveBody,
     responses(
         (status = 200, description = "What was read and published; call again while not complete", body = crate::deadletter::RedriveOutcome),
-        (status = 400, description = "A bad field", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The subscription has no dead-letter topic, or Kafka lacks it", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unreadable JSON body", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -541,9 +525,6 @@ async fn set_paused(
     ),
     responses(
         (status = 200, description = "Paused", body = SubscriptionView),
-        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -565,9 +546,6 @@ pub async fn pause(
     ),
     responses(
         (status = 200, description = "Resumed", body = SubscriptionView),
-        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]

@@ -205,9 +205,6 @@ pub fn subscription_view(s: &Shard, spec: &SubscriptionSpec) -> SubscriptionView
     ),
     responses(
         (status = 200, description = "The topic's subscriptions", body = [SubscriptionView]),
-        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_subscriptions(
@@ -237,9 +234,6 @@ pub async fn list_subscriptions(
     ),
     responses(
         (status = 200, description = "The subscription", body = SubscriptionView),
-        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_subscription(
@@ -260,13 +254,8 @@ pub async fn get_subscription(
     request_body = CreateSubscription,
     responses(
         (status = 201, description = "Created", body = SubscriptionView),
-        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unreadable JSON body, or Kafka has no such dead-letter topic", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Exists already", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unreadable JSON body, or impossible given Kafka's state", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -429,12 +418,7 @@ pub struct UpdateSubscription {
     request_body = UpdateSubscription,
     responses(
         (status = 200, description = "Changed (or nothing to change)", body = SubscriptionView),
-        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unreadable JSON body, or impossible given Kafka's state", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unreadable JSON body, an ordering change, or Kafka has no such dead-letter topic", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -497,9 +481,6 @@ pub async fn update_subscription(
     ),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]

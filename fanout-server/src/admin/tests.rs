@@ -937,6 +937,25 @@ async fn the_openapi_document_lists_every_route_and_the_docs_render() {
         r.body["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+    // The shared error responses follow each operation's shape.
+    let statuses = |path: &str, method: &str| -> Vec<String> {
+        r.body["paths"][path][method]["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        statuses("/v1/topics", "post"),
+        ["201", "400", "401", "409", "413", "415", "422", "503"]
+    );
+    assert_eq!(statuses("/v1/topics", "get"), ["200", "401"]);
+    assert_eq!(
+        statuses("/v1/topics/{topic}/subscriptions/{name}/pause", "post"),
+        ["200", "400", "401", "404", "503"]
+    );
+    assert_eq!(statuses("/healthz", "get"), ["200"]);
     let ui = api.get("/docs/").await;
     assert_eq!(ui.status, 200);
     assert!(
@@ -1004,6 +1023,13 @@ async fn a_token_guards_the_api_but_not_the_probes() {
         r.body
     );
     assert_eq!(api.get("/healthz").await.status, 200, "alive all the same");
+    // The scheme is case-insensitive (RFC 9110).
+    let req = HttpRequest::builder()
+        .uri("/v1/topics")
+        .header("authorization", format!("bearer {token}"))
+        .body(HttpBody::empty())
+        .unwrap();
+    assert_eq!(api.router.clone().oneshot(req).await.unwrap().status(), 200);
     assert!(constant_time_eq(b"abc", b"abc"));
     assert!(!constant_time_eq(b"abc", b"abd"));
     assert!(!constant_time_eq(b"abc", b"abcd"));

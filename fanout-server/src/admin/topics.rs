@@ -55,8 +55,6 @@ fn topic_view(s: &Shard, t: &TopicSpec) -> TopicView {
     tag = "topics",
     responses(
         (status = 200, description = "Registered topics", body = [TopicView]),
-        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
 
     )
 )]
@@ -74,9 +72,6 @@ pub async fn list_topics(State(s): State<AdminState>) -> Json<Vec<TopicView>> {
     ),
     responses(
         (status = 200, description = "The topic", body = TopicView),
-        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_topic(
@@ -95,12 +90,8 @@ pub async fn get_topic(
     request_body = RegisterTopic,
     responses(
         (status = 201, description = "Registered", body = TopicView),
-        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unreadable JSON body, or Kafka has no such topic", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already registered", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unreadable JSON body, or impossible given Kafka's state", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -165,9 +156,6 @@ pub struct UnregisterQuery {
     ),
     responses(
         (status = 204, description = "Unregistered"),
-        (status = 400, description = "A bad field or query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such topic or subscription", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The topic has subscriptions (pass force=true)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
     )

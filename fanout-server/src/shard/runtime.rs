@@ -124,19 +124,17 @@ pub struct SubscriptionRuntime {
     wake: watch::Sender<u64>,
     /// Set when the subscription was deleted: its streams end.
     pub(super) removed: AtomicBool,
-    /// Paused: streams deliver nothing (acks still count).
-    paused: AtomicBool,
 }
 
 impl SubscriptionRuntime {
     pub(super) fn new(spec: SubscriptionSpec, catch_up: CatchUpLimits) -> Self {
-        let delivery = SubscriptionDelivery::new(catch_up)
+        let mut delivery = SubscriptionDelivery::new(catch_up)
             .with_policy(spec.delivery.clone())
             .named(spec.name.as_str());
+        delivery.set_paused(spec.paused);
         Self {
             key: spec.key(),
             created_at_ms: spec.created_at_ms,
-            paused: AtomicBool::new(spec.paused),
             spec: ArcSwap::from_pointee(spec),
             delivery: Mutex::new(delivery),
             wake: watch::Sender::new(0),
@@ -158,7 +156,7 @@ impl SubscriptionRuntime {
     }
 
     pub fn is_paused(&self) -> bool {
-        self.paused.load(Ordering::Acquire)
+        self.spec.load().paused
     }
 
     /// Applies new settings: delivery policy, pause, and the seeks of owned partitions
@@ -176,7 +174,7 @@ impl SubscriptionRuntime {
             for (p, log, offset) in resets {
                 d.reset_partition(p, log, offset);
             }
-            self.paused.store(new.paused, Ordering::Release);
+            d.set_paused(new.paused);
             self.spec.store(Arc::new(new));
         }
         self.wake();
@@ -212,14 +210,6 @@ impl SubscriptionRuntime {
 
     /// Records for `stream` to send now (none while the subscription is paused).
     pub fn take(&self, stream: StreamId, now: Instant, limits: TakeLimits) -> Take {
-        if self.is_paused() {
-            // A seek while paused still ends the streams it dropped records of.
-            let reset = self.delivery.lock().is_reset(stream);
-            return Take {
-                reset,
-                ..Take::default()
-            };
-        }
         let take = self.delivery.lock().take(stream, now, limits);
         if take.released {
             self.wake();

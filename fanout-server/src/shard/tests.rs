@@ -20,6 +20,13 @@ const LIMITS: ShardLimits = ShardLimits {
     },
 };
 
+fn credits(records: usize) -> Credits {
+    Credits {
+        max_records: records,
+        max_bytes: usize::MAX,
+    }
+}
+
 fn t(name: &str) -> TopicName {
     TopicName::new(name).unwrap()
 }
@@ -129,13 +136,7 @@ fn assignment_starts_at_the_lowest_cursor_and_commits_the_lowest_stored() {
     append(&assigned.partition, 6..12);
     let (_, sa) = shard.subscription(&t("orders"), &a.name).unwrap();
     let s1 = shard.new_stream_id();
-    sa.open_stream(
-        s1,
-        Credits {
-            max_records: 4,
-            max_bytes: usize::MAX,
-        },
-    );
+    sa.open_stream(s1, credits(4));
     assert_eq!(sa.take(s1, Instant::now(), LIMITS.take).records(), 4);
     sa.ack(s1, &[(0, vec![OffsetRange { first: 6, last: 9 }])])
         .unwrap();
@@ -299,13 +300,7 @@ fn a_stopped_partition_delivers_nothing_more() {
         .subscription(&t("orders"), &SubscriptionName::new("a").unwrap())
         .unwrap();
     let s = shard.new_stream_id();
-    a.open_stream(
-        s,
-        Credits {
-            max_records: 2,
-            max_bytes: usize::MAX,
-        },
-    );
+    a.open_stream(s, credits(2));
     assert_eq!(a.take(s, Instant::now(), LIMITS.take).records(), 2);
     assert_eq!(a.in_flight(), 2);
     shard.stop_partition(&t("orders"), 0);
@@ -349,21 +344,9 @@ fn a_stream_letting_go_of_a_partition_wakes_the_others() {
         .subscription(&t("orders"), &SubscriptionName::new("a").unwrap())
         .unwrap();
     let (s1, s2) = (shard.new_stream_id(), shard.new_stream_id());
-    a.open_stream(
-        s1,
-        Credits {
-            max_records: 2,
-            max_bytes: usize::MAX,
-        },
-    );
+    a.open_stream(s1, credits(2));
     assert_eq!(a.take(s1, Instant::now(), LIMITS.take).records(), 2);
-    a.open_stream(
-        s2,
-        Credits {
-            max_records: 2,
-            max_bytes: usize::MAX,
-        },
-    );
+    a.open_stream(s2, credits(2));
     let mut s2_wakes = a.wakes();
     s2_wakes.mark_unchanged();
     // An ack wakes nobody else; the take after it lets partition 1 go and wakes the others.
@@ -535,13 +518,7 @@ fn a_seek_moves_a_live_cursor_resets_its_streams_and_outlives_older_stored_curso
     append(&assigned.partition, 0..50);
     let (_, sa) = shard.subscription(&t("orders"), &spec.name).unwrap();
     let s1 = shard.new_stream_id();
-    sa.open_stream(
-        s1,
-        Credits {
-            max_records: 30,
-            max_bytes: usize::MAX,
-        },
-    );
+    sa.open_stream(s1, credits(30));
     assert_eq!(sa.take(s1, Instant::now(), LIMITS.take).records(), 30);
     sa.ack(s1, &[(0, vec![OffsetRange { first: 0, last: 19 }])])
         .unwrap();
@@ -560,13 +537,7 @@ fn a_seek_moves_a_live_cursor_resets_its_streams_and_outlives_older_stored_curso
     assert_eq!(shard.commit_positions(), vec![(t("orders"), 0, 40)]);
     assert!(shard.cursor_updates().is_empty());
     let s2 = shard.new_stream_id();
-    sa.open_stream(
-        s2,
-        Credits {
-            max_records: 100,
-            max_bytes: usize::MAX,
-        },
-    );
+    sa.open_stream(s2, credits(100));
     let take = sa.take(s2, Instant::now(), LIMITS.take);
     let first = take.deliveries[0].chunk.records()[0].offset;
     assert_eq!((first, take.records()), (40, 10));
@@ -614,13 +585,7 @@ fn a_seek_back_below_the_window_replays_through_the_catch_up_path() {
     register(&shard, 2, seek(&spec, 1, &[(0, 3)]));
     let (_, sa) = shard.subscription(&t("orders"), &spec.name).unwrap();
     let s1 = shard.new_stream_id();
-    sa.open_stream(
-        s1,
-        Credits {
-            max_records: 100,
-            max_bytes: usize::MAX,
-        },
-    );
+    sa.open_stream(s1, credits(100));
     let take = sa.take(s1, Instant::now(), LIMITS.take);
     assert_eq!(
         take.catch_up.len(),
@@ -643,13 +608,7 @@ fn a_paused_subscription_delivers_nothing_until_resumed_and_settings_change_live
     append(&assigned.partition, 0..10);
     let (_, sa) = shard.subscription(&t("orders"), &spec.name).unwrap();
     let s1 = shard.new_stream_id();
-    sa.open_stream(
-        s1,
-        Credits {
-            max_records: 4,
-            max_bytes: usize::MAX,
-        },
-    );
+    sa.open_stream(s1, credits(4));
     assert_eq!(sa.take(s1, Instant::now(), LIMITS.take).records(), 4);
     let mut paused = spec.clone();
     paused.paused = true;
@@ -663,8 +622,27 @@ fn a_paused_subscription_delivers_nothing_until_resumed_and_settings_change_live
         .unwrap();
     assert_eq!(sa.cursors(), vec![(0, 4)]);
     paused.paused = false;
-    register(&shard, 3, Entry::Subscription(paused));
+    register(&shard, 3, Entry::Subscription(paused.clone()));
     assert_eq!(sa.take(s1, Instant::now(), LIMITS.take).records(), 4);
+    // A seek while paused still ends the stream whose records it dropped.
+    paused.paused = true;
+    register(&shard, 4, seek(&paused, 9, &[(0, 8)]));
+    let take = sa.take(s1, Instant::now(), LIMITS.take);
+    assert!(take.reset && take.records() == 0);
+}
+
+#[test]
+fn the_registry_reader_reaching_the_end_counts_as_applied() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, topic_entry("orders"));
+    let progress = shard.registry_progress();
+    assert_eq!(*progress.borrow(), 1);
+    // Offsets 1..5 were compacted away: nothing to apply, and an admin write waiting for
+    // them must not wait forever.
+    shard.registry_reached(5);
+    assert_eq!(*progress.borrow(), 5);
+    shard.registry_reached(3);
+    assert_eq!(*progress.borrow(), 5, "never back");
 }
 
 #[test]

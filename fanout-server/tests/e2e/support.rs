@@ -356,20 +356,17 @@ impl Admin {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        self.bodiless(reqwest::Method::GET, path).await
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.bodiless(reqwest::Method::DELETE, path).await
+    }
+
+    async fn bodiless(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
         let r = self
             .http
-            .delete(format!("{}{path}", self.base))
+            .request(method, format!("{}{path}", self.base))
             .send()
             .await
             .unwrap();
