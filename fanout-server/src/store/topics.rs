@@ -100,27 +100,40 @@ async fn check(
         topic: want.name.clone(),
         problem,
     };
-    let md_client = kafka::metadata_client(cfg).map_err(StoreError::kafka("metadata client"))?;
-    let name = want.name.clone();
-    let layout = tokio::task::spawn_blocking(move || {
-        let md = md_client.fetch_metadata(Some(&name), kafka::REQUEST_TIMEOUT)?;
-        Ok::<_, rdkafka::error::KafkaError>(md.topics().first().map(|t| {
-            (
-                t.partitions().len(),
-                t.partitions()
-                    .iter()
-                    .map(|p| p.replicas().len())
-                    .min()
-                    .unwrap_or(0),
-            )
-        }))
-    })
-    .await
-    .map_err(|e| wrong(format!("metadata task failed: {e}")))?
-    .map_err(StoreError::kafka(format!(
-        "reading metadata of {}",
-        want.name
-    )))?;
+    let md_client = std::sync::Arc::new(
+        kafka::metadata_client(cfg).map_err(StoreError::kafka("metadata client"))?,
+    );
+    // A topic just created takes a moment to show in every broker's metadata: look again,
+    // for a bounded time, before calling it missing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let layout = loop {
+        let (client, name) = (md_client.clone(), want.name.clone());
+        let layout = tokio::task::spawn_blocking(move || {
+            let md = client.fetch_metadata(Some(&name), kafka::REQUEST_TIMEOUT)?;
+            Ok::<_, rdkafka::error::KafkaError>(md.topics().first().map(|t| {
+                (
+                    t.partitions().len(),
+                    t.partitions()
+                        .iter()
+                        .map(|p| p.replicas().len())
+                        .min()
+                        .unwrap_or(0),
+                )
+            }))
+        })
+        .await
+        .map_err(|e| wrong(format!("metadata task failed: {e}")))?
+        .map_err(StoreError::kafka(format!(
+            "reading metadata of {}",
+            want.name
+        )))?;
+        if layout.is_some_and(|(p, _)| p > 0) || std::time::Instant::now() >= deadline {
+            break layout;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    // Dropping a consumer may block: off the async workers.
+    let _ = tokio::task::spawn_blocking(move || drop(md_client)).await;
     let Some((partitions, replicas)) = layout.filter(|(p, _)| *p > 0) else {
         return Err(wrong("does not exist after creation".into()));
     };
