@@ -11,6 +11,7 @@ mod operate;
 mod subscriptions;
 mod topics;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
@@ -57,6 +58,8 @@ pub trait KafkaView: Send + Sync + 'static {
     ) -> Result<Vec<(Partition, Offset, Offset)>, KafkaError>;
     /// Does a broker answer?
     fn ping(&self) -> Result<(), KafkaError>;
+    /// The members of a consumer group, with their assignments.
+    fn group_members(&self, group: &str) -> Result<Vec<crate::membership::Member>, KafkaError>;
     /// Per partition, the first offset at or after `timestamp_ms` (`None`: no such record).
     fn offsets_for_time(
         &self,
@@ -67,6 +70,10 @@ pub trait KafkaView: Send + Sync + 'static {
 }
 
 impl KafkaView for BaseConsumer {
+    fn group_members(&self, group: &str) -> Result<Vec<crate::membership::Member>, KafkaError> {
+        crate::membership::members(self, group)
+    }
+
     fn ping(&self) -> Result<(), KafkaError> {
         // Any answer will do (a topic error included): the broker is reachable.
         rdkafka::consumer::Consumer::fetch_metadata(
@@ -126,7 +133,7 @@ impl RegistryStore for RegistryWriter {
 }
 
 /// This shard, as `GET /v1/shards` lists it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct ShardInfo {
     /// The shard's name (the pod name on Kubernetes).
     pub id: String,
@@ -153,6 +160,8 @@ pub struct AdminState {
     pub metrics: Option<PrometheusHandle>,
     /// This shard's identity and addresses.
     pub info: ShardInfo,
+    /// The cluster it belongs to (its shard group is named after it).
+    pub cluster: Arc<str>,
     /// The bearer token requests must carry (`None`: no authentication, by configuration).
     pub token: Option<Arc<str>>,
     /// Redrives dead letters into their subscription.
@@ -621,28 +630,48 @@ pub struct ShardEntry {
     pub partitions: std::collections::BTreeMap<String, Vec<Partition>>,
 }
 
-/// The shards of the cluster. One shard knows only itself for now (discovery of the others
-/// comes with sharding).
+/// The shards of the cluster, as the shard group's members in Kafka: each with its addresses
+/// and the partitions Kafka assigned it (none while the group rebalances). The shard that
+/// answers is always listed, even before it joined the group.
 #[utoipa::path(get, path = "/v1/shards", tag = "shards",
     responses(
         (status = 200, description = "The shards and their partitions", body = [ShardEntry]),
+        (status = 503, description = "Kafka did not answer", body = Problem),
     ))]
-async fn list_shards(State(s): State<AdminState>) -> Json<Vec<ShardEntry>> {
-    let partitions = s
-        .shard
-        .topics()
-        .iter()
-        .map(|t| {
-            (
-                t.name.to_string(),
-                t.owned_partitions().iter().map(|o| o.partition).collect(),
-            )
+async fn list_shards(State(s): State<AdminState>) -> Result<Json<Vec<ShardEntry>>, ApiError> {
+    let group = s.cluster.to_string();
+    let members = ask_kafka(&s, move |k| k.group_members(&group)).await?;
+    let mut shards: BTreeMap<String, ShardEntry> = members
+        .into_iter()
+        .filter_map(|m| {
+            let info = crate::membership::parse_client_id(&s.cluster, &m.client_id)?;
+            Some((
+                info.id.clone(),
+                ShardEntry {
+                    info,
+                    partitions: m.assignment,
+                },
+            ))
         })
         .collect();
-    Json(vec![ShardEntry {
-        info: s.info.clone(),
-        partitions,
-    }])
+    shards
+        .entry(s.info.id.clone())
+        .or_insert_with(|| ShardEntry {
+            info: s.info.clone(),
+            partitions: s
+                .shard
+                .topics()
+                .iter()
+                .map(|t| {
+                    (
+                        t.name.to_string(),
+                        t.owned_partitions().iter().map(|o| o.partition).collect(),
+                    )
+                })
+                .filter(|(_, ps): &(String, Vec<Partition>)| !ps.is_empty())
+                .collect(),
+        });
+    Ok(Json(shards.into_values().collect()))
 }
 
 // ---- shared helpers ----

@@ -17,11 +17,10 @@ use crate::config::{Config, ConfigError};
 use crate::deadletter::DeadLetters;
 use crate::delivery::TakeLimits;
 use crate::grpc::{FanoutServer, FanoutService, StreamControl, StreamLimits};
-use crate::ingest::{self, Committer, Ingest};
+use crate::ingest::{self, Ingest};
 use crate::kafka;
-use crate::model::{Offset, Partition, TopicName};
 use crate::shard::{Shard, ShardLimits};
-use crate::store::cursors::{CursorWriter, Flusher};
+use crate::store::cursors::{CursorTail, CursorWriter, Flusher};
 use crate::store::registry::RegistryWriter;
 use crate::store::{self, StoreError};
 use crate::telemetry;
@@ -80,7 +79,35 @@ fn shard_limits(cfg: &Config) -> ShardLimits {
             batch_bytes: cfg.batch_bytes,
             max_unacked_span: cfg.max_unacked_span,
         },
+        lease_gap: lease_gap(cfg),
     }
+}
+
+/// A stop of the process longer than this may have cost the shard its partitions (Kafka
+/// moves them after the session timeout; heartbeats go every tenth of it): a third of the
+/// session timeout, at least 1 s.
+fn lease_gap(cfg: &Config) -> Duration {
+    (cfg.session_timeout / 3).max(Duration::from_secs(1))
+}
+
+/// The address others reach a listener at: the one configured, else the bound address
+/// unless it is a wildcard, else `$POD_IP` or the host name with the bound port.
+fn advertised(configured: Option<&String>, bound: Option<SocketAddr>) -> String {
+    if let Some(a) = configured.filter(|a| !a.trim().is_empty()) {
+        return a.trim().to_owned();
+    }
+    let Some(bound) = bound else {
+        return String::new();
+    };
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let host = std::env::var("POD_IP")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}", bound.port())
 }
 
 fn stream_limits(cfg: &Config) -> StreamLimits {
@@ -107,12 +134,40 @@ pub async fn run(
     let admin_addr = listeners.admin.local_addr().ok();
     tracing::info!(cluster = %cfg.cluster, kafka = %cfg.kafka_bootstrap, "fanout-server starting");
 
-    // 1. Durable state: internal topics, stored cursors, the registry.
+    let me = ShardInfo {
+        grpc_address: advertised(cfg.advertise_grpc.as_ref(), grpc_addr),
+        admin_address: advertised(cfg.advertise_admin.as_ref(), admin_addr),
+        id: String::new(),
+    };
+    let me = ShardInfo {
+        id: cfg.shard_name(&me.grpc_address),
+        ..me
+    };
+    crate::membership::check_shard_name(&me.id)
+        .map_err(|e| ConfigError(format!("{e} (set --shard-id)")))?;
+    refuse_a_taken_name(&cfg, &me).await?;
+
+    // 1. Durable state: internal topics, stored cursors (followed for the shard's life), the
+    //    registry.
     store::topics::ensure(&cfg).await?;
     let shard = Arc::new(Shard::new(shard_limits(&cfg)));
-    shard.load_stored(store::cursors::load(&cfg, Duration::from_secs(120)).await?);
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let cursors = match CursorTail::start(
+        &cfg,
+        shard.clone(),
+        &tasks,
+        background.clone(),
+        Duration::from_secs(120),
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            background.cancel();
+            return Err(e.into());
+        }
+    };
     let (loaded_tx, mut loaded) = watch::channel(false);
     tasks.spawn(store::registry::tail(
         store::registry::open_reader(&cfg)?,
@@ -134,11 +189,13 @@ pub async fn run(
         }
     }
     let writer = Arc::new(RegistryWriter::new(&cfg, shard.clone())?);
-    let flusher = Arc::new(Flusher::new(shard.clone(), CursorWriter::new(&cfg)?));
+    let flusher = Arc::new(Flusher::new(
+        shard.clone(),
+        CursorWriter::new(&cfg, &me.id).await?,
+    ));
 
     // 2. Reading Kafka and committing.
-    let ingest = Ingest::start(&cfg, shard.clone(), flusher.clone())?;
-    let committer = ingest.committer();
+    let ingest = Ingest::start(&cfg, shard.clone(), flusher.clone(), cursors, &me)?;
     ingest::catchup::start(
         &cfg,
         &shard,
@@ -147,11 +204,16 @@ pub async fn run(
         background.clone(),
     )
     .map_err(StoreError::kafka("catch-up reader"))?;
-    tasks.spawn(commit_loop(
-        shard.clone(),
+    let (fatal_tx, mut fatal) = tokio::sync::mpsc::channel::<String>(1);
+    tasks.spawn(flush_loop(
         flusher.clone(),
-        committer.clone(),
         cfg.cursor_flush_interval,
+        background.clone(),
+        fatal_tx,
+    ));
+    tasks.spawn(renew_lease(
+        shard.clone(),
+        lease_gap(&cfg),
         background.clone(),
     ));
 
@@ -188,15 +250,8 @@ pub async fn run(
         ),
         ready: ready_rx,
         metrics,
-        info: ShardInfo {
-            id: cfg
-                .shard_id
-                .clone()
-                .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
-                .unwrap_or_else(|| grpc_addr.map_or_else(String::new, |a| a.to_string())),
-            grpc_address: grpc_addr.map_or_else(String::new, |a| a.to_string()),
-            admin_address: admin_addr.map_or_else(String::new, |a| a.to_string()),
-        },
+        info: me.clone(),
+        cluster: Arc::from(cfg.cluster.as_str()),
         token: cfg.admin_token()?.map(Arc::from),
         kafka_seen: Arc::default(),
         redrive_lock: Arc::default(),
@@ -221,6 +276,7 @@ pub async fn run(
         _ = shutdown.cancelled() => None,
         r = &mut grpc => Some(AppError::Serve("gRPC", format!("{r:?}"))),
         r = &mut admin => Some(AppError::Serve("admin", format!("{r:?}"))),
+        Some(why) = fatal.recv() => Some(AppError::Store(StoreError::Fenced(why))),
     };
 
     // 5. Shut down in order.
@@ -248,9 +304,6 @@ pub async fn run(
     match flusher.flush(None).await {
         Ok(n) => tracing::info!(cursors = n, "final cursors written"),
         Err(e) => tracing::error!(error = %e, "final cursor flush failed"),
-    }
-    if let Err(e) = committer.commit(shard.commit_positions()).await {
-        tracing::warn!(error = %e, "final offset commit failed");
     }
     ingest.stop(Duration::from_secs(60)).await;
     background.cancel();
@@ -285,17 +338,55 @@ async fn drain(shard: &Shard, timeout: Duration) -> usize {
     }
 }
 
-/// Every interval: write moved cursors, then commit the group's offsets if they changed.
-async fn commit_loop(
-    shard: Arc<Shard>,
+/// Refuses to start under the name of another live shard of the cluster (two shards with
+/// one name would fence each other's cursor writes). A member with this name and other
+/// addresses may be an earlier life of this shard whose session has not expired yet: it is
+/// waited for, up to the session timeout.
+async fn refuse_a_taken_name(cfg: &Config, me: &ShardInfo) -> Result<(), AppError> {
+    let client =
+        Arc::new(kafka::metadata_client(cfg).map_err(StoreError::kafka("metadata client"))?);
+    let deadline = Instant::now() + cfg.session_timeout + Duration::from_secs(5);
+    loop {
+        let (c, group) = (client.clone(), cfg.group_id());
+        let members =
+            tokio::task::spawn_blocking(move || crate::membership::members(c.as_ref(), &group))
+                .await
+                .map_err(|e| StoreError::Thread("membership", e.to_string()))?;
+        let other = match members {
+            Ok(members) => members
+                .iter()
+                .filter_map(|m| crate::membership::parse_client_id(&cfg.cluster, &m.client_id))
+                .find(|s| s.id == me.id && s.grpc_address != me.grpc_address),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the shard group; not checking the shard name");
+                None
+            }
+        };
+        let Some(other) = other else {
+            return Ok(());
+        };
+        if Instant::now() >= deadline {
+            return Err(ConfigError(format!(
+                "another shard of cluster {:?} is named {:?} (gRPC at {}); give every shard its own --shard-id",
+                cfg.cluster, me.id, other.grpc_address
+            ))
+            .into());
+        }
+        tracing::warn!(shard = %me.id, other = %other.grpc_address, "a shard of this name is still in the group; waiting for its session to end");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Every interval: write moved cursors and changed group offsets (one transaction). A
+/// fenced writer ends the shard: it can never store a cursor again.
+async fn flush_loop(
     flusher: Arc<Flusher>,
-    committer: Committer,
     every: Duration,
     cancel: CancellationToken,
+    fatal: tokio::sync::mpsc::Sender<String>,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut committed: Vec<(TopicName, Partition, Offset)> = Vec::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -305,23 +396,33 @@ async fn commit_loop(
         match flusher.flush(None).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(cursors = n, elapsed = ?started.elapsed(), "cursors flushed"),
+            Err(StoreError::Fenced(why)) => {
+                tracing::error!(%why, "the cursor writer was fenced; this shard stops");
+                let _ = fatal.send(why).await;
+                break;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cursor flush failed; retrying next interval");
-                continue;
             }
         }
-        let positions = shard.commit_positions();
-        if positions != committed {
-            let started = Instant::now();
-            match committer.commit(positions.clone()).await {
-                Ok(()) => {
-                    tracing::debug!(partitions = positions.len(), elapsed = ?started.elapsed(), "offsets committed");
-                    committed = positions;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "offset commit failed; retrying next interval")
-                }
-            }
+    }
+}
+
+/// Renews the shard's lease a few times per gap; a gap (the process was stopped) suspends
+/// deliveries and cursor writes until the flusher confirms the shard is still a group member.
+async fn renew_lease(shard: Arc<Shard>, gap: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval((gap / 8).max(Duration::from_millis(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Some(away) = shard.lease().renew(std::time::Instant::now()) {
+            tracing::warn!(
+                ?away,
+                "this process was stopped longer than the lease allows; deliveries and cursor writes are suspended until the shard group confirms this shard still owns its partitions"
+            );
         }
     }
 }

@@ -113,6 +113,26 @@ pub struct Config {
     /// Kubernetes, else the gRPC address).
     #[arg(long, env = "FANOUT_SHARD_ID")]
     pub shard_id: Option<String>,
+
+    /// The gRPC address subscribers use to reach this shard, as listed by `GET /v1/shards`
+    /// (default: the listen address, unless it is a wildcard such as 0.0.0.0: then
+    /// `$POD_IP`, else the host name, with the listen port).
+    #[arg(long, env = "FANOUT_ADVERTISE_GRPC")]
+    pub advertise_grpc: Option<String>,
+
+    /// The admin address other tools use to reach this shard (default as for gRPC).
+    #[arg(long, env = "FANOUT_ADVERTISE_ADMIN")]
+    pub advertise_admin: Option<String>,
+
+    /// The shard group's session timeout: a shard silent for this long loses its partitions
+    /// to the others. Kafka brokers accept 6s to 300s by default.
+    #[arg(long, env = "FANOUT_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub session_timeout: Duration,
+
+    /// How long, at assign, a shard waits to have read every cursor written before (the
+    /// previous owner's final ones) before it starts from what it has (duplicates, never loss).
+    #[arg(long, env = "FANOUT_ASSIGN_BARRIER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub assign_barrier_timeout: Duration,
 }
 
 /// Shortest admin token accepted.
@@ -239,6 +259,17 @@ impl Config {
                     .into(),
             );
         }
+        if self.session_timeout < Duration::from_secs(1)
+            || self.session_timeout > Duration::from_secs(300)
+        {
+            return bad("--session-timeout must be between 1s and 300s (brokers allow 6s to 300s by default)".into());
+        }
+        if self.assign_barrier_timeout > Duration::from_secs(120) {
+            return bad(
+                "--assign-barrier-timeout must be at most 120s (it must stay below max.poll.interval.ms)"
+                    .into(),
+            );
+        }
         if self.partition_window_bytes < 64 << 10 {
             return bad("--partition-window-bytes must be at least 65536".into());
         }
@@ -279,6 +310,8 @@ impl Config {
                     | "enable.partition.eof"
                     | "enable.idempotence"
                     | "acks"
+                    | "session.timeout.ms"
+                    | "transactional.id"
             ) {
                 return bad(format!(
                     "--kafka-option {k} is managed by fanout and cannot be overridden"
@@ -299,6 +332,22 @@ impl Config {
 
     pub fn cursors_topic(&self) -> String {
         format!("__{}_cursors", self.cluster)
+    }
+
+    /// This shard's name: `--shard-id`, else `$HOSTNAME` (the pod name on Kubernetes), else
+    /// `fallback` (the gRPC address).
+    pub fn shard_name(&self, fallback: &str) -> String {
+        self.shard_id
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| fallback.to_owned())
+    }
+
+    /// The transactional id of this shard's cursor writer: one per shard name, so a shard
+    /// restarted under its name aborts what its previous life left open at once.
+    pub fn cursor_transactional_id(&self, shard: &str) -> String {
+        format!("{}-cursors-{shard}", self.cluster)
     }
 }
 

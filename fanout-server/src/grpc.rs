@@ -336,6 +336,11 @@ impl StreamTask {
     /// the stream was reset; errs when the subscriber is gone.
     async fn deliver(&self) -> Result<bool, ()> {
         loop {
+            // A shard that was stopped may have lost its partitions without knowing yet:
+            // nothing goes out until the group confirms it (`Shard::wake_all` then).
+            if !self.inner.shard.lease().live(Instant::now()) {
+                return Ok(true);
+            }
             let take = self
                 .sub
                 .take(self.id, Instant::now(), self.inner.limits.take);

@@ -5,7 +5,9 @@
 //! rebalance callbacks run: on assign, the shard decides each partition's start (the lowest
 //! cursor of its subscriptions, resolved against the watermarks) and the partition is assigned
 //! at that explicit offset, then split into its own queue and read by its own task; on revoke,
-//! deliveries stop, the moved cursors are written and committed, and the partition is let go.
+//! deliveries stop, the acks of what is in flight are waited for, the final cursors and the
+//! group offsets are committed in one transaction, and the partition is let go. Together with
+//! the assign side (cursors are read up to the end first), that is the handover barrier.
 //! Offsets are never auto-committed and `auto.offset.reset` is `error`: a start position is
 //! always explicit.
 
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaRespErr;
@@ -36,7 +38,7 @@ use crate::kafka;
 use crate::model::{Offset, Partition, TopicName};
 use crate::shard::{Loss, OwnedPartition, Shard};
 use crate::store::StoreError;
-use crate::store::cursors::Flusher;
+use crate::store::cursors::{CursorTail, Flusher};
 use crate::telemetry;
 
 /// The shard's group consumer.
@@ -44,7 +46,7 @@ pub type IngestConsumer = StreamConsumer<IngestContext>;
 
 /// How long a revoke may spend writing the final cursors before giving up (the next owner
 /// then starts from the previous flush: duplicates, never loss).
-const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Reports records lost to retention, loudly.
 pub fn report_losses(losses: &[Loss]) {
@@ -72,6 +74,12 @@ pub struct IngestContext {
     shard: Arc<Shard>,
     /// Writes final cursors on revoke.
     flusher: Arc<Flusher>,
+    /// Read up to the end at assign, so the previous owner's final cursors count.
+    cursors: Arc<CursorTail>,
+    /// Longest wait for that at assign.
+    barrier_timeout: Duration,
+    /// Longest wait, at revoke, for acks of records in flight.
+    drain_timeout: Duration,
     /// The application runtime, where partition tasks and flushes run.
     app: Handle,
     /// Partition reader tasks, awaited before the consumer is dropped.
@@ -138,6 +146,9 @@ impl IngestContext {
     fn on_assign(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         self.shard.mark_group_joined();
         let parts = partitions_of(tpl);
+        if !parts.is_empty() {
+            self.read_cursors_to_end(parts.len());
+        }
         let mut owned = Vec::with_capacity(parts.len());
         for (topic, p) in &parts {
             let Ok(name) = TopicName::new(topic) else {
@@ -183,6 +194,58 @@ impl IngestContext {
             self.prepare_reader(&consumer, part);
         }
         self.assigned.notify_one();
+    }
+
+    /// The assign half of the handover barrier: waits until every cursor record written
+    /// before now is applied (the previous owner's final flush; a transaction of a shard that
+    /// died in the middle of one is waited for until Kafka aborts it). Gives up after the
+    /// barrier timeout and starts from what it has: older cursors, so duplicates, not loss.
+    fn read_cursors_to_end(&self, partitions: usize) {
+        let started = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cursors = self.cursors.clone();
+        let timeout = self.barrier_timeout;
+        self.app.spawn(async move {
+            let _ = tx.send(cursors.barrier(timeout).await);
+        });
+        match rx.recv_timeout(self.barrier_timeout + Duration::from_secs(5)) {
+            Ok(Ok(())) => tracing::debug!(
+                partitions,
+                elapsed = ?started.elapsed(),
+                "cursors read to the end before assigning"
+            ),
+            Ok(Err(e)) => tracing::error!(
+                error = %e,
+                "cannot read the cursors to the end; starting from those read so far (records since the previous owner's last flush may be delivered again)"
+            ),
+            Err(_) => tracing::error!(
+                "reading the cursors to the end did not finish; starting from those read so far"
+            ),
+        }
+    }
+
+    /// The revoke half of the handover barrier, before the final flush: deliveries of the
+    /// partitions have stopped; waits until what is in flight was acked (or the drain timeout
+    /// passed: those records go to the next owner again).
+    fn drain(&self, parts: &[(TopicName, Partition)]) {
+        let started = Instant::now();
+        let deadline = started + self.drain_timeout;
+        loop {
+            let in_flight = self.shard.in_flight_of(parts);
+            if in_flight == 0 {
+                tracing::debug!(elapsed = ?started.elapsed(), "revoked partitions drained");
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    in_flight,
+                    timeout = ?self.drain_timeout,
+                    "records of revoked partitions still unacked at the drain deadline; their next owner delivers them again"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Splits a partition's queue off the main queue and makes its reader pending.
@@ -283,22 +346,12 @@ impl IngestContext {
         }
     }
 
-    fn on_revoke(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
-        let parts: Vec<(TopicName, Partition)> = partitions_of(tpl)
-            .into_iter()
-            .filter_map(|(t, p)| TopicName::new(&t).ok().map(|t| (t, p)))
-            .collect();
-        // 1. No new deliveries; stop reading.
-        for (t, p) in &parts {
-            self.shard.stop_partition(t, *p);
-            if let Some(token) = self.reader_tokens.lock().remove(&(t.clone(), *p)) {
-                token.cancel();
-            }
-        }
-        // 2. Write the final cursors and commit them before letting go.
+    /// Writes the final cursors and offsets of revoked partitions (on the application
+    /// runtime; this thread waits, bounded).
+    fn final_flush(&self, parts: &[(TopicName, Partition)]) {
         let (tx, rx) = std::sync::mpsc::channel();
         let flusher = self.flusher.clone();
-        let only = parts.clone();
+        let only = parts.to_vec();
         self.app.spawn(async move {
             let _ = tx.send(flusher.flush(Some(&only)).await);
         });
@@ -314,14 +367,32 @@ impl IngestContext {
                 "final cursor flush did not run (runtime stopping); the next owner redelivers since the previous flush"
             ),
         }
-        let positions: Vec<_> = self
-            .shard
-            .commit_positions()
+    }
+
+    fn on_revoke(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let parts: Vec<(TopicName, Partition)> = partitions_of(tpl)
             .into_iter()
-            .filter(|(t, p, _)| parts.iter().any(|(rt, rp)| rt == t && rp == p))
+            .filter_map(|(t, p)| TopicName::new(&t).ok().map(|t| (t, p)))
             .collect();
-        if let Err(e) = commit(base, &positions) {
-            tracing::warn!(error = %e, "final offset commit failed");
+        // 1. No new deliveries; stop reading.
+        for (t, p) in &parts {
+            self.shard.stop_partition(t, *p);
+            if let Some(token) = self.reader_tokens.lock().remove(&(t.clone(), *p)) {
+                token.cancel();
+            }
+        }
+        // 2. Unless Kafka already gave them to another shard (a lost assignment, after which
+        //    this shard's writes are fenced anyway): wait for the acks of what is in flight,
+        //    then write the final cursors and the group offsets, and let go only once Kafka
+        //    committed them.
+        if base.assignment_lost() {
+            tracing::warn!(
+                partitions = parts.len(),
+                "assignment lost (this shard was away longer than the session timeout); letting go without a final flush"
+            );
+        } else {
+            self.drain(&parts);
+            self.final_flush(&parts);
         }
         // 3. Forget the partitions and let Kafka have them.
         let now = Instant::now();
@@ -364,26 +435,9 @@ fn watermarks_with_retry(
     (0, 0)
 }
 
-/// Commits offsets for the shard group.
-fn commit<C: Consumer<X>, X: ConsumerContext>(
-    consumer: &C,
-    positions: &[(TopicName, Partition, Offset)],
-) -> KafkaResult<()> {
-    if positions.is_empty() {
-        return Ok(());
-    }
-    let mut tpl = TopicPartitionList::new();
-    for (t, p, o) in positions {
-        tpl.add_partition_offset(t.as_str(), *p, KafkaOffset::Offset(*o))?;
-    }
-    consumer.commit(&tpl, CommitMode::Sync)
-}
-
 /// The running ingest.
 #[derive(Debug)]
 pub struct Ingest {
-    /// The consumer, for commits (the driver thread holds the owning reference).
-    consumer: Weak<IngestConsumer>,
     /// Ends the driver: unsubscribe, revoke everything, close.
     stop: CancellationToken,
     /// The driver thread.
@@ -397,12 +451,17 @@ impl Ingest {
         cfg: &Config,
         shard: Arc<Shard>,
         flusher: Arc<Flusher>,
+        cursors: Arc<CursorTail>,
+        me: &crate::admin::ShardInfo,
     ) -> Result<Self, StoreError> {
         let readers = TaskTracker::new();
         let (restarts, restart_requests) = mpsc::unbounded_channel();
         let context = IngestContext {
             shard: shard.clone(),
-            flusher,
+            flusher: flusher.clone(),
+            cursors,
+            barrier_timeout: cfg.assign_barrier_timeout,
+            drain_timeout: cfg.drain_timeout,
             app: Handle::current(),
             readers: readers.clone(),
             consumer: OnceLock::new(),
@@ -412,9 +471,15 @@ impl Ingest {
             restarts,
         };
         let mut settings = kafka::base(cfg, "ingest");
+        let session_ms = cfg.session_timeout.as_millis();
         settings
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
+            // Names the shard in the group's member list (`GET /v1/shards`).
+            .set("client.id", crate::membership::client_id(&cfg.cluster, me))
+            .set("session.timeout.ms", session_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (session_ms / 10).max(100).to_string(),
+            )
             .set("topic.metadata.refresh.interval.ms", "10000")
             // Prefetch per partition, on top of the window budget.
             .set("queued.max.messages.kbytes", "16384");
@@ -430,7 +495,8 @@ impl Ingest {
             .map_err(StoreError::kafka("creating the ingest consumer"))?;
         let consumer = Arc::new(consumer);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
-        let weak = Arc::downgrade(&consumer);
+        let group = Arc::downgrade(&consumer);
+        flusher.set_group(Box::new(move || group.upgrade()?.group_metadata()));
         let stop = CancellationToken::new();
         let driver_stop = stop.clone();
         let wanted = shard.wanted_topics();
@@ -439,17 +505,9 @@ impl Ingest {
             .spawn(move || drive(consumer, wanted, restart_requests, readers, driver_stop))
             .map_err(|e| StoreError::Thread("ingest", e.to_string()))?;
         Ok(Self {
-            consumer: weak,
             stop,
             thread: Some(thread),
         })
-    }
-
-    /// A handle that commits the shard group's offsets.
-    pub fn committer(&self) -> Committer {
-        Committer {
-            consumer: self.consumer.clone(),
-        }
     }
 
     /// Leaves the group (revoking and flushing every partition) and closes the consumer.
@@ -462,30 +520,6 @@ impl Ingest {
         if tokio::time::timeout(timeout, joined).await.is_err() {
             tracing::error!(?timeout, "ingest did not stop in time");
         }
-    }
-}
-
-/// Commits offsets for the shard group through the ingest consumer.
-#[derive(Debug, Clone)]
-pub struct Committer {
-    /// The consumer, while it lives.
-    consumer: Weak<IngestConsumer>,
-}
-
-impl Committer {
-    /// Commits `positions` (blocking call, run off the async workers).
-    pub async fn commit(&self, positions: Vec<(TopicName, Partition, Offset)>) -> KafkaResult<()> {
-        let Some(consumer) = self.consumer.upgrade() else {
-            return Ok(());
-        };
-        let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || commit(consumer.as_ref(), &positions))
-            .await
-            .unwrap_or(Ok(()));
-        if result.is_ok() {
-            telemetry::metrics::commit(started.elapsed());
-        }
-        result
     }
 }
 

@@ -45,6 +45,30 @@ pub fn producer(cfg: &Config, role: &str) -> Result<FutureProducer, KafkaError> 
         .create()
 }
 
+/// How long a cursor transaction may stay open before the broker aborts it. A shard killed
+/// in the middle of one holds back the next owner's start (it reads cursors up to the end)
+/// until then, unless it comes back first (its restart aborts it at once).
+pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A transactional producer: cursor records and the shard group's offsets are written in
+/// one transaction, so a shard that lost its partitions (a zombie) cannot write either.
+pub fn transactional_producer(
+    cfg: &Config,
+    role: &str,
+    transactional_id: &str,
+) -> Result<FutureProducer, KafkaError> {
+    let mut c = base(cfg, role);
+    let timeout_ms = TRANSACTION_TIMEOUT.as_millis().to_string();
+    c.set("linger.ms", "2");
+    operator_options(cfg, &mut c);
+    c.set("transactional.id", transactional_id)
+        .set("transaction.timeout.ms", &timeout_ms)
+        .set("message.timeout.ms", &timeout_ms)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()
+}
+
 /// Context of the internal-topic readers: reaching the end of a partition is how they know
 /// they caught up, not an error worth logging.
 #[derive(Debug, Clone, Copy, Default)]
@@ -90,6 +114,15 @@ pub fn admin(cfg: &Config) -> Result<AdminClient<DefaultClientContext>, KafkaErr
 pub fn metadata_client(cfg: &Config) -> Result<BaseConsumer, KafkaError> {
     base(cfg, "metadata")
         .set("enable.auto.commit", "false")
+        .create()
+}
+
+/// A client whose watermark requests answer the high watermark itself, past records of
+/// transactions still open (a read_committed client is answered the last stable offset).
+pub fn end_client(cfg: &Config) -> Result<BaseConsumer, KafkaError> {
+    base(cfg, "ends")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_uncommitted")
         .create()
 }
 

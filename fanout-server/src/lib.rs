@@ -18,6 +18,7 @@ pub mod deadletter;
 pub mod grpc;
 pub mod ingest;
 pub mod kafka;
+pub mod membership;
 pub mod store;
 pub mod telemetry;
 pub mod wire;

@@ -20,8 +20,10 @@ use crate::log::{LogLimits, MemoryPool, PartitionLog};
 use crate::model::{Offset, Partition, SubscriptionKey, SubscriptionName, TopicName};
 use crate::registry::{Change, DecodeError, Registry, SubscriptionSpec, TopicSpec};
 
+mod lease;
 mod runtime;
 
+pub use lease::Lease;
 pub use runtime::{OwnedPartition, SubscriptionRuntime, TopicRuntime};
 
 /// Limits the shard applies to every partition and stream.
@@ -37,6 +39,9 @@ pub struct ShardLimits {
     pub catch_up_memory_bytes: usize,
     /// Batch and span limits of deliveries.
     pub take: TakeLimits,
+    /// A stop of the process longer than this suspends deliveries and cursor writes until
+    /// the shard group confirms this shard is still a member (see [`Lease`]).
+    pub lease_gap: std::time::Duration,
 }
 
 /// Why a subscription could not be found.
@@ -220,6 +225,8 @@ pub struct Shard {
     catch_up_queue: CatchUpQueue,
     /// Losses to retention per (subscription, partition), for the admin API.
     losses: Mutex<HashMap<(SubscriptionKey, Partition), LossTotal>>,
+    /// Whether the shard may act on its partitions (false after the process was stopped).
+    lease: Lease,
 }
 
 impl Shard {
@@ -232,6 +239,7 @@ impl Shard {
             },
             catch_up_queue: CatchUpQueue::default(),
             losses: Mutex::new(HashMap::new()),
+            lease: Lease::new(limits.lease_gap),
             limits,
             registry: RwLock::new(Registry::default()),
             registry_next: watch::Sender::new(0),
@@ -240,6 +248,19 @@ impl Shard {
             next_stream: AtomicU64::new(1),
             wanted_topics: watch::Sender::new(Vec::new()),
             group_joined: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the shard may still deliver and write cursors.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// Wakes every stream (after a suspension was lifted).
+    pub fn wake_all(&self) {
+        for t in self.topics() {
+            t.wake();
+            t.wake_subscriptions();
         }
     }
 
@@ -634,10 +655,25 @@ impl Shard {
             s.delivery.lock().remove_partition(partition, now);
             s.wake();
         }
-        self.stored
-            .lock()
-            .retain(|(k, p), _| !(k.topic == *topic && *p == partition));
+        // The stored cursors stay: the cursor tailer keeps them current from the next
+        // owner's writes.
         rt.wake();
+    }
+
+    /// Records in flight on streams, of these partitions (a revoke drains them).
+    pub fn in_flight_of(&self, partitions: &[(TopicName, Partition)]) -> usize {
+        partitions
+            .iter()
+            .filter_map(|(t, p)| self.topic(t).map(|rt| (rt, *p)))
+            .flat_map(|(rt, p)| rt.subscriptions().into_iter().map(move |s| (s, p)))
+            .map(|(s, p)| {
+                s.partition_stats()
+                    .iter()
+                    .filter(|st| st.partition == p)
+                    .map(|st| st.in_flight)
+                    .sum::<usize>()
+            })
+            .sum()
     }
 
     /// Moves subscriptions whose cursor is below `low` (retention deleted their unacked
@@ -777,12 +813,45 @@ impl Shard {
         self.stored.lock().extend(cursors);
     }
 
+    /// A cursor record read from Kafka (`None`: deleted). Applied unless this shard owns
+    /// the partition: an owner's own state is newer than anything it reads back, and only
+    /// a fenced zombie could write there meanwhile. Returns whether it was applied.
+    pub fn apply_stored(
+        &self,
+        key: SubscriptionKey,
+        partition: Partition,
+        cursor: Option<StoredCursor>,
+    ) -> bool {
+        let owned = self
+            .topic(&key.topic)
+            .and_then(|t| t.partition(partition))
+            .is_some();
+        if owned {
+            return false;
+        }
+        let mut stored = self.stored.lock();
+        match cursor {
+            Some(c) => stored.insert((key, partition), c),
+            None => stored.remove(&(key, partition)),
+        };
+        true
+    }
+
     /// Per owned partition, the offset the shard group may commit: the lowest *stored*
     /// cursor of its subscriptions (a restart begins there), or the window head with none.
     /// Each topic is read under its partition and subscription locks (the usual order), so a
     /// subscription being added is either fully counted or not there yet; one added after
     /// lowers the commit at the next flush.
     pub fn commit_positions(&self) -> Vec<(TopicName, Partition, Offset)> {
+        self.commit_positions_after(&[])
+    }
+
+    /// The same, as it will be once `updates` are stored (they are written in the same
+    /// transaction as the offsets).
+    pub fn commit_positions_after(
+        &self,
+        updates: &[CursorUpdate],
+    ) -> Vec<(TopicName, Partition, Offset)> {
         let mut out = Vec::new();
         for t in self.topics() {
             let partitions = t.partitions.read();
@@ -791,7 +860,20 @@ impl Shard {
             for (&p, owned) in partitions.iter() {
                 let min = subs
                     .values()
-                    .filter_map(|s| stored_for(&stored, &s.spec(), p))
+                    .filter_map(|s| {
+                        let spec = s.spec();
+                        let key = spec.key();
+                        updates
+                            .iter()
+                            .find(|u| {
+                                u.partition == p
+                                    && u.subscription == key
+                                    && u.incarnation == spec.created_at_ms
+                                    && u.seek == spec.seek_generation(p)
+                            })
+                            .map(|u| u.cursor)
+                            .or_else(|| stored_for(&stored, &spec, p))
+                    })
                     .min();
                 out.push((t.name.clone(), p, min.unwrap_or_else(|| owned.log.head())));
             }

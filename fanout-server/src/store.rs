@@ -25,6 +25,10 @@ pub enum StoreError {
     ShuttingDown,
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, String),
+    /// The cursor writer can never write again: Kafka fenced it (another process registered
+    /// the same transactional id, i.e. runs under the same shard name) or it failed fatally.
+    #[error("cursor writer fenced: {0} (is another shard running with the same --shard-id?)")]
+    Fenced(String),
 }
 
 impl StoreError {

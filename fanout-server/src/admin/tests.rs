@@ -25,6 +25,7 @@ const LIMITS: ShardLimits = ShardLimits {
         batch_bytes: 1 << 20,
         max_unacked_span: 1000,
     },
+    lease_gap: std::time::Duration::from_secs(3),
 };
 
 /// Applies registry writes straight to the shard.
@@ -73,6 +74,11 @@ impl Table {
 impl KafkaView for Table {
     fn ping(&self) -> Result<(), KafkaError> {
         self.check()
+    }
+
+    fn group_members(&self, _group: &str) -> Result<Vec<crate::membership::Member>, KafkaError> {
+        self.check()?;
+        Ok(Vec::new())
     }
 
     fn partitions(&self, topic: &str) -> Result<Option<Vec<Partition>>, KafkaError> {
@@ -187,6 +193,7 @@ fn api_with_token(token: Option<&str>) -> Api {
             grpc_address: "127.0.0.1:50051".into(),
             admin_address: "127.0.0.1:8080".into(),
         },
+        cluster: Arc::from("test"),
         token: token.map(Arc::from),
         kafka_seen: kafka_seen.clone(),
         redrive: redrive.clone(),

@@ -18,6 +18,7 @@ const LIMITS: ShardLimits = ShardLimits {
         batch_bytes: 1 << 20,
         max_unacked_span: 1000,
     },
+    lease_gap: std::time::Duration::from_secs(3),
 };
 
 fn credits(records: usize) -> Credits {

@@ -1,18 +1,22 @@
 //! Reads and writes the cursors topic: key `<topic>:<partition>:<subscription>`, JSON value
-//! `{"version":1,"cursor":N}`; a null value deletes.
+//! `{"version":1,"cursor":N,…}`; a null value deletes. Written in transactions together with
+//! the shard group's offsets (fencing), read with `read_committed`.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::StoreError;
 use crate::config::Config;
@@ -92,96 +96,181 @@ fn decode_value(raw: &[u8]) -> Option<StoredCursor> {
     })
 }
 
-/// Reads the whole cursors topic.
-pub async fn load(cfg: &Config, timeout: Duration) -> Result<Cursors, StoreError> {
-    let topic = cfg.cursors_topic();
-    let md = kafka::metadata_client(cfg).map_err(StoreError::kafka("metadata client"))?;
-    let t = topic.clone();
-    let partitions = tokio::task::spawn_blocking(move || kafka::partitions_of(&md, &t))
-        .await
-        .map_err(|e| StoreError::InternalTopic {
-            topic: topic.clone(),
-            problem: format!("metadata task failed: {e}"),
-        })?
-        .map_err(StoreError::kafka(format!("reading metadata of {topic}")))?
-        .ok_or_else(|| StoreError::InternalTopic {
-            topic: topic.clone(),
-            problem: "does not exist".into(),
-        })?;
-    let consumer: kafka::Reader = kafka::reader(cfg, "cursor-loader")
-        .create_with_context(kafka::ReaderContext)
-        .map_err(StoreError::kafka("creating the cursor reader"))?;
-    let result = read_all(&consumer, &topic, &partitions, timeout).await;
-    // Dropping a consumer blocks: keep that off the async workers.
-    let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
-    result
+/// Follows the cursors topic for the life of the shard, keeping the shard's stored cursors
+/// of partitions it does not own current (every shard's flushes land there). At assign, the
+/// shard waits until it has read everything written before ([`CursorTail::barrier`]): the
+/// previous owner's final cursors, and the outcome of any cursor transaction still open.
+pub struct CursorTail {
+    topic: String,
+    partitions: Vec<Partition>,
+    /// Answers high watermarks past open transactions.
+    ends: Arc<rdkafka::consumer::BaseConsumer>,
+    /// Per partition, the offset up to which records were applied.
+    applied: watch::Receiver<HashMap<Partition, Offset>>,
 }
 
-async fn read_all(
-    consumer: &kafka::Reader,
-    topic: &str,
-    partitions: &[Partition],
-    timeout: Duration,
-) -> Result<Cursors, StoreError> {
-    let mut tpl = TopicPartitionList::new();
-    for &p in partitions {
-        tpl.add_partition_offset(topic, p, KafkaOffset::Beginning)
-            .map_err(StoreError::kafka("building the cursor assignment"))?;
+impl std::fmt::Debug for CursorTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CursorTail")
+            .field("topic", &self.topic)
+            .field("applied", &*self.applied.borrow())
+            .finish_non_exhaustive()
     }
-    consumer
-        .assign(&tpl)
-        .map_err(StoreError::kafka("assigning the cursors topic"))?;
-    drop(tpl);
+}
 
-    let deadline = Instant::now() + timeout;
-    let mut cursors = Cursors::new();
-    let mut at_end: HashSet<Partition> = HashSet::new();
-    let mut records = 0u64;
-    while at_end.len() < partitions.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(StoreError::Timeout {
-                what: format!("reading {topic} ({records} records so far)"),
-                after: timeout,
-            });
+impl CursorTail {
+    /// Starts following the cursors topic from its beginning and returns once everything
+    /// written so far is applied (or fails after `load_timeout`).
+    pub async fn start(
+        cfg: &Config,
+        shard: Arc<Shard>,
+        tasks: &TaskTracker,
+        cancel: CancellationToken,
+        load_timeout: Duration,
+    ) -> Result<Arc<Self>, StoreError> {
+        let topic = cfg.cursors_topic();
+        let md = kafka::metadata_client(cfg).map_err(StoreError::kafka("metadata client"))?;
+        let t = topic.clone();
+        let partitions = tokio::task::spawn_blocking(move || kafka::partitions_of(&md, &t))
+            .await
+            .map_err(|e| StoreError::InternalTopic {
+                topic: topic.clone(),
+                problem: format!("metadata task failed: {e}"),
+            })?
+            .map_err(StoreError::kafka(format!("reading metadata of {topic}")))?
+            .ok_or_else(|| StoreError::InternalTopic {
+                topic: topic.clone(),
+                problem: "does not exist".into(),
+            })?;
+        let consumer: kafka::Reader = kafka::reader(cfg, "cursor-tail")
+            .create_with_context(kafka::ReaderContext)
+            .map_err(StoreError::kafka("creating the cursor reader"))?;
+        let mut tpl = TopicPartitionList::new();
+        for &p in &partitions {
+            tpl.add_partition_offset(&topic, p, KafkaOffset::Beginning)
+                .map_err(StoreError::kafka("building the cursor assignment"))?;
         }
-        let Ok(msg) = tokio::time::timeout(left, consumer.recv()).await else {
-            continue;
+        consumer
+            .assign(&tpl)
+            .map_err(StoreError::kafka("assigning the cursors topic"))?;
+        let (applied_tx, applied) = watch::channel(HashMap::new());
+        tasks.spawn(tail(consumer, shard, applied_tx, cancel));
+        let this = Arc::new(Self {
+            topic: topic.clone(),
+            partitions,
+            ends: Arc::new(kafka::end_client(cfg).map_err(StoreError::kafka("ends client"))?),
+            applied,
+        });
+        let started = Instant::now();
+        this.barrier(load_timeout).await?;
+        tracing::info!(elapsed = ?started.elapsed(), "cursors loaded");
+        Ok(this)
+    }
+
+    /// Returns once every cursor record written before the call (committed or aborted: a
+    /// transaction still open is waited for) has been applied to the shard.
+    pub async fn barrier(&self, timeout: Duration) -> Result<(), StoreError> {
+        let ends = self.ends.clone();
+        let (topic, partitions) = (self.topic.clone(), self.partitions.clone());
+        let ends =
+            tokio::task::spawn_blocking(move || kafka::watermarks(&ends, &topic, &partitions))
+                .await
+                .map_err(|e| StoreError::InternalTopic {
+                    topic: self.topic.clone(),
+                    problem: format!("watermark task failed: {e}"),
+                })?
+                .map_err(StoreError::kafka(format!(
+                    "reading the end of {}",
+                    self.topic
+                )))?;
+        let mut applied = self.applied.clone();
+        let reached = |a: &HashMap<Partition, Offset>| {
+            ends.iter()
+                .all(|&(p, _, end)| a.get(&p).copied().unwrap_or(0) >= end)
         };
-        match msg {
-            Ok(m) => {
+        match tokio::time::timeout(timeout, applied.wait_for(reached)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::ShuttingDown),
+            Err(_) => Err(StoreError::Timeout {
+                what: format!(
+                    "reading {} up to {:?} (read so far: {:?})",
+                    self.topic,
+                    ends.iter().map(|&(p, _, e)| (p, e)).collect::<Vec<_>>(),
+                    *self.applied.borrow()
+                ),
+                after: timeout,
+            }),
+        }
+    }
+}
+
+/// The tailing task: applies every cursor record to the shard, then publishes how far it got.
+async fn tail(
+    consumer: kafka::Reader,
+    shard: Arc<Shard>,
+    applied: watch::Sender<HashMap<Partition, Offset>>,
+    cancel: CancellationToken,
+) {
+    let mut records = 0u64;
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => break,
+            m = tokio::time::timeout(Duration::from_millis(100), consumer.recv()) => m,
+        };
+        match next {
+            // Nothing new: positions may still have moved past transaction markers.
+            Err(_) | Ok(Err(KafkaError::PartitionEOF(_))) => {}
+            Ok(Ok(m)) => {
                 records += 1;
-                let Some(key) = m.key().and_then(decode_key) else {
-                    tracing::warn!(offset = m.offset(), "unreadable cursor key skipped");
-                    continue;
-                };
-                match m.payload() {
-                    None => {
-                        cursors.remove(&key);
-                    }
-                    Some(v) => match decode_value(v) {
-                        Some(c) => {
-                            cursors.insert(key, c);
-                        }
+                match m.key().and_then(decode_key) {
+                    None => tracing::warn!(offset = m.offset(), "unreadable cursor key skipped"),
+                    Some((key, p)) => match m.payload().map(decode_value) {
                         None => {
+                            shard.apply_stored(key, p, None);
+                        }
+                        Some(Some(c)) => {
+                            shard.apply_stored(key, p, Some(c));
+                        }
+                        Some(None) => {
                             tracing::warn!(offset = m.offset(), "unreadable cursor value skipped")
                         }
                     },
                 }
             }
-            Err(KafkaError::PartitionEOF(p)) => {
-                at_end.insert(p);
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reading the cursors topic; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
             }
-            Err(e) => return Err(StoreError::kafka(format!("reading {topic}"))(e)),
+        }
+        // Everything returned by the consumer so far has been applied (this task is its
+        // only reader), so its position is how far the shard is.
+        if let Ok(positions) = consumer.position() {
+            applied.send_if_modified(|a| {
+                let mut moved = false;
+                for e in positions.elements() {
+                    if let KafkaOffset::Offset(o) = e.offset() {
+                        let at = a.entry(e.partition()).or_insert(0);
+                        if o > *at {
+                            *at = o;
+                            moved = true;
+                        }
+                    }
+                }
+                moved
+            });
         }
     }
-    tracing::info!(records, cursors = cursors.len(), "cursors loaded");
-    Ok(cursors)
+    tracing::debug!(records, "cursor tail stopped");
+    // Dropping a consumer blocks: keep that off the async workers.
+    let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
 }
 
-/// Writes cursor records.
+/// Writes cursor records, together with the shard group's offsets, in Kafka transactions.
 pub struct CursorWriter {
-    /// Idempotent producer for the cursors topic.
+    /// Transactional producer for the cursors topic (one transactional id per shard name).
     producer: FutureProducer,
     /// The cursors topic.
     topic: String,
@@ -195,17 +284,78 @@ impl std::fmt::Debug for CursorWriter {
     }
 }
 
+/// How long each transactional call may take.
+const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn txn_error(what: &str, e: KafkaError) -> StoreError {
+    let fatal = matches!(&e, KafkaError::Transaction(t) if t.is_fatal());
+    if fatal {
+        StoreError::Fenced(format!("{what}: {e}"))
+    } else {
+        StoreError::Kafka {
+            what: what.to_owned(),
+            source: e,
+        }
+    }
+}
+
 impl CursorWriter {
-    pub fn new(cfg: &Config) -> Result<Self, StoreError> {
+    /// Creates the producer and registers its transactional id with Kafka, which aborts
+    /// whatever an earlier life of this shard left open.
+    pub async fn new(cfg: &Config, shard_name: &str) -> Result<Self, StoreError> {
+        let producer = kafka::transactional_producer(
+            cfg,
+            "cursor-writer",
+            &cfg.cursor_transactional_id(shard_name),
+        )
+        .map_err(StoreError::kafka("creating the cursor producer"))?;
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(60)))
+            .await
+            .map_err(|e| StoreError::Thread("cursor writer", e.to_string()))?
+            .map_err(|e| txn_error("registering the cursor writer's transactional id", e))?;
         Ok(Self {
-            producer: kafka::producer(cfg, "cursor-writer")
-                .map_err(StoreError::kafka("creating the cursor producer"))?,
+            producer,
             topic: cfg.cursors_topic(),
         })
     }
 
-    /// Writes every update and returns once Kafka acknowledged all of them.
-    pub async fn write(&self, updates: &[CursorUpdate]) -> Result<(), StoreError> {
+    /// Writes every update and commits `offsets` for the shard group (as the member
+    /// `group` describes) in one transaction; returns once Kafka committed it. A shard that
+    /// is no longer the group member it was (a zombie) has the whole transaction refused.
+    /// [`StoreError::Fenced`] means this writer can never write again.
+    pub async fn write(
+        &self,
+        updates: &[CursorUpdate],
+        offsets: &[(TopicName, Partition, Offset)],
+        group: Option<ConsumerGroupMetadata>,
+    ) -> Result<(), StoreError> {
+        self.producer
+            .begin_transaction()
+            .map_err(|e| txn_error("beginning a cursor transaction", e))?;
+        let result = self.transact(updates, offsets, group).await;
+        if let Err(e) = &result {
+            if matches!(e, StoreError::Fenced(_)) {
+                return result;
+            }
+            let p = self.producer.clone();
+            let aborted =
+                tokio::task::spawn_blocking(move || p.abort_transaction(TXN_CALL_TIMEOUT))
+                    .await
+                    .map_err(|e| StoreError::Thread("cursor writer", e.to_string()))?;
+            if let Err(abort) = aborted {
+                return Err(txn_error("aborting a cursor transaction", abort));
+            }
+        }
+        result
+    }
+
+    async fn transact(
+        &self,
+        updates: &[CursorUpdate],
+        offsets: &[(TopicName, Partition, Offset)],
+        group: Option<ConsumerGroupMetadata>,
+    ) -> Result<(), StoreError> {
         let encoded: Vec<(String, Vec<u8>)> = updates
             .iter()
             .map(|u| {
@@ -224,7 +374,7 @@ impl CursorWriter {
         let sends = encoded.iter().map(|(k, v)| {
             self.producer.send(
                 FutureRecord::to(&self.topic).key(k).payload(v),
-                Timeout::After(Duration::from_secs(10)),
+                Timeout::After(TXN_CALL_TIMEOUT),
             )
         });
         for r in join_all(sends).await {
@@ -233,20 +383,49 @@ impl CursorWriter {
                 source: e,
             })?;
         }
-        Ok(())
+        let p = self.producer.clone();
+        let mut tpl = TopicPartitionList::new();
+        for (t, part, o) in offsets {
+            tpl.add_partition_offset(t.as_str(), *part, KafkaOffset::Offset(*o))
+                .map_err(StoreError::kafka("building the offsets to commit"))?;
+        }
+        tokio::task::spawn_blocking(move || {
+            if let Some(group) = group
+                && tpl.count() > 0
+            {
+                p.send_offsets_to_transaction(&tpl, &group, TXN_CALL_TIMEOUT)
+                    .map_err(|e| txn_error("committing the shard group's offsets", e))?;
+            }
+            p.commit_transaction(TXN_CALL_TIMEOUT)
+                .map_err(|e| txn_error("committing a cursor transaction", e))
+        })
+        .await
+        .map_err(|e| StoreError::Thread("cursor writer", e.to_string()))?
     }
 }
 
-/// Writes moved cursors to Kafka: periodically, on revoke and on shutdown. One flush at a
-/// time, so an older snapshot never lands after a newer one.
-#[derive(Debug)]
+/// Source of this shard's group metadata (the ingest consumer's), for fencing.
+pub type GroupMetadataSource = Box<dyn Fn() -> Option<ConsumerGroupMetadata> + Send + Sync>;
+
+/// Writes moved cursors and the shard group's offsets to Kafka: periodically, on revoke and
+/// on shutdown. One flush at a time, so an older snapshot never lands after a newer one.
 pub struct Flusher {
     /// Source of cursors.
     shard: Arc<Shard>,
     /// Where they go.
     writer: CursorWriter,
-    /// Serializes flushes.
-    lock: tokio::sync::Mutex<()>,
+    /// Serializes flushes; holds the offsets last committed.
+    lock: tokio::sync::Mutex<HashMap<(TopicName, Partition), Offset>>,
+    /// The ingest consumer's group metadata (set once it exists).
+    group: OnceLock<GroupMetadataSource>,
+}
+
+impl std::fmt::Debug for Flusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flusher")
+            .field("writer", &self.writer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Flusher {
@@ -254,33 +433,86 @@ impl Flusher {
         Self {
             shard,
             writer,
-            lock: tokio::sync::Mutex::new(()),
+            lock: tokio::sync::Mutex::new(HashMap::new()),
+            group: OnceLock::new(),
         }
     }
 
-    /// Writes every cursor that moved (of `only` these partitions, if given) and marks them
-    /// stored. Returns how many were written.
+    /// Where the group metadata of this shard's group member comes from.
+    pub fn set_group(&self, source: GroupMetadataSource) {
+        let _ = self.group.set(source);
+    }
+
+    /// Writes every cursor that moved and the group offsets that changed (of `only` these
+    /// partitions, if given) in one transaction, and marks the cursors stored. Returns how
+    /// many cursors were written.
+    ///
+    /// While the shard's lease is suspended (the process was stopped), nothing is written:
+    /// a transaction with the offsets alone tests whether the shard is still the group
+    /// member it was, and lifts the suspension if so.
     pub async fn flush(
         &self,
         only: Option<&[(TopicName, Partition)]>,
     ) -> Result<usize, StoreError> {
-        let _one_at_a_time = self.lock.lock().await;
-        let mut updates = self.shard.cursor_updates();
-        if let Some(only) = only {
-            updates.retain(|u| {
-                only.iter()
-                    .any(|(t, p)| *t == u.subscription.topic && *p == u.partition)
-            });
-        }
-        if updates.is_empty() {
+        let mut committed = self.lock.lock().await;
+        let started = Instant::now();
+        let lease = self.shard.lease();
+        let suspended = lease.is_suspended();
+        if !suspended && !lease.live(started) {
+            // A gap the ticker has not seen yet: it will suspend the lease first.
             return Ok(0);
         }
-        tracing::trace!(updates = updates.len(), "writing cursors");
-        let started = std::time::Instant::now();
-        self.writer.write(&updates).await?;
+        let wanted = |t: &TopicName, p: Partition| {
+            only.is_none_or(|only| only.iter().any(|(ot, op)| ot == t && *op == p))
+        };
+        let mut updates = if suspended {
+            Vec::new()
+        } else {
+            self.shard.cursor_updates()
+        };
+        updates.retain(|u| wanted(&u.subscription.topic, u.partition));
+        let mut offsets = self.shard.commit_positions_after(&updates);
+        offsets.retain(|(t, p, _)| wanted(t, *p));
+        let group = self.group.get().and_then(|g| g());
+        if suspended {
+            if offsets.is_empty() {
+                // Nothing owned, nothing to protect: no stale delivery is possible.
+                self.lift(started);
+                return Ok(0);
+            }
+            if group.is_none() {
+                return Ok(0);
+            }
+        } else {
+            offsets.retain(|(t, p, o)| committed.get(&(t.clone(), *p)) != Some(o));
+            if updates.is_empty() && offsets.is_empty() {
+                return Ok(0);
+            }
+        }
+        tracing::trace!(
+            updates = updates.len(),
+            offsets = offsets.len(),
+            "writing cursors"
+        );
+        self.writer.write(&updates, &offsets, group).await?;
         crate::telemetry::metrics::cursor_flush(started.elapsed());
         self.shard.mark_stored(&updates);
+        for (t, p, o) in offsets {
+            committed.insert((t, p), o);
+        }
+        if suspended {
+            self.lift(started);
+        }
         Ok(updates.len())
+    }
+
+    fn lift(&self, started: Instant) {
+        if self.shard.lease().confirm(started) {
+            tracing::info!(
+                "the shard group confirmed this shard is still a member; deliveries resume"
+            );
+            self.shard.wake_all();
+        }
     }
 }
 
