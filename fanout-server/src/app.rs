@@ -413,12 +413,14 @@ async fn flush_loop(
 async fn renew_lease(shard: Arc<Shard>, gap: Duration, cancel: CancellationToken) {
     let mut tick = tokio::time::interval((gap / 8).max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    shard.lease().start(std::time::Instant::now());
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
         if let Some(away) = shard.lease().renew(std::time::Instant::now()) {
+            telemetry::metrics::lease_suspended();
             tracing::warn!(
                 ?away,
                 "this process was stopped longer than the lease allows; deliveries and cursor writes are suspended until the shard group confirms this shard still owns its partitions"

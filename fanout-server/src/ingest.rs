@@ -208,7 +208,9 @@ impl IngestContext {
         self.app.spawn(async move {
             let _ = tx.send(cursors.barrier(timeout).await);
         });
-        match rx.recv_timeout(self.barrier_timeout + Duration::from_secs(5)) {
+        let result = rx.recv_timeout(self.barrier_timeout + Duration::from_secs(5));
+        telemetry::metrics::assign_barrier(started.elapsed());
+        match result {
             Ok(Ok(())) => tracing::debug!(
                 partitions,
                 elapsed = ?started.elapsed(),
@@ -233,10 +235,12 @@ impl IngestContext {
         loop {
             let in_flight = self.shard.in_flight_of(parts);
             if in_flight == 0 {
+                telemetry::metrics::revoke_drain(started.elapsed(), 0);
                 tracing::debug!(elapsed = ?started.elapsed(), "revoked partitions drained");
                 return;
             }
             if Instant::now() >= deadline {
+                telemetry::metrics::revoke_drain(started.elapsed(), in_flight);
                 tracing::warn!(
                     in_flight,
                     timeout = ?self.drain_timeout,

@@ -169,12 +169,37 @@ pub mod metrics {
         describe_histogram!(
             "fanout_cursor_flush_seconds",
             Unit::Seconds,
-            "Time to write moved cursors to the cursors topic, until Kafka acknowledged them."
+            "Time of one cursor transaction (the moved cursors and the shard group's offsets), until Kafka committed it."
+        );
+        describe_counter!(
+            "fanout_cursor_transactions_aborted_total",
+            Unit::Count,
+            "Cursor transactions that failed and were aborted (Kafka unreachable, or this shard no longer the group member it was: a fenced zombie). The cursors are written again by the next flush, or by the partition's next owner."
         );
         describe_histogram!(
-            "fanout_commit_seconds",
+            "fanout_assign_barrier_seconds",
             Unit::Seconds,
-            "Time to commit the shard group's offsets."
+            "At assign, time to read the cursors topic up to its high watermark before the new partitions start (the previous owner's final cursors)."
+        );
+        describe_histogram!(
+            "fanout_revoke_drain_seconds",
+            Unit::Seconds,
+            "At revoke, time waiting for the acks of records in flight on the revoked partitions (bounded by --drain-timeout)."
+        );
+        describe_counter!(
+            "fanout_revoke_unacked_records_total",
+            Unit::Count,
+            "Records still in flight on revoked partitions at the drain deadline: their next owner delivers them again."
+        );
+        describe_counter!(
+            "fanout_lease_suspensions_total",
+            Unit::Count,
+            "Times this process was found stopped longer than its lease allows (a third of the session timeout): deliveries and cursor writes were suspended until the shard group confirmed it."
+        );
+        describe_gauge!(
+            "fanout_lease_suspended",
+            Unit::Count,
+            "1 while deliveries and cursor writes are suspended after the process was stopped, else 0."
         );
     }
 
@@ -252,14 +277,32 @@ pub mod metrics {
         histogram!("fanout_cursor_flush_seconds").record(took.as_secs_f64());
     }
 
-    pub fn commit(took: Duration) {
-        histogram!("fanout_commit_seconds").record(took.as_secs_f64());
+    pub fn cursor_transaction_aborted() {
+        counter!("fanout_cursor_transactions_aborted_total").increment(1);
+    }
+
+    pub fn assign_barrier(took: Duration) {
+        histogram!("fanout_assign_barrier_seconds").record(took.as_secs_f64());
+    }
+
+    pub fn revoke_drain(took: Duration, unacked: usize) {
+        histogram!("fanout_revoke_drain_seconds").record(took.as_secs_f64());
+        counter!("fanout_revoke_unacked_records_total").increment(unacked as u64);
+    }
+
+    pub fn lease_suspended() {
+        counter!("fanout_lease_suspensions_total").increment(1);
     }
 
     /// Sets the gauges of the shard's state (called on each scrape).
     pub fn observe(shard: &Shard) {
         let (window, window_budget) = shard.window_memory();
         let (catch_up, catch_up_budget) = shard.catch_up_memory();
+        gauge!("fanout_lease_suspended").set(if shard.lease().is_suspended() {
+            1.0
+        } else {
+            0.0
+        });
         gauge!("fanout_window_bytes").set(window as f64);
         gauge!("fanout_window_budget_bytes").set(window_budget as f64);
         gauge!("fanout_catch_up_bytes").set(catch_up as f64);

@@ -44,6 +44,11 @@ impl Lease {
         u64::try_from(at.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Starts renewing: the time before (the shard's start-up) is no gap.
+    pub fn start(&self, now: Instant) {
+        self.renewed_ms.fetch_max(self.ms(now), Ordering::AcqRel);
+    }
+
     /// Renews the lease; call it every fraction of `gap`. Returns how long the process was
     /// away if this renewal found a gap (the lease is then suspended).
     pub fn renew(&self, now: Instant) -> Option<Duration> {

@@ -335,6 +335,7 @@ impl CursorWriter {
             .map_err(|e| txn_error("beginning a cursor transaction", e))?;
         let result = self.transact(updates, offsets, group).await;
         if let Err(e) = &result {
+            crate::telemetry::metrics::cursor_transaction_aborted();
             if matches!(e, StoreError::Fenced(_)) {
                 return result;
             }
