@@ -14,9 +14,13 @@ pub enum AdminError {
     /// The server refused the request, with its problem document.
     #[error("{code}: {detail}{}", field.as_ref().map(|f| format!(" (field `{f}`)")).unwrap_or_default())]
     Refused {
+        /// The HTTP status.
         status: u16,
+        /// The problem's stable `code` (the status when the answer has none).
         code: String,
+        /// What is wrong, for a person.
         detail: String,
+        /// The request field at fault, if one is.
         field: Option<String>,
     },
     /// The server could not be reached, or answered something that is not the API.
@@ -56,10 +60,12 @@ impl AdminClient {
         })
     }
 
+    /// `GET path` (e.g. `/v1/topics`).
     pub async fn get(&self, path: &str) -> Result<Value, AdminError> {
         self.send(reqwest::Method::GET, path, None).await
     }
 
+    /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, body: Value) -> Result<Value, AdminError> {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
@@ -75,10 +81,12 @@ impl AdminClient {
         .await
     }
 
+    /// `PATCH path` with a JSON body.
     pub async fn patch(&self, path: &str, body: Value) -> Result<Value, AdminError> {
         self.send(reqwest::Method::PATCH, path, Some(body)).await
     }
 
+    /// `DELETE path`.
     pub async fn delete(&self, path: &str) -> Result<Value, AdminError> {
         self.send(reqwest::Method::DELETE, path, None).await
     }

@@ -10,14 +10,21 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use crate::admin::{AdminClient, AdminError, segment};
-use crate::{Record, Subscriber, SubscriberConfig};
+use crate::{Discovery, Record, Subscriber, SubscriberConfig};
 
+/// The `fanout` command line's arguments.
 #[derive(Debug, Parser)]
 #[command(name = "fanout", version, about = "Command-line client for fanout")]
 pub struct Cli {
-    /// gRPC endpoint of a fanout server (for `subscribe`).
+    /// The fanout shards (for `subscribe`).
+    ///
+    /// `http://host:50051`, a comma-separated list of such endpoints, `dns://name:50051`
+    /// (every address of a name, e.g. a Kubernetes headless Service), or
+    /// `shards+http://host:8080` (the shards that admin API lists; its token is the admin
+    /// token).
     #[arg(
         long,
+        visible_alias = "grpc",
         global = true,
         env = "FANOUT_SERVER",
         default_value = "http://127.0.0.1:50051"
@@ -256,6 +263,7 @@ fn print_record(
                 })
                 .collect();
             let v = serde_json::json!({
+                "shard": r.shard(),
                 "topic": &*r.topic,
                 "partition": r.partition,
                 "offset": r.offset,
@@ -377,8 +385,13 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Adm
             max_in_flight,
             no_ack,
         } => {
+            let discovery = match cli.server.parse::<Discovery>() {
+                Ok(d @ Discovery::Admin { .. }) => d.with_token(token(&cli)?),
+                Ok(d) => d,
+                Err(e) => return Err(AdminError::Transport(format!("--server: {e}"))),
+            };
             return Ok(subscribe(
-                &cli.server,
+                discovery,
                 topic,
                 subscription,
                 *count,
@@ -815,7 +828,7 @@ fn print_lag(out: &mut (dyn Write + Send), output: Output, v: &Value) -> std::io
 
 #[allow(clippy::too_many_arguments)]
 async fn subscribe(
-    server: &str,
+    discovery: Discovery,
     topic: &str,
     subscription: &str,
     count: Option<u64>,
@@ -824,7 +837,8 @@ async fn subscribe(
     output: Output,
     out: &mut (dyn Write + Send),
 ) -> ExitCode {
-    let cfg = SubscriberConfig::new(server, topic, subscription).max_in_flight(max_in_flight);
+    let cfg = SubscriberConfig::with_discovery(discovery, topic, subscription)
+        .max_in_flight(max_in_flight);
     let mut sub = match Subscriber::connect(cfg).await {
         Ok(s) => s,
         Err(e) => {
@@ -890,6 +904,41 @@ mod tests {
             assert!(check_names(&cli).is_err(), "{topic}/{sub}");
         }
         assert!(check_names(&parse(&["pause", "--topic", "a.b", "--subscription", "s"])).is_ok());
+    }
+
+    #[test]
+    fn grpc_is_another_name_of_server() {
+        let cli = parse(&[
+            "--grpc",
+            "dns://fanout-headless:50051",
+            "subscribe",
+            "--topic",
+            "t",
+            "--subscription",
+            "s",
+        ]);
+        assert_eq!(cli.server, "dns://fanout-headless:50051");
+    }
+
+    #[tokio::test]
+    async fn a_bad_server_is_refused_before_connecting() {
+        let mut out = Vec::new();
+        let code = run(
+            [
+                "fanout",
+                "--server",
+                "dns://no-port",
+                "subscribe",
+                "--topic",
+                "t",
+                "--subscription",
+                "s",
+            ],
+            &mut out,
+        )
+        .await;
+        assert_eq!(format!("{code:?}"), format!("{:?}", ExitCode::FAILURE));
+        assert!(out.is_empty());
     }
 
     #[test]

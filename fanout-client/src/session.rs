@@ -1,5 +1,6 @@
-//! The connection task of a [`crate::Subscriber`]: opens streams, forwards records, batches
-//! acks into ranges, reconnects with jittered exponential backoff.
+//! A session: the connection task of a [`crate::Subscriber`] with one shard. It opens
+//! streams, forwards records, batches acks into ranges, and reconnects with jittered
+//! exponential backoff.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -8,12 +9,12 @@ use std::time::Duration;
 use fanout_proto::v1 as pb;
 use fanout_proto::v1::fanout_client::FanoutClient;
 use rand::RngExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Endpoint;
 
-use crate::{Command, Error, Record, SubscriberConfig};
+use crate::{Command, Error, Record, Route, SubscriberConfig};
 
 /// Largest message accepted from the server (one huge record must still fit).
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
@@ -30,10 +31,23 @@ impl std::fmt::Debug for Connected {
     }
 }
 
-/// Connects, sends `open` and waits for `opened`.
-pub(crate) async fn open(cfg: &SubscriberConfig) -> Result<Connected, Error> {
-    let endpoint = Endpoint::from_shared(cfg.endpoint.clone())
-        .map_err(|_| Error::BadEndpoint(cfg.endpoint.clone()))?
+/// Connects to `endpoint`, sends `open` and waits for `opened`, all within the connect
+/// timeout. Transient errors name the endpoint.
+pub(crate) async fn open(cfg: &SubscriberConfig, endpoint: &str) -> Result<Connected, Error> {
+    match tokio::time::timeout(cfg.connect_timeout, open_stream(cfg, endpoint)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(Error::Unavailable(m))) => Err(Error::Unavailable(format!("{endpoint}: {m}"))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::Unavailable(format!(
+            "{endpoint}: no stream opened within {:?}",
+            cfg.connect_timeout
+        ))),
+    }
+}
+
+async fn open_stream(cfg: &SubscriberConfig, endpoint: &str) -> Result<Connected, Error> {
+    let endpoint = Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|_| Error::BadEndpoint(format!("{endpoint:?} is not a URI")))?
         .connect_timeout(cfg.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
@@ -41,7 +55,7 @@ pub(crate) async fn open(cfg: &SubscriberConfig) -> Result<Connected, Error> {
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| Error::Unavailable(format!("cannot connect to {}: {e}", cfg.endpoint)))?;
+        .map_err(|e| Error::Unavailable(format!("cannot connect: {e}")))?;
     let mut client = FanoutClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
     let (outbound, rx) = mpsc::channel(64);
     let open = pb::SubscribeRequest {
@@ -75,79 +89,138 @@ pub(crate) async fn open(cfg: &SubscriberConfig) -> Result<Connected, Error> {
 }
 
 enum End {
-    /// The user closed or dropped the subscriber.
+    /// The subscriber closed the session, or was closed or dropped.
     Closed,
     Transient(Error),
     Permanent(Error),
 }
 
-/// Runs until the subscriber is closed or a permanent error ends it.
-pub(crate) async fn run(
-    cfg: SubscriberConfig,
-    first: Connected,
-    records: mpsc::Sender<Result<Record, Error>>,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-) {
-    let mut generation = 1u64;
-    let mut conn = Some(first);
+/// What a session is given.
+pub(crate) struct Session {
+    /// The subscriber's settings.
+    pub(crate) cfg: Arc<SubscriberConfig>,
+    /// The shard's gRPC endpoint.
+    pub(crate) endpoint: Arc<str>,
+    /// The subscriber's records, shared by every session.
+    pub(crate) records: mpsc::Sender<Result<Record, Error>>,
+    /// This session's own commands, handed to every record it delivers as its route back.
+    pub(crate) commands_tx: mpsc::UnboundedSender<Command>,
+    /// Acks, nacks and close, from the subscriber.
+    pub(crate) commands: mpsc::UnboundedReceiver<Command>,
+}
+
+/// How a session begins.
+pub(crate) enum Start {
+    /// With this stream, opened already.
+    Opened(Box<Connected>),
+    /// By opening a stream at once.
+    Now,
+    /// By opening a stream after a backoff (a first try failed already).
+    AfterBackoff,
+}
+
+/// How long a shard may answer "not found" before the session believes it. Shards apply
+/// registry changes one after another: one may not know a subscription another just
+/// created, for a few milliseconds.
+const NOT_FOUND_GRACE: Duration = Duration::from_secs(10);
+
+/// Whether `e` ends the session now: permanent errors do, except a "not found" within
+/// [`NOT_FOUND_GRACE`] of the first one in a row (`since`, set here).
+fn ends_session(e: &Error, since: &mut Option<tokio::time::Instant>) -> bool {
+    if e.is_transient() {
+        *since = None;
+        return false;
+    }
+    if !matches!(e, Error::NotFound(_)) {
+        return true;
+    }
+    let first = *since.get_or_insert_with(tokio::time::Instant::now);
+    first.elapsed() >= NOT_FOUND_GRACE
+}
+
+/// Runs until the session is closed (`Ok`) or a permanent error ends it.
+pub(crate) async fn run(mut s: Session, start: Start) -> Result<(), Error> {
+    let cfg = s.cfg.clone();
+    let mut generation = 0u64;
+    let mut not_found_since = None;
     let mut backoff = cfg.initial_backoff;
+    let mut conn = match start {
+        Start::Opened(c) => Some(*c),
+        Start::Now => None,
+        Start::AfterBackoff => {
+            if !wait(jitter(backoff), &mut s.commands).await {
+                return Ok(());
+            }
+            backoff = (backoff * 2).min(cfg.max_backoff);
+            None
+        }
+    };
     loop {
         let c = match conn.take() {
             Some(c) => c,
-            None => match open(&cfg).await {
-                Ok(c) => {
-                    generation += 1;
+            None => match until(open(&cfg, &s.endpoint), &mut s.commands).await {
+                None => return Ok(()),
+                Some(Ok(c)) => {
                     backoff = cfg.initial_backoff;
-                    tracing::info!(endpoint = %cfg.endpoint, "reconnected");
+                    not_found_since = None;
+                    if generation == 0 {
+                        tracing::info!("connected");
+                    } else {
+                        tracing::info!("reconnected");
+                    }
                     c
                 }
-                Err(e) if e.is_transient() => {
-                    tracing::debug!(error = %e, ?backoff, "reconnect failed");
-                    if !wait(jitter(backoff), &mut commands).await {
-                        return;
+                Some(Err(e)) if !ends_session(&e, &mut not_found_since) => {
+                    tracing::debug!(error = %e, ?backoff, "connecting failed");
+                    if !wait(jitter(backoff), &mut s.commands).await {
+                        return Ok(());
                     }
                     backoff = (backoff * 2).min(cfg.max_backoff);
                     continue;
                 }
-                Err(e) => {
-                    let _ = records.send(Err(e)).await;
-                    return;
-                }
+                Some(Err(e)) => return Err(e),
             },
         };
-        match session(c, generation, &records, &mut commands).await {
-            End::Closed => return,
-            End::Permanent(e) => {
-                let _ = records.send(Err(e)).await;
-                return;
-            }
-            End::Transient(e) => {
+        generation += 1;
+        let route = Arc::new(Route {
+            shard: s.endpoint.clone(),
+            generation,
+            commands: s.commands_tx.clone(),
+        });
+        match session(c, &route, &s.records, &mut s.commands).await {
+            End::Closed => return Ok(()),
+            End::Permanent(e) if ends_session(&e, &mut not_found_since) => return Err(e),
+            End::Permanent(e) | End::Transient(e) => {
                 tracing::warn!(error = %e, "stream lost; reconnecting");
-                if !wait(jitter(backoff), &mut commands).await {
-                    return;
+                if !wait(jitter(backoff), &mut s.commands).await {
+                    return Ok(());
                 }
             }
         }
     }
 }
 
-/// Sleeps, dropping acks meant for the dead connection. False if the user closed.
-async fn wait(d: Duration, commands: &mut mpsc::UnboundedReceiver<Command>) -> bool {
-    let sleep = tokio::time::sleep(d);
-    tokio::pin!(sleep);
+/// Runs `fut`, dropping meanwhile the acks meant for a dead connection. `None` if the
+/// session was closed first.
+async fn until<T>(
+    fut: impl Future<Output = T>,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> Option<T> {
+    tokio::pin!(fut);
     loop {
         tokio::select! {
-            _ = &mut sleep => return true,
+            v = &mut fut => return Some(v),
             c = commands.recv() => match c {
-                None => return false,
-                Some(Command::Close(done)) => {
-                    let _ = done.send(());
-                    return false;
-                }
+                None | Some(Command::Close) => return None,
                 Some(_) => {}
             },
         }
     }
+}
+
+/// Sleeps, dropping acks meant for the dead connection. False if the session was closed.
+async fn wait(d: Duration, commands: &mut mpsc::UnboundedReceiver<Command>) -> bool {
+    until(tokio::time::sleep(d), commands).await.is_some()
 }
 
 /// Full jitter over [d/2, d].
@@ -224,7 +297,7 @@ fn absorb(
     generation: u64,
     delivered: &mut HashSet<(i32, i64)>,
     pending: &mut Pending,
-    close: &mut Option<oneshot::Sender<()>>,
+    close: &mut bool,
 ) {
     match cmd {
         Command::Ack {
@@ -247,7 +320,7 @@ fn absorb(
                 .or_default()
                 .push(offset);
         }
-        Command::Close(done) => *close = Some(done),
+        Command::Close => *close = true,
         Command::Ack { .. } | Command::Nack { .. } => {}
     }
 }
@@ -257,7 +330,6 @@ async fn finish(
     outbound: mpsc::Sender<pb::SubscribeRequest>,
     mut inbound: Streaming<pb::SubscribeResponse>,
     pending: &mut Pending,
-    close: Option<oneshot::Sender<()>>,
 ) -> End {
     for m in pending.messages() {
         if outbound.send(m).await.is_err() {
@@ -269,15 +341,12 @@ async fn finish(
         while let Ok(Some(_)) = inbound.message().await {}
     })
     .await;
-    if let Some(done) = close {
-        let _ = done.send(());
-    }
     End::Closed
 }
 
 async fn session(
     c: Connected,
-    generation: u64,
+    route: &Arc<Route>,
     records: &mpsc::Sender<Result<Record, Error>>,
     commands: &mut mpsc::UnboundedReceiver<Command>,
 ) -> End {
@@ -287,18 +356,19 @@ async fn session(
     } = c;
     let mut pending = Pending::default();
     let mut delivered: HashSet<(i32, i64)> = HashSet::new();
+    let generation = route.generation;
     loop {
         tokio::select! {
             biased;
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { return End::Closed };
-                let mut close = None;
+                let mut close = false;
                 absorb(cmd, generation, &mut delivered, &mut pending, &mut close);
                 while let Ok(cmd) = commands.try_recv() {
                     absorb(cmd, generation, &mut delivered, &mut pending, &mut close);
                 }
-                if close.is_some() {
-                    return finish(outbound, inbound, &mut pending, close).await;
+                if close {
+                    return finish(outbound, inbound, &mut pending).await;
                 }
                 for m in pending.messages() {
                     if outbound.send(m).await.is_err() {
@@ -320,15 +390,15 @@ async fn session(
                             headers: r.headers.into_iter().map(|h| (h.key, h.value)).collect(),
                             timestamp_ms: r.timestamp_ms,
                             attempt: b.attempts.get(i).copied().unwrap_or(1),
-                            generation,
+                            route: route.clone(),
                         };
                         if records.send(Ok(record)).await.is_err() {
                             // The user closed (or dropped) the subscriber: send its last acks.
-                            let mut close = None;
+                            let mut close = false;
                             while let Ok(cmd) = commands.try_recv() {
                                 absorb(cmd, generation, &mut delivered, &mut pending, &mut close);
                             }
-                            return finish(outbound, inbound, &mut pending, close).await;
+                            return finish(outbound, inbound, &mut pending).await;
                         }
                     }
                 }

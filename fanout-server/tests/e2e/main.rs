@@ -12,3 +12,4 @@ mod gaps;
 mod isolation;
 mod ordering;
 mod redelivery;
+mod sharding;

@@ -237,6 +237,16 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub async fn spawn(cluster: &str, grpc: SocketAddr, admin: SocketAddr) -> Self {
+        Self::spawn_with(cluster, grpc, admin, &[]).await
+    }
+
+    /// The same, with more command-line arguments.
+    pub async fn spawn_with(
+        cluster: &str,
+        grpc: SocketAddr,
+        admin: SocketAddr,
+        extra: &[&str],
+    ) -> Self {
         let log = std::env::temp_dir().join(format!("{cluster}-{}.log", grpc.port()));
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -258,6 +268,7 @@ impl ServerProcess {
                 "1",
             ])
             .args(["--cursor-flush-interval", "200ms", "--admin-no-auth"])
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("FANOUT_TEST_SERVER_LOG").unwrap_or_else(|_| "info".into()),

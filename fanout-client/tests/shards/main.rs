@@ -1,0 +1,309 @@
+//! A subscriber against several shards: in-process fake gRPC shards, each serving its own
+//! partition, and a fake admin API listing them. No Kafka.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod fake;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use fake::{FakeAdmin, FakeShard, WAIT, at, entry, free_addr};
+use fanout_client::{Discovery, Error, Record, Subscriber, SubscriberConfig};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tonic::Code;
+
+/// Quick reconnects and short timeouts, for tests.
+fn cfg(discovery: Discovery) -> SubscriberConfig {
+    let mut c = SubscriberConfig::with_discovery(discovery, "t", "s").max_in_flight(10);
+    c.initial_backoff = Duration::from_millis(20);
+    c.max_backoff = Duration::from_millis(200);
+    c.connect_timeout = Duration::from_secs(2);
+    c
+}
+
+fn both(a: &FakeShard, b: &FakeShard) -> Discovery {
+    Discovery::Static(vec![a.endpoint.clone(), b.endpoint.clone()])
+}
+
+/// The next `n` records; panics if they do not come within [`WAIT`].
+async fn take(sub: &mut Subscriber, n: usize) -> Vec<Record> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let r = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out after {} of {n} records", out.len()))
+            .expect("the subscriber ended")
+            .expect("a record");
+        out.push(r);
+    }
+    out
+}
+
+#[tokio::test]
+async fn records_of_every_shard_arrive_and_acks_go_to_the_shard_that_delivered_them() {
+    let a = FakeShard::start(0, 3).await;
+    let b = FakeShard::start(1, 3).await;
+    let mut sub = Subscriber::connect(cfg(both(&a, &b))).await.unwrap();
+    let got = take(&mut sub, 6).await;
+    let delivered: BTreeSet<(i32, i64)> = got.iter().map(|r| (r.partition, r.offset)).collect();
+    assert_eq!(delivered, &at(0, 0..3) | &at(1, 0..3));
+    for r in &got {
+        let from = if r.partition == 0 { &a } else { &b };
+        assert_eq!(r.shard(), from.endpoint);
+        assert_eq!(r.connection(), 1);
+        assert_eq!(
+            r.value.as_deref(),
+            Some(format!("{}:{}", r.partition, r.offset).as_bytes())
+        );
+        if r.offset == 2 {
+            sub.nack(r, Duration::ZERO);
+        } else {
+            sub.ack(r);
+        }
+    }
+    for (shard, p) in [(&a, 0), (&b, 1)] {
+        let seen = shard
+            .wait_for("its acks and nacks", |s| {
+                s.acked.len() + s.nacked.len() == 3
+            })
+            .await;
+        assert_eq!(seen.acked, at(p, [0, 1]), "{}", shard.endpoint);
+        assert_eq!(seen.nacked, at(p, [2]), "{}", shard.endpoint);
+    }
+    sub.close().await;
+    for shard in [&a, &b] {
+        let seen = shard
+            .wait_for("the stream closed", |s| s.open_streams == 0)
+            .await;
+        assert_eq!(seen.opens, 1);
+    }
+}
+
+#[tokio::test]
+async fn close_sends_every_shards_last_acks() {
+    // One record in flight per stream and ten per batch: each session is still handing its
+    // batch over when the subscriber closes, so it has not sent the acks yet.
+    let a = FakeShard::start(0, 10).await;
+    let b = FakeShard::start(1, 10).await;
+    let mut sub = Subscriber::connect(cfg(both(&a, &b)).max_in_flight(1))
+        .await
+        .unwrap();
+    let mut acked = BTreeSet::new();
+    while !(acked.iter().any(|&(p, _)| p == 0) && acked.iter().any(|&(p, _)| p == 1)) {
+        let r = take(&mut sub, 1).await.remove(0);
+        sub.ack(&r);
+        acked.insert((r.partition, r.offset));
+    }
+    sub.close().await;
+    for (shard, p) in [(&a, 0), (&b, 1)] {
+        let seen = shard
+            .wait_for("the stream closed", |s| s.open_streams == 0)
+            .await;
+        let want: BTreeSet<_> = acked.iter().filter(|r| r.0 == p).copied().collect();
+        assert_eq!(seen.acked, want, "{}", shard.endpoint);
+    }
+}
+
+#[tokio::test]
+async fn dropping_the_subscriber_ends_every_stream() {
+    let a = FakeShard::start(0, 1).await;
+    let b = FakeShard::start(1, 1).await;
+    let mut sub = Subscriber::connect(cfg(both(&a, &b))).await.unwrap();
+    take(&mut sub, 2).await;
+    drop(sub);
+    for shard in [&a, &b] {
+        shard
+            .wait_for("the stream ended", |s| s.open_streams == 0)
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn a_shard_down_at_connect_gets_a_stream_once_it_starts() {
+    let a = FakeShard::start(0, 2).await;
+    let late = free_addr().await;
+    let late_endpoint = format!("http://{late}");
+    let discovery = Discovery::Static(vec![a.endpoint.clone(), late_endpoint.clone()]);
+    let mut sub = Subscriber::connect(cfg(discovery)).await.unwrap();
+    for r in take(&mut sub, 2).await {
+        assert_eq!((r.shard(), r.partition), (a.endpoint.as_str(), 0));
+        sub.ack(&r);
+    }
+    let c = FakeShard::start_on(TcpListener::bind(late).await.unwrap(), 2, 2, None);
+    let got = take(&mut sub, 2).await;
+    for r in &got {
+        assert_eq!((r.shard(), r.partition), (late_endpoint.as_str(), 2));
+        sub.ack(r);
+    }
+    c.wait_for("its acks", |s| s.acked == at(2, [0, 1])).await;
+    a.wait_for("its acks", |s| s.acked == at(0, [0, 1])).await;
+    sub.close().await;
+}
+
+#[tokio::test]
+async fn a_lost_stream_reconnects_and_acks_of_the_older_connection_are_dropped() {
+    let a = FakeShard::start(0, 2).await;
+    let b = FakeShard::start(1, 1).await;
+    let mut sub = Subscriber::connect(cfg(both(&a, &b))).await.unwrap();
+    let first: Vec<Record> = take(&mut sub, 3)
+        .await
+        .into_iter()
+        .filter(|r| r.partition == 0)
+        .collect();
+    a.end_streams();
+    let again = take(&mut sub, 2).await;
+    for r in &again {
+        assert_eq!(
+            (r.shard(), r.partition, r.connection()),
+            (a.endpoint.as_str(), 0, 2)
+        );
+    }
+    // Acked after the reconnect, the first connection's record is dropped; the second
+    // connection's, sent after it, arrives.
+    sub.ack(&first[0]);
+    let fresh = again.iter().find(|r| r.offset == 1).unwrap();
+    sub.ack(fresh);
+    let seen = a.wait_for("the fresh ack", |s| !s.acked.is_empty()).await;
+    assert_eq!((seen.opens, seen.acked), (2, at(0, [1])));
+    // b's stream was not touched.
+    assert_eq!((b.seen().opens, b.seen().open_streams), (1, 1));
+    sub.close().await;
+}
+
+#[tokio::test]
+async fn connect_fails_on_a_refusal_or_when_no_shard_answers() {
+    let a = FakeShard::start(0, 1).await;
+    let refusing = FakeShard::refusing(Code::NotFound).await;
+    // No shard knows the subscription: not found.
+    match Subscriber::connect(cfg(Discovery::Static(vec![refusing.endpoint.clone()]))).await {
+        Err(Error::NotFound(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    // Another shard does: this one has not applied the registry change yet, and is tried
+    // again in the background.
+    let sub = Subscriber::connect(cfg(both(&a, &refusing)))
+        .await
+        .expect("one shard knows the subscription");
+    a.wait_for("the stream of the shard that knows it", |s| {
+        s.open_streams == 1
+    })
+    .await;
+    sub.close().await;
+    let denying = FakeShard::refusing(Code::PermissionDenied).await;
+    match Subscriber::connect(cfg(both(&denying, &a))).await {
+        Err(Error::Unauthorized(_)) => {}
+        other => panic!("{other:?}"),
+    }
+
+    let (x, y) = (free_addr().await, free_addr().await);
+    let down = Discovery::Static(vec![format!("http://{x}"), format!("http://{y}")]);
+    match Subscriber::connect(cfg(down)).await {
+        Err(Error::Unavailable(m)) => {
+            assert!(
+                m.contains(&x.to_string()) && m.contains(&y.to_string()),
+                "{m}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match Subscriber::connect(cfg(Discovery::Static(vec![]))).await {
+        Err(Error::BadEndpoint(_)) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn admin_discovery_lists_the_shards_with_a_grpc_address() {
+    let a = FakeShard::start(0, 1).await;
+    let b = FakeShard::start(1, 1).await;
+    let admin = FakeAdmin::start(
+        Some("s3cret"),
+        json!([
+            entry(&a, 0),
+            entry(&b, 1),
+            {"id": "shard-9", "grpc_address": "", "admin_address": "127.0.0.1:2", "partitions": {}},
+        ]),
+    )
+    .await;
+    let d: Discovery = format!("shards+{}", admin.url).parse().unwrap();
+    match d.resolve().await {
+        Err(Error::Unauthorized(m)) => assert!(m.contains("/v1/shards"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    match Subscriber::connect(cfg(d.clone())).await {
+        Err(Error::Unauthorized(_)) => {}
+        other => panic!("{other:?}"),
+    }
+
+    let d = d.with_token(Some("s3cret".into()));
+    let mut want = vec![a.endpoint.clone(), b.endpoint.clone()];
+    want.sort();
+    assert_eq!(d.resolve().await.unwrap(), want);
+
+    let mut sub = Subscriber::connect(cfg(d)).await.unwrap();
+    let mut shards: Vec<String> = take(&mut sub, 2)
+        .await
+        .iter()
+        .map(|r| r.shard().to_owned())
+        .collect();
+    shards.sort();
+    assert_eq!(shards, want);
+    sub.close().await;
+}
+
+#[tokio::test]
+async fn rediscovery_opens_new_shards_and_closes_gone_ones() {
+    let a = FakeShard::start(0, 1).await;
+    let b = FakeShard::start(1, 1).await;
+    let admin = FakeAdmin::start(None, json!([entry(&a, 0)])).await;
+    let d: Discovery = format!("shards+{}", admin.url).parse().unwrap();
+    let mut sub = Subscriber::connect(cfg(d).rediscover_interval(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    let r = take(&mut sub, 1).await.remove(0);
+    assert_eq!(r.shard(), a.endpoint);
+    sub.ack(&r);
+
+    // b joins.
+    admin.set(Some(json!([entry(&a, 0), entry(&b, 1)])));
+    let r = take(&mut sub, 1).await.remove(0);
+    assert_eq!((r.shard(), r.partition), (b.endpoint.as_str(), 1));
+    sub.ack(&r);
+    b.wait_for("its ack", |s| s.acked == at(1, [0])).await;
+
+    // a leaves: its stream is closed, after its ack.
+    admin.set(Some(json!([entry(&b, 1)])));
+    let seen = a
+        .wait_for("the stream closed", |s| s.open_streams == 0)
+        .await;
+    assert_eq!((seen.opens, seen.acked), (1, at(0, [0])));
+
+    // Failing discoveries keep the shards there are.
+    admin.set(None);
+    admin.wait_requests(3).await;
+    assert_eq!((b.seen().opens, b.seen().open_streams), (1, 1));
+    admin.set(Some(json!([])));
+    admin.wait_requests(3).await;
+    assert_eq!((b.seen().opens, b.seen().open_streams), (1, 1));
+
+    sub.close().await;
+    b.wait_for("the stream closed", |s| s.open_streams == 0)
+        .await;
+}
+
+#[tokio::test]
+async fn dns_discovery_subscribes_to_every_address_of_a_name() {
+    let a = FakeShard::start(0, 2).await;
+    let d: Discovery = format!("dns://localhost:{}", a.addr.port())
+        .parse()
+        .unwrap();
+    let mut sub = Subscriber::connect(cfg(d)).await.unwrap();
+    for r in take(&mut sub, 2).await {
+        assert_eq!(r.shard(), a.endpoint);
+        sub.ack(&r);
+    }
+    a.wait_for("its acks", |s| s.acked == at(0, [0, 1])).await;
+    sub.close().await;
+}

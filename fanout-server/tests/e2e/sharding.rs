@@ -1,0 +1,198 @@
+//! Several shards of one cluster: Kafka's group protocol splits the partitions between
+//! them, any shard lists the whole cluster, and a graceful handover — a shard stopping, then
+//! coming back and taking partitions from the other — delivers nothing twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use fanout_client::{Discovery, Subscriber, SubscriberConfig};
+
+use crate::support::*;
+
+/// Partitions per shard id, as `GET /v1/shards` on `admin` lists them.
+async fn ownership(admin: &Admin, topic: &str) -> BTreeMap<String, BTreeSet<i32>> {
+    let (status, body) = admin.get("/v1/shards").await;
+    assert_eq!(status, 200, "{body}");
+    body.as_array()
+        .expect("a list of shards")
+        .iter()
+        .map(|s| {
+            let owned = s["partitions"][topic]
+                .as_array()
+                .map(|ps| ps.iter().filter_map(serde_json::Value::as_i64))
+                .into_iter()
+                .flatten()
+                .map(|p| i32::try_from(p).unwrap())
+                .collect();
+            (s["id"].as_str().unwrap().to_owned(), owned)
+        })
+        .collect()
+}
+
+/// True if the shards named own disjoint non-empty sets covering `0..partitions`.
+fn split_over(
+    owners: &BTreeMap<String, BTreeSet<i32>>,
+    shards: &[&str],
+    partitions: i32,
+) -> bool {
+    let mut all = BTreeSet::new();
+    for id in shards {
+        let Some(owned) = owners.get(*id).filter(|o| !o.is_empty()) else {
+            return false;
+        };
+        if !all.is_disjoint(owned) {
+            return false;
+        }
+        all.extend(owned);
+    }
+    owners.len() == shards.len() && all == (0..partitions).collect()
+}
+
+/// Waits until `GET /v1/shards` on `admin` shows the partitions split over `shards`.
+async fn wait_split(admin: &Admin, topic: &str, shards: &[&str], partitions: i32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let owners = ownership(admin, topic).await;
+        if split_over(&owners, shards, partitions) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partitions not split over {shards:?}: {owners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A delivery, as the background subscriber saw it.
+type Seen = (i32, i64, String);
+
+/// Runs the subscriber in the background, acking every record at once (as a live service
+/// would: a handover waits for acks), and reports each delivery.
+fn ack_everything(mut sub: Subscriber) -> tokio::sync::mpsc::UnboundedReceiver<Seen> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(r)) = sub.next().await {
+            sub.ack(&r);
+            if tx
+                .send((r.partition, r.offset, r.shard().to_owned()))
+                .is_err()
+            {
+                break;
+            }
+        }
+        sub.close().await;
+    });
+    rx
+}
+
+/// Takes deliveries until every record of `want` was seen; notes which shards delivered.
+async fn receive_from_shards(
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    want: &BTreeSet<(i32, i64)>,
+    got: &mut Received,
+    shards: &mut BTreeSet<String>,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !want.is_subset(&got.unique) {
+        let (partition, offset, shard) = tokio::time::timeout_at(deadline, seen.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "timed out: {} of {} records",
+                    got.unique.intersection(want).count(),
+                    want.len()
+                )
+            })
+            .expect("subscriber ended");
+        got.deliveries += 1;
+        got.unique.insert((partition, offset));
+        shards.insert(shard);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shards_split_the_partitions_and_hand_them_over_without_duplicates() {
+    init_logs();
+    let cluster = name("shards");
+    let topic = name("orders");
+    const PARTITIONS: i32 = 6;
+    create_topic(&topic, PARTITIONS).await;
+    let ((g0, a0), (g1, a1)) = (free_addrs(), free_addrs());
+    let args = |id: &'static str| {
+        [
+            "--shard-id",
+            id,
+            "--session-timeout",
+            "6s",
+            "--drain-timeout",
+            "5s",
+        ]
+    };
+    let s0 = ServerProcess::spawn_with(&cluster, g0, a0, &args("shard-0")).await;
+    let mut s1 = ServerProcess::spawn_with(&cluster, g1, a1, &args("shard-1")).await;
+    let http = reqwest::Client::new();
+    let admin0 = Admin {
+        http: http.clone(),
+        base: s0.admin.clone(),
+    };
+    let admin1 = Admin {
+        http,
+        base: s1.admin.clone(),
+    };
+    admin0.register(&topic).await;
+    admin0.subscribe(&topic, "billing", "earliest").await;
+
+    // Either shard lists both, with the partitions split between them.
+    for admin in [&admin0, &admin1] {
+        wait_split(admin, &topic, &["shard-0", "shard-1"], PARTITIONS).await;
+    }
+
+    // One subscriber, one stream per shard: records of every partition, from both.
+    let cfg = SubscriberConfig::with_discovery(
+        Discovery::Static(vec![s0.grpc.clone(), s1.grpc.clone()]),
+        &topic,
+        "billing",
+    )
+    .max_in_flight(200);
+    let mut sub = ack_everything(Subscriber::connect(cfg).await.expect("subscribe"));
+    let mut got = Received::default();
+    let mut shards = BTreeSet::new();
+    let mut want = produce(&topic, 0, 3000).await;
+    receive_from_shards(&mut sub, &want, &mut got, &mut shards).await;
+    assert_eq!(shards.len(), 2, "records came from {shards:?}");
+    println!("phase 1: duplicates {}", got.duplicates());
+
+    // Shard 1 stops (SIGTERM) while records keep coming: shard 0 takes its partitions
+    // after the handover barrier.
+    let t = topic.clone();
+    let more = tokio::spawn(async move { produce(&t, 3000, 3000).await });
+    assert!(s1.terminate().await, "shard 1 exits 0");
+    want.extend(more.await.unwrap());
+    receive_from_shards(&mut sub, &want, &mut got, &mut shards).await;
+    wait_split(&admin0, &topic, &["shard-0"], PARTITIONS).await;
+    println!("phase 2 (shard 1 stopped): duplicates {}", got.duplicates());
+
+    // Shard 1 comes back: the group moves partitions from shard 0 to it (a revoke on a
+    // running shard: it drains the acks, commits, then lets go).
+    let t = topic.clone();
+    let more = tokio::spawn(async move { produce(&t, 6000, 3000).await });
+    let _s1 = ServerProcess::spawn_with(&cluster, g1, a1, &args("shard-1")).await;
+    want.extend(more.await.unwrap());
+    wait_split(&admin0, &topic, &["shard-0", "shard-1"], PARTITIONS).await;
+    want.extend(produce(&topic, 9000, 3000).await);
+    receive_from_shards(&mut sub, &want, &mut got, &mut shards).await;
+
+    println!(
+        "records {}, deliveries {}, duplicates {}",
+        want.len(),
+        got.deliveries,
+        got.duplicates()
+    );
+    assert_eq!(got.unique, want, "every record, nothing else");
+    assert_eq!(
+        got.duplicates(),
+        0,
+        "a graceful handover delivers nothing twice"
+    );
+}
