@@ -60,6 +60,11 @@ impl AdminClient {
         })
     }
 
+    /// The scheme of the admin API's address (`http` or `https`).
+    pub fn scheme(&self) -> &str {
+        self.base.split_once("://").map_or("http", |(s, _)| s)
+    }
+
     /// `GET path` (e.g. `/v1/topics`).
     pub async fn get(&self, path: &str) -> Result<Value, AdminError> {
         self.send(reqwest::Method::GET, path, None).await

@@ -2,6 +2,7 @@
 //! admin API (topics, subscriptions, lag, seek, pause, resume). A library module so that
 //! tests run it in-process; `src/bin/fanout.rs` only calls [`run`].
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -72,12 +73,16 @@ enum Command {
     /// Subscriptions: list, show, create, delete.
     #[command(subcommand)]
     Subs(SubsCommand),
-    /// Lag per subscription and partition (all subscriptions, or one).
+    /// Lag per subscription and partition (all subscriptions, or one), of every shard of
+    /// the cluster (each shard knows the partitions it owns; the shard listed by each row).
     Lag {
         #[arg(long, requires = "subscription")]
         topic: Option<String>,
         #[arg(long, requires = "topic")]
         subscription: Option<String>,
+        /// Ask only the shard at --admin, not every shard it lists.
+        #[arg(long)]
+        this_shard: bool,
     },
     /// Move a subscription's cursors: replay (back) or skip (forward).
     Seek(SeekArgs),
@@ -354,6 +359,7 @@ fn check_names(cli: &Cli) -> Result<(), AdminError> {
         Command::Lag {
             topic,
             subscription,
+            ..
         } => topic
             .iter()
             .chain(subscription.iter())
@@ -513,21 +519,23 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Adm
         Command::Lag {
             topic,
             subscription,
+            this_shard,
         } => {
-            let v = match (topic, subscription) {
-                (Some(t), Some(s)) => {
-                    let one = admin()?
-                        .get(&format!(
-                            "{}/lag",
-                            sub_path(&SubRef {
-                                topic: t.clone(),
-                                subscription: s.clone()
-                            })
-                        ))
-                        .await?;
-                    json!([one])
-                }
-                _ => admin()?.get("/v1/lag").await?,
+            let path = match (topic, subscription) {
+                (Some(t), Some(s)) => format!(
+                    "{}/lag",
+                    sub_path(&SubRef {
+                        topic: t.clone(),
+                        subscription: s.clone()
+                    })
+                ),
+                _ => "/v1/lag".to_owned(),
+            };
+            let v = if *this_shard {
+                let v = admin()?.get(&path).await?;
+                if v.is_array() { v } else { json!([v]) }
+            } else {
+                cluster_lag(&admin()?, &path, token(&cli)?).await?
             };
             print_lag(out, output, &v)
         }
@@ -777,6 +785,74 @@ fn print_subs(out: &mut (dyn Write + Send), output: Output, v: &Value) -> std::i
     )
 }
 
+/// Asks every shard `GET /v1/shards` lists for `path` (a lag view, or a list of them) and
+/// merges the answers per subscription; each partition row names its shard. A shard that
+/// does not answer is reported on stderr and left out (its partitions are missing).
+async fn cluster_lag(
+    first: &AdminClient,
+    path: &str,
+    token: Option<String>,
+) -> Result<Value, AdminError> {
+    let shards = first.get("/v1/shards").await?;
+    let mut merged: BTreeMap<(String, String), Value> = BTreeMap::new();
+    for shard in shards.as_array().into_iter().flatten() {
+        let id = shard["id"].as_str().unwrap_or("?").to_owned();
+        let Some(addr) = shard["admin_address"].as_str().filter(|a| !a.is_empty()) else {
+            eprintln!("fanout: shard {id} lists no admin address; its partitions are missing");
+            continue;
+        };
+        let base = if addr.contains("://") {
+            addr.to_owned()
+        } else {
+            format!("{}://{addr}", first.scheme())
+        };
+        let answer = match AdminClient::new(&base, token.clone()) {
+            Ok(c) => c.get(path).await,
+            Err(e) => Err(e),
+        };
+        let views = match answer {
+            Ok(v) if v.is_array() => v,
+            Ok(v) => json!([v]),
+            Err(e) => {
+                eprintln!(
+                    "fanout: shard {id} ({base}) did not answer: {e}; its partitions are missing"
+                );
+                continue;
+            }
+        };
+        for view in views.as_array().into_iter().flatten() {
+            let key = (
+                view["topic"].as_str().unwrap_or_default().to_owned(),
+                view["subscription"].as_str().unwrap_or_default().to_owned(),
+            );
+            let entry = merged.entry(key).or_insert_with(|| {
+                json!({
+                    "topic": view["topic"],
+                    "subscription": view["subscription"],
+                    "paused": view["paused"],
+                    "streams": 0,
+                    "lag": 0,
+                    "partitions": [],
+                })
+            });
+            entry["streams"] = json!(
+                entry["streams"].as_u64().unwrap_or(0) + view["streams"].as_u64().unwrap_or(0)
+            );
+            entry["lag"] =
+                json!(entry["lag"].as_i64().unwrap_or(0) + view["lag"].as_i64().unwrap_or(0));
+            if let Some(ps) = entry["partitions"].as_array_mut() {
+                for p in view["partitions"].as_array().into_iter().flatten() {
+                    let mut p = p.clone();
+                    p["shard"] = json!(id);
+                    ps.push(p);
+                }
+                ps.sort_by_key(|p| p["partition"].as_i64());
+            }
+        }
+    }
+    Ok(Value::Array(merged.into_values().collect()))
+}
+
 fn print_lag(out: &mut (dyn Write + Send), output: Output, v: &Value) -> std::io::Result<()> {
     if output == Output::Json {
         return writeln!(out, "{v}");
@@ -805,6 +881,7 @@ fn print_lag(out: &mut (dyn Write + Send), output: Output, v: &Value) -> std::io
                 } else {
                     "no".into()
                 },
+                p["shard"].as_str().unwrap_or("-").to_owned(),
             ]);
         }
     }
@@ -821,6 +898,7 @@ fn print_lag(out: &mut (dyn Write + Send), output: Output, v: &Value) -> std::io
             "oldest_unacked",
             "catching_up",
             "paused",
+            "shard",
         ],
         &rows,
     )

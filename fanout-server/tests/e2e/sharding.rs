@@ -30,11 +30,7 @@ async fn ownership(admin: &Admin, topic: &str) -> BTreeMap<String, BTreeSet<i32>
 }
 
 /// True if the shards named own disjoint non-empty sets covering `0..partitions`.
-fn split_over(
-    owners: &BTreeMap<String, BTreeSet<i32>>,
-    shards: &[&str],
-    partitions: i32,
-) -> bool {
+fn split_over(owners: &BTreeMap<String, BTreeSet<i32>>, shards: &[&str], partitions: i32) -> bool {
     let mut all = BTreeSet::new();
     for id in shards {
         let Some(owned) = owners.get(*id).filter(|o| !o.is_empty()) else {
@@ -182,6 +178,49 @@ async fn shards_split_the_partitions_and_hand_them_over_without_duplicates() {
     wait_split(&admin0, &topic, &["shard-0", "shard-1"], PARTITIONS).await;
     want.extend(produce(&topic, 9000, 3000).await);
     receive_from_shards(&mut sub, &want, &mut got, &mut shards).await;
+
+    // `fanout lag`, asked of one shard, shows every partition with the shard owning it.
+    let owners = ownership(&admin0, &topic).await;
+    let mut out = Vec::new();
+    let code = fanout_client::cli::run(
+        [
+            "fanout",
+            "--admin",
+            &s0.admin,
+            "lag",
+            "--topic",
+            &topic,
+            "--subscription",
+            "billing",
+            "--output",
+            "json",
+        ],
+        &mut out,
+    )
+    .await;
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(
+        format!("{code:?}"),
+        format!("{:?}", std::process::ExitCode::SUCCESS),
+        "{out}"
+    );
+    let lag: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows: BTreeMap<i32, String> = lag[0]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                i32::try_from(p["partition"].as_i64().unwrap()).unwrap(),
+                p["shard"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected: BTreeMap<i32, String> = owners
+        .iter()
+        .flat_map(|(id, ps)| ps.iter().map(move |p| (*p, id.clone())))
+        .collect();
+    assert_eq!(rows, expected, "{out}");
 
     println!(
         "records {}, deliveries {}, duplicates {}",
