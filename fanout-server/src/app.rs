@@ -145,6 +145,12 @@ pub async fn run(
     };
     crate::membership::check_shard_name(&me.id)
         .map_err(|e| ConfigError(format!("{e} (set --shard-id)")))?;
+    for (flag, addr) in [
+        ("--advertise-grpc", &me.grpc_address),
+        ("--advertise-admin", &me.admin_address),
+    ] {
+        crate::membership::check_address(addr).map_err(|e| ConfigError(format!("{flag}: {e}")))?;
+    }
     refuse_a_taken_name(&cfg, &me).await?;
 
     // 1. Durable state: internal topics, stored cursors (followed for the shard's life), the
@@ -153,6 +159,9 @@ pub async fn run(
     let shard = Arc::new(Shard::new(shard_limits(&cfg)));
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
+    // The writer first: registering its transactional id aborts whatever a previous life of
+    // this shard left open, which reading the cursors to the end would otherwise wait for.
+    let cursor_writer = CursorWriter::new(&cfg, &me.id).await?;
     let cursors = match CursorTail::start(
         &cfg,
         shard.clone(),
@@ -189,10 +198,7 @@ pub async fn run(
         }
     }
     let writer = Arc::new(RegistryWriter::new(&cfg, shard.clone())?);
-    let flusher = Arc::new(Flusher::new(
-        shard.clone(),
-        CursorWriter::new(&cfg, &me.id).await?,
-    ));
+    let flusher = Arc::new(Flusher::new(shard.clone(), cursor_writer));
 
     // 2. Reading Kafka and committing.
     let ingest = Ingest::start(&cfg, shard.clone(), flusher.clone(), cursors, &me)?;

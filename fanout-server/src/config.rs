@@ -311,6 +311,7 @@ impl Config {
                     | "enable.idempotence"
                     | "acks"
                     | "session.timeout.ms"
+                    | "max.poll.interval.ms"
                     | "transactional.id"
             ) {
                 return bad(format!(

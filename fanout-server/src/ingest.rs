@@ -48,6 +48,9 @@ pub type IngestConsumer = StreamConsumer<IngestContext>;
 /// then starts from the previous flush: duplicates, never loss).
 const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long an assign may spend reading the watermarks of its new partitions, all together.
+const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Reports records lost to retention, loudly.
 pub fn report_losses(losses: &[Loss]) {
     for l in losses {
@@ -149,13 +152,16 @@ impl IngestContext {
         if !parts.is_empty() {
             self.read_cursors_to_end(parts.len());
         }
+        // All of this callback stays well below max.poll.interval.ms (300 s): the barrier
+        // (at most 125 s), then the watermarks of every new partition within a minute.
+        let watermarks_deadline = Instant::now() + WATERMARKS_TIMEOUT;
         let mut owned = Vec::with_capacity(parts.len());
         for (topic, p) in &parts {
             let Ok(name) = TopicName::new(topic) else {
                 tracing::error!(topic, "assigned a topic fanout cannot name; skipping it");
                 continue;
             };
-            let (low, high) = watermarks_with_retry(base, topic, *p);
+            let (low, high) = watermarks_with_retry(base, topic, *p, watermarks_deadline);
             let assigned = self.shard.assign(&name, *p, low, high);
             for s in self
                 .shard
@@ -421,13 +427,20 @@ fn watermarks_with_retry(
     base: &BaseConsumer<IngestContext>,
     topic: &str,
     p: Partition,
+    deadline: Instant,
 ) -> (Offset, Offset) {
-    for attempt in 1..=5 {
-        match base.fetch_watermarks(topic, p, kafka::REQUEST_TIMEOUT) {
+    let mut attempt = 0;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        attempt += 1;
+        match base.fetch_watermarks(topic, p, left.min(kafka::REQUEST_TIMEOUT)) {
             Ok(w) => return w,
             Err(e) => {
                 tracing::warn!(topic, partition = p, attempt, error = %e, "cannot read watermarks");
-                std::thread::sleep(Duration::from_millis(500));
+                std::thread::sleep(Duration::from_millis(500).min(left));
             }
         }
     }
@@ -477,8 +490,6 @@ impl Ingest {
         let mut settings = kafka::base(cfg, "ingest");
         let session_ms = cfg.session_timeout.as_millis();
         settings
-            // Names the shard in the group's member list (`GET /v1/shards`).
-            .set("client.id", crate::membership::client_id(&cfg.cluster, me))
             .set("session.timeout.ms", session_ms.to_string())
             .set(
                 "heartbeat.interval.ms",
@@ -489,6 +500,10 @@ impl Ingest {
             .set("queued.max.messages.kbytes", "16384");
         kafka::operator_options(cfg, &mut settings);
         let consumer: IngestConsumer = settings
+            // Names the shard in the group's member list (`GET /v1/shards`).
+            .set("client.id", crate::membership::client_id(&cfg.cluster, me))
+            // The bound every rebalance callback stays below (drain, barrier, watermarks).
+            .set("max.poll.interval.ms", "300000")
             .set("group.id", cfg.group_id())
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("enable.auto.commit", "false")
@@ -500,7 +515,7 @@ impl Ingest {
         let consumer = Arc::new(consumer);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         let group = Arc::downgrade(&consumer);
-        flusher.set_group(Box::new(move || group.upgrade()?.group_metadata()));
+        flusher.set_group(Arc::new(move || group.upgrade()?.group_metadata()));
         let stop = CancellationToken::new();
         let driver_stop = stop.clone();
         let wanted = shard.wanted_topics();

@@ -50,13 +50,10 @@ pub fn producer(cfg: &Config, role: &str) -> Result<FutureProducer, KafkaError> 
 /// until then, unless it comes back first (its restart aborts it at once).
 pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A transactional producer: cursor records and the shard group's offsets are written in
-/// one transaction, so a shard that lost its partitions (a zombie) cannot write either.
-pub fn transactional_producer(
-    cfg: &Config,
-    role: &str,
-    transactional_id: &str,
-) -> Result<FutureProducer, KafkaError> {
+/// Settings of a transactional producer: cursor records and the shard group's offsets are
+/// written in one transaction, so a shard that lost its partitions (a zombie) cannot write
+/// either.
+pub fn transactional_settings(cfg: &Config, role: &str, transactional_id: &str) -> ClientConfig {
     let mut c = base(cfg, role);
     let timeout_ms = TRANSACTION_TIMEOUT.as_millis().to_string();
     c.set("linger.ms", "2");
@@ -65,8 +62,8 @@ pub fn transactional_producer(
         .set("transaction.timeout.ms", &timeout_ms)
         .set("message.timeout.ms", &timeout_ms)
         .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .create()
+        .set("acks", "all");
+    c
 }
 
 /// Context of the internal-topic readers: reaching the end of a partition is how they know

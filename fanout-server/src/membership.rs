@@ -59,6 +59,19 @@ pub fn check_shard_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Why an advertised address cannot be used.
+pub fn check_address(addr: &str) -> Result<(), String> {
+    if addr
+        .chars()
+        .any(|c| c == SEP || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "address {addr:?} must not contain '{SEP}', spaces or control characters"
+        ));
+    }
+    Ok(())
+}
+
 /// A member of the shard group as Kafka describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {

@@ -509,13 +509,19 @@ impl Shard {
         let Some(topic) = self.topic(&key.topic) else {
             return;
         };
-        if let Some(s) = topic.subscriptions.write().remove(&key.name) {
+        let removed = topic.subscriptions.write().remove(&key.name);
+        if let Some(s) = &removed {
             s.removed.store(true, Ordering::Release);
             // Its holds on the windows go now, not when its last stream ends.
             s.delivery.lock().clear();
             s.wake();
+            // The stored cursors of that life only: the cursor tail may have applied those
+            // of a newer life (deleted and created again) already.
+            let incarnation = s.created_at_ms();
+            self.stored
+                .lock()
+                .retain(|(k, _), c| !(k == key && c.incarnation == incarnation));
         }
-        self.stored.lock().retain(|(k, _), _| k != key);
         // The lowest cursor may have moved up: let the readers trim.
         for owned in topic.owned_partitions() {
             owned.log.notify_progress();
@@ -822,11 +828,14 @@ impl Shard {
         partition: Partition,
         cursor: Option<StoredCursor>,
     ) -> bool {
-        let owned = self
-            .topic(&key.topic)
-            .and_then(|t| t.partition(partition))
-            .is_some();
-        if owned {
+        let topic = self.topic(&key.topic);
+        // Held until the cursor is stored, so that an assign cannot slip in between (lock
+        // order: partitions, then stored cursors).
+        let partitions = topic.as_ref().map(|t| t.partitions.read());
+        if partitions
+            .as_ref()
+            .is_some_and(|ps| ps.contains_key(&partition))
+        {
             return false;
         }
         let mut stored = self.stored.lock();
@@ -852,6 +861,10 @@ impl Shard {
         &self,
         updates: &[CursorUpdate],
     ) -> Vec<(TopicName, Partition, Offset)> {
+        let updated: HashMap<(&SubscriptionKey, Partition), &CursorUpdate> = updates
+            .iter()
+            .map(|u| ((&u.subscription, u.partition), u))
+            .collect();
         let mut out = Vec::new();
         for t in self.topics() {
             let partitions = t.partitions.read();
@@ -862,13 +875,10 @@ impl Shard {
                     .values()
                     .filter_map(|s| {
                         let spec = s.spec();
-                        let key = spec.key();
-                        updates
-                            .iter()
-                            .find(|u| {
-                                u.partition == p
-                                    && u.subscription == key
-                                    && u.incarnation == spec.created_at_ms
+                        updated
+                            .get(&(&spec.key(), p))
+                            .filter(|u| {
+                                u.incarnation == spec.created_at_ms
                                     && u.seek == spec.seek_generation(p)
                             })
                             .map(|u| u.cursor)

@@ -10,7 +10,7 @@
 //! the suspension* (a transaction that committed offsets with the shard's group metadata)
 //! confirms the shard is still a member and lifts it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// See the module documentation.
@@ -23,9 +23,8 @@ pub struct Lease {
     gap_ms: u64,
     /// Last renewal.
     renewed_ms: AtomicU64,
-    /// Set by a gap; cleared by a confirmation that started after `suspended_ms`.
-    suspended: AtomicBool,
-    suspended_ms: AtomicU64,
+    /// When a gap suspended the lease, plus one; 0 while it is not suspended.
+    suspended_since: AtomicU64,
 }
 
 impl Lease {
@@ -35,8 +34,7 @@ impl Lease {
             base: Instant::now(),
             gap_ms: u64::try_from(gap.as_millis()).unwrap_or(u64::MAX).max(1),
             renewed_ms: AtomicU64::new(0),
-            suspended: AtomicBool::new(false),
-            suspended_ms: AtomicU64::new(0),
+            suspended_since: AtomicU64::new(0),
         }
     }
 
@@ -53,44 +51,46 @@ impl Lease {
     /// away if this renewal found a gap (the lease is then suspended).
     pub fn renew(&self, now: Instant) -> Option<Duration> {
         let now_ms = self.ms(now);
-        let last = self.renewed_ms.load(Ordering::Acquire);
-        let away = now_ms.saturating_sub(last);
+        let away = now_ms.saturating_sub(self.renewed_ms.load(Ordering::Acquire));
         let gap = away > self.gap_ms;
         if gap {
             // Suspended before the renewal is visible: `live` reads them in the other order.
-            self.suspended_ms.store(now_ms, Ordering::Release);
-            self.suspended.store(true, Ordering::Release);
+            self.suspended_since
+                .store(now_ms.saturating_add(1), Ordering::Release);
         }
         self.renewed_ms.fetch_max(now_ms, Ordering::AcqRel);
         gap.then(|| Duration::from_millis(away))
     }
 
+    /// True if the lease was renewed within the gap (whether or not it is suspended).
+    pub fn recent(&self, now: Instant) -> bool {
+        self.ms(now)
+            .saturating_sub(self.renewed_ms.load(Ordering::Acquire))
+            <= self.gap_ms
+    }
+
     /// True while the shard may deliver and write cursors: renewed recently and not
     /// suspended.
     pub fn live(&self, now: Instant) -> bool {
-        let renewed = self.renewed_ms.load(Ordering::Acquire);
-        !self.suspended.load(Ordering::Acquire)
-            && self.ms(now).saturating_sub(renewed) <= self.gap_ms
+        self.recent(now) && !self.is_suspended()
     }
 
     /// True once a gap suspended the lease and nothing confirmed it since.
     pub fn is_suspended(&self) -> bool {
-        self.suspended.load(Ordering::Acquire)
+        self.suspended_since.load(Ordering::Acquire) != 0
     }
 
     /// A group operation that started at `started` succeeded. It lifts a suspension only if
-    /// it started after it (an operation in flight across the gap proves nothing). Returns
-    /// true if it lifted one.
+    /// it started after it (an operation in flight across the gap proves nothing), and only
+    /// that suspension (a later gap stays). Returns true if it lifted one.
     pub fn confirm(&self, started: Instant) -> bool {
-        if !self.suspended.load(Ordering::Acquire) {
+        let since = self.suspended_since.load(Ordering::Acquire);
+        if since == 0 || self.ms(started).saturating_add(1) < since {
             return false;
         }
-        if self.ms(started) < self.suspended_ms.load(Ordering::Acquire) {
-            return false;
-        }
-        self.renewed_ms
-            .fetch_max(self.ms(Instant::now()), Ordering::AcqRel);
-        self.suspended.swap(false, Ordering::AcqRel)
+        self.suspended_since
+            .compare_exchange(since, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 }
 
@@ -119,7 +119,18 @@ mod tests {
         // One that began after it does.
         assert!(lease.confirm(woke + Duration::from_millis(100)));
         assert!(!lease.is_suspended());
-        assert!(lease.live(Instant::now()));
-        assert!(!lease.confirm(Instant::now()), "nothing to lift any more");
+        assert!(lease.live(woke + Duration::from_millis(400)));
+        assert!(!lease.confirm(woke), "nothing to lift any more");
+        // A second stop: a confirmation does not renew, so it cannot hide the gap.
+        let again = woke + Duration::from_secs(20);
+        assert!(!lease.live(again));
+        assert!(!lease.confirm(again - Duration::from_secs(1)));
+        assert!(!lease.live(again), "the gap still shows");
+        assert!(lease.renew(again).is_some());
+        assert!(
+            !lease.confirm(again - Duration::from_secs(1)),
+            "began before the gap"
+        );
+        assert!(lease.is_suspended());
     }
 }

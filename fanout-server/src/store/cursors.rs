@@ -2,13 +2,15 @@
 //! `{"version":1,"cursor":N,…}`; a null value deletes. Written in transactions together with
 //! the shard group's offsets (fencing), read with `read_committed`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use parking_lot::Mutex;
 use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -170,25 +172,42 @@ impl CursorTail {
     /// Returns once every cursor record written before the call (committed or aborted: a
     /// transaction still open is waited for) has been applied to the shard.
     pub async fn barrier(&self, timeout: Duration) -> Result<(), StoreError> {
-        let ends = self.ends.clone();
-        let (topic, partitions) = (self.topic.clone(), self.partitions.clone());
-        let ends =
-            tokio::task::spawn_blocking(move || kafka::watermarks(&ends, &topic, &partitions))
-                .await
-                .map_err(|e| StoreError::InternalTopic {
-                    topic: self.topic.clone(),
-                    problem: format!("watermark task failed: {e}"),
-                })?
-                .map_err(StoreError::kafka(format!(
-                    "reading the end of {}",
-                    self.topic
-                )))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Kafka may not answer at once (a leader moving): asked again within the timeout.
+        let ends = loop {
+            let (client, topic, partitions) = (
+                self.ends.clone(),
+                self.topic.clone(),
+                self.partitions.clone(),
+            );
+            let asked = tokio::task::spawn_blocking(move || {
+                kafka::watermarks(&client, &topic, &partitions)
+            })
+            .await
+            .map_err(|e| StoreError::InternalTopic {
+                topic: self.topic.clone(),
+                problem: format!("watermark task failed: {e}"),
+            })?;
+            match asked {
+                Ok(ends) => break ends,
+                Err(e) if tokio::time::Instant::now() + Duration::from_millis(500) < deadline => {
+                    tracing::warn!(error = %e, "cannot read the end of the cursors topic; asking again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    return Err(StoreError::kafka(format!(
+                        "reading the end of {}",
+                        self.topic
+                    ))(e));
+                }
+            }
+        };
         let mut applied = self.applied.clone();
         let reached = |a: &HashMap<Partition, Offset>| {
             ends.iter()
                 .all(|&(p, _, end)| a.get(&p).copied().unwrap_or(0) >= end)
         };
-        match tokio::time::timeout(timeout, applied.wait_for(reached)).await {
+        match tokio::time::timeout_at(deadline, applied.wait_for(reached)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(StoreError::ShuttingDown),
             Err(_) => Err(StoreError::Timeout {
@@ -213,6 +232,7 @@ async fn tail(
 ) {
     let mut records = 0u64;
     loop {
+        let mut publish = true;
         let next = tokio::select! {
             _ = cancel.cancelled() => break,
             m = tokio::time::timeout(Duration::from_millis(100), consumer.recv()) => m,
@@ -222,6 +242,9 @@ async fn tail(
             Err(_) | Ok(Err(KafkaError::PartitionEOF(_))) => {}
             Ok(Ok(m)) => {
                 records += 1;
+                // While records stream in, how far the tail got is published every 100 of
+                // them (and whenever it catches up).
+                publish = records.is_multiple_of(100);
                 match m.key().and_then(decode_key) {
                     None => tracing::warn!(offset = m.offset(), "unreadable cursor key skipped"),
                     Some((key, p)) => match m.payload().map(decode_value) {
@@ -247,6 +270,9 @@ async fn tail(
         }
         // Everything returned by the consumer so far has been applied (this task is its
         // only reader), so its position is how far the shard is.
+        if !publish {
+            continue;
+        }
         if let Ok(positions) = consumer.position() {
             applied.send_if_modified(|a| {
                 let mut moved = false;
@@ -269,9 +295,22 @@ async fn tail(
 }
 
 /// Writes cursor records, together with the shard group's offsets, in Kafka transactions.
+///
+/// A transaction that fails is aborted; one whose outcome stays unknown (a commit or abort
+/// that timed out), or a producer Kafka fenced (its transaction outlived the transaction
+/// timeout while the process was stopped), makes the writer start over with a new producer
+/// under the same transactional id, which aborts whatever the old one left open. Fenced
+/// twice within a minute means another live process uses this shard's name: that ends the
+/// shard ([`StoreError::Fenced`]).
 pub struct CursorWriter {
-    /// Transactional producer for the cursors topic (one transactional id per shard name).
-    producer: FutureProducer,
+    /// Settings of the transactional producer, to create it again.
+    settings: rdkafka::ClientConfig,
+    /// The producer in use.
+    producer: Mutex<FutureProducer>,
+    /// Set when the producer must be created again before the next transaction.
+    broken: AtomicBool,
+    /// When Kafka last fenced the producer.
+    last_fenced: Mutex<Option<Instant>>,
     /// The cursors topic.
     topic: String,
 }
@@ -287,76 +326,185 @@ impl std::fmt::Debug for CursorWriter {
 /// How long each transactional call may take.
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn txn_error(what: &str, e: KafkaError) -> StoreError {
-    let fatal = matches!(&e, KafkaError::Transaction(t) if t.is_fatal());
-    if fatal {
-        StoreError::Fenced(format!("{what}: {e}"))
-    } else {
-        StoreError::Kafka {
-            what: what.to_owned(),
-            source: e,
+/// Tries of a commit or abort whose outcome is unknown (a retriable error).
+const TXN_TRIES: usize = 3;
+
+/// What a failed transactional call leaves to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The same call may be made again.
+    Retriable,
+    /// The transaction must be aborted.
+    Abortable,
+    /// The producer is unusable.
+    Fatal,
+}
+
+fn failure(e: &KafkaError) -> Failure {
+    match e {
+        KafkaError::Transaction(t) if t.is_fatal() => Failure::Fatal,
+        KafkaError::Transaction(t) if t.txn_requires_abort() => Failure::Abortable,
+        KafkaError::Transaction(t) if t.is_retriable() => Failure::Retriable,
+        _ => Failure::Abortable,
+    }
+}
+
+fn kafka_error(what: &str, source: KafkaError) -> StoreError {
+    StoreError::Kafka {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+/// Why a transaction did not commit, and what it left behind.
+struct Failed {
+    error: StoreError,
+    /// The producer was fenced or is in an unknown state.
+    broken: bool,
+    fenced: bool,
+}
+
+impl Failed {
+    fn kafka(what: &str, e: KafkaError) -> Self {
+        let kind = failure(&e);
+        Self {
+            error: kafka_error(what, e),
+            broken: kind == Failure::Fatal,
+            fenced: kind == Failure::Fatal,
         }
     }
+}
+
+/// Runs a transactional call, again while its outcome is unknown.
+fn with_retries(mut call: impl FnMut() -> KafkaResult<()>) -> KafkaResult<()> {
+    let mut last = None;
+    for _ in 0..TXN_TRIES {
+        match call() {
+            Ok(()) => return Ok(()),
+            Err(e) if failure(&e) == Failure::Retriable => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or(KafkaError::Canceled))
 }
 
 impl CursorWriter {
     /// Creates the producer and registers its transactional id with Kafka, which aborts
     /// whatever an earlier life of this shard left open.
     pub async fn new(cfg: &Config, shard_name: &str) -> Result<Self, StoreError> {
-        let producer = kafka::transactional_producer(
+        let settings = kafka::transactional_settings(
             cfg,
             "cursor-writer",
             &cfg.cursor_transactional_id(shard_name),
-        )
-        .map_err(StoreError::kafka("creating the cursor producer"))?;
-        let p = producer.clone();
-        tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(60)))
+        );
+        let producer = Self::start(&settings)
             .await
-            .map_err(|e| StoreError::Thread("cursor writer", e.to_string()))?
-            .map_err(|e| txn_error("registering the cursor writer's transactional id", e))?;
+            .map_err(|e| match failure(&e) {
+                Failure::Fatal => StoreError::Fenced(format!(
+                    "registering the cursor writer's transactional id: {e}"
+                )),
+                _ => kafka_error("registering the cursor writer's transactional id", e),
+            })?;
         Ok(Self {
-            producer,
+            settings,
+            producer: Mutex::new(producer),
+            broken: AtomicBool::new(false),
+            last_fenced: Mutex::new(None),
             topic: cfg.cursors_topic(),
         })
     }
 
-    /// Writes every update and commits `offsets` for the shard group (as the member
-    /// `group` describes) in one transaction; returns once Kafka committed it. A shard that
-    /// is no longer the group member it was (a zombie) has the whole transaction refused.
-    /// [`StoreError::Fenced`] means this writer can never write again.
+    async fn start(settings: &rdkafka::ClientConfig) -> KafkaResult<FutureProducer> {
+        let producer: FutureProducer = settings.create()?;
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(60)))
+            .await
+            .map_err(|_| KafkaError::Canceled)??;
+        Ok(producer)
+    }
+
+    /// The producer to use, created again first if the last one broke.
+    async fn producer(&self) -> Result<FutureProducer, StoreError> {
+        if self.broken.load(Ordering::Acquire) {
+            tracing::warn!("starting the cursor writer over with a new producer");
+            let fresh = Self::start(&self.settings)
+                .await
+                .map_err(|e| kafka_error("starting the cursor writer over", e))?;
+            *self.producer.lock() = fresh;
+            self.broken.store(false, Ordering::Release);
+        }
+        Ok(self.producer.lock().clone())
+    }
+
+    /// Writes every update and commits `offsets` for the shard group in one transaction;
+    /// returns once Kafka committed it. `group` gives the shard's group metadata (asked off
+    /// the async workers), which Kafka checks: a shard that is no longer the member it was
+    /// (a zombie) has the whole transaction refused. `still_valid` is asked just before the
+    /// commit: false aborts it (the process was stopped meanwhile).
     pub async fn write(
         &self,
         updates: &[CursorUpdate],
         offsets: &[(TopicName, Partition, Offset)],
-        group: Option<ConsumerGroupMetadata>,
+        group: GroupMetadataSource,
+        still_valid: Arc<dyn Fn() -> bool + Send + Sync>,
     ) -> Result<(), StoreError> {
-        self.producer
-            .begin_transaction()
-            .map_err(|e| txn_error("beginning a cursor transaction", e))?;
-        let result = self.transact(updates, offsets, group).await;
-        if let Err(e) = &result {
-            crate::telemetry::metrics::cursor_transaction_aborted();
-            if matches!(e, StoreError::Fenced(_)) {
-                return result;
-            }
-            let p = self.producer.clone();
-            let aborted =
-                tokio::task::spawn_blocking(move || p.abort_transaction(TXN_CALL_TIMEOUT))
-                    .await
-                    .map_err(|e| StoreError::Thread("cursor writer", e.to_string()))?;
-            if let Err(abort) = aborted {
-                return Err(txn_error("aborting a cursor transaction", abort));
+        let producer = self.producer().await?;
+        let result = self
+            .transact(&producer, updates, offsets, group, still_valid)
+            .await;
+        let Err(mut failed) = result else {
+            return Ok(());
+        };
+        crate::telemetry::metrics::cursor_transaction_aborted();
+        if !failed.broken {
+            let p = producer.clone();
+            let aborted = tokio::task::spawn_blocking(move || {
+                with_retries(|| p.abort_transaction(TXN_CALL_TIMEOUT))
+            })
+            .await
+            .map_err(|_| KafkaError::Canceled)
+            .and_then(|r| r);
+            if let Err(e) = aborted {
+                tracing::warn!(error = %e, "a cursor transaction could not be aborted");
+                failed.broken = true;
+                failed.fenced |= failure(&e) == Failure::Fatal;
             }
         }
-        result
+        if failed.broken {
+            self.broken.store(true, Ordering::Release);
+        }
+        if failed.fenced {
+            let now = Instant::now();
+            let again = self
+                .last_fenced
+                .lock()
+                .replace(now)
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(60));
+            if again {
+                return Err(StoreError::Fenced(failed.error.to_string()));
+            }
+        }
+        Err(failed.error)
     }
 
     async fn transact(
         &self,
+        producer: &FutureProducer,
         updates: &[CursorUpdate],
         offsets: &[(TopicName, Partition, Offset)],
-        group: Option<ConsumerGroupMetadata>,
-    ) -> Result<(), StoreError> {
+        group: GroupMetadataSource,
+        still_valid: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> Result<(), Failed> {
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || p.begin_transaction())
+            .await
+            .map_err(|_| Failed::kafka("beginning a cursor transaction", KafkaError::Canceled))?
+            .map_err(|e| {
+                // A transaction left in an unknown state: start over.
+                let mut f = Failed::kafka("beginning a cursor transaction", e);
+                f.broken = true;
+                f
+            })?;
         let encoded: Vec<(String, Vec<u8>)> = updates
             .iter()
             .map(|u| {
@@ -373,40 +521,56 @@ impl CursorWriter {
             })
             .collect();
         let sends = encoded.iter().map(|(k, v)| {
-            self.producer.send(
+            producer.send(
                 FutureRecord::to(&self.topic).key(k).payload(v),
                 Timeout::After(TXN_CALL_TIMEOUT),
             )
         });
         for r in join_all(sends).await {
-            r.map_err(|(e, _)| StoreError::Kafka {
-                what: format!("writing cursors to {}", self.topic),
-                source: e,
-            })?;
+            r.map_err(|(e, _)| Failed::kafka(&format!("writing cursors to {}", self.topic), e))?;
         }
-        let p = self.producer.clone();
         let mut tpl = TopicPartitionList::new();
         for (t, part, o) in offsets {
             tpl.add_partition_offset(t.as_str(), *part, KafkaOffset::Offset(*o))
-                .map_err(StoreError::kafka("building the offsets to commit"))?;
+                .map_err(|e| Failed::kafka("building the offsets to commit", e))?;
         }
+        let p = producer.clone();
         tokio::task::spawn_blocking(move || {
-            if let Some(group) = group
-                && tpl.count() > 0
-            {
-                p.send_offsets_to_transaction(&tpl, &group, TXN_CALL_TIMEOUT)
-                    .map_err(|e| txn_error("committing the shard group's offsets", e))?;
+            if tpl.count() > 0 {
+                let Some(metadata) = group() else {
+                    return Err(Failed::kafka(
+                        "committing the shard group's offsets (not a group member)",
+                        KafkaError::Canceled,
+                    ));
+                };
+                p.send_offsets_to_transaction(&tpl, &metadata, TXN_CALL_TIMEOUT)
+                    .map_err(|e| Failed::kafka("committing the shard group's offsets", e))?;
             }
-            p.commit_transaction(TXN_CALL_TIMEOUT)
-                .map_err(|e| txn_error("committing a cursor transaction", e))
+            if !still_valid() {
+                return Err(Failed {
+                    error: StoreError::Timeout {
+                        what: "a cursor transaction (the process was stopped meanwhile)".into(),
+                        after: TXN_CALL_TIMEOUT,
+                    },
+                    broken: false,
+                    fenced: false,
+                });
+            }
+            with_retries(|| p.commit_transaction(TXN_CALL_TIMEOUT)).map_err(|e| {
+                // Still unknown after the retries: start over rather than guess.
+                let unknown = failure(&e) == Failure::Retriable;
+                let mut f = Failed::kafka("committing a cursor transaction", e);
+                f.broken |= unknown;
+                f
+            })
         })
         .await
-        .map_err(|e| StoreError::Thread("cursor writer", e.to_string()))?
+        .map_err(|_| Failed::kafka("committing a cursor transaction", KafkaError::Canceled))?
     }
 }
 
-/// Source of this shard's group metadata (the ingest consumer's), for fencing.
-pub type GroupMetadataSource = Box<dyn Fn() -> Option<ConsumerGroupMetadata> + Send + Sync>;
+/// Source of this shard's group metadata (the ingest consumer's), for fencing. Blocking.
+pub type GroupMetadataSource = Arc<dyn Fn() -> Option<ConsumerGroupMetadata> + Send + Sync>;
 
 /// Writes moved cursors and the shard group's offsets to Kafka: periodically, on revoke and
 /// on shutdown. One flush at a time, so an older snapshot never lands after a newer one.
@@ -473,29 +637,49 @@ impl Flusher {
         };
         updates.retain(|u| wanted(&u.subscription.topic, u.partition));
         let mut offsets = self.shard.commit_positions_after(&updates);
+        let owns_nothing = offsets.is_empty();
         offsets.retain(|(t, p, _)| wanted(t, *p));
-        let group = self.group.get().and_then(|g| g());
-        if suspended {
-            if offsets.is_empty() {
-                // Nothing owned, nothing to protect: no stale delivery is possible.
-                self.lift(started);
-                return Ok(0);
-            }
-            if group.is_none() {
-                return Ok(0);
-            }
-        } else {
-            offsets.retain(|(t, p, o)| committed.get(&(t.clone(), *p)) != Some(o));
-            if updates.is_empty() && offsets.is_empty() {
-                return Ok(0);
-            }
+        if suspended && owns_nothing {
+            // Nothing owned, nothing to protect: no stale delivery is possible.
+            self.lift(started);
+            return Ok(0);
+        }
+        // Before the ingest exists, nothing is owned.
+        let Some(group) = self.group.get().cloned() else {
+            return Ok(0);
+        };
+        // Every transaction carries the offsets of the partitions whose cursors it writes
+        // (changed or not): Kafka checks the shard's membership only when offsets are sent.
+        // A cursor of a partition no longer owned is not written.
+        let owned: HashSet<(TopicName, Partition)> =
+            offsets.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+        updates.retain(|u| owned.contains(&(u.subscription.topic.clone(), u.partition)));
+        if !suspended {
+            let touched: HashSet<(&TopicName, Partition)> = updates
+                .iter()
+                .map(|u| (&u.subscription.topic, u.partition))
+                .collect();
+            offsets.retain(|(t, p, o)| {
+                touched.contains(&(t, *p)) || committed.get(&(t.clone(), *p)) != Some(o)
+            });
+        }
+        if offsets.is_empty() {
+            return Ok(0);
         }
         tracing::trace!(
             updates = updates.len(),
             offsets = offsets.len(),
+            suspended,
             "writing cursors"
         );
-        self.writer.write(&updates, &offsets, group).await?;
+        let shard = self.shard.clone();
+        // Not stopped again since this flush began (a suspended shard's proof may not
+        // straddle a gap either).
+        let still_valid: Arc<dyn Fn() -> bool + Send + Sync> =
+            Arc::new(move || shard.lease().recent(Instant::now()));
+        self.writer
+            .write(&updates, &offsets, group, still_valid)
+            .await?;
         crate::telemetry::metrics::cursor_flush(started.elapsed());
         self.shard.mark_stored(&updates);
         for (t, p, o) in offsets {
