@@ -1,4 +1,5 @@
-//! The demo: one producer of sample events, several subscriptions, live counts.
+//! The demo: one producer of sample events, several subscriptions, live counts. Each
+//! subscription is followed on every shard given in `--grpc` (comma-separated).
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -8,7 +9,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use counts::Counts;
-use fanout_client::{Subscriber, SubscriberConfig};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -16,6 +16,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
+
+use crate::multi;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -153,13 +155,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for s in &args.subscriptions {
         let c = Arc::new(Counts::default());
         counts.push((s.clone(), c.clone()));
-        let cfg = SubscriberConfig::new(&args.endpoints.grpc, &args.topic, s).max_in_flight(500);
-        let mut sub = Subscriber::connect(cfg).await.with_context(|| {
-            format!(
-                "subscribing to {}/{s} at {}",
-                args.topic, args.endpoints.grpc
-            )
-        })?;
+        let endpoints: Vec<String> = args
+            .endpoints
+            .grpc
+            .split(',')
+            .map(|e| e.trim().to_owned())
+            .filter(|e| !e.is_empty())
+            .collect();
+        let mut sub = multi::connect(&endpoints, &args.topic, s, 500, Duration::from_secs(10))
+            .await
+            .with_context(|| {
+                format!(
+                    "subscribing to {}/{s} at {}",
+                    args.topic, args.endpoints.grpc
+                )
+            })?;
         let stop = stop.clone();
         followers.push(tokio::spawn(async move {
             let mut seen: HashSet<(i32, i64)> = HashSet::new();

@@ -2,13 +2,18 @@
 //!
 //! `demo` produces sample events to a topic and follows several subscriptions of it,
 //! printing live per-subscription counts (what `scripts/demo` runs). `isolation` measures
-//! G10 (what `scripts/bench-isolation` runs).
+//! G10 (what `scripts/bench-isolation` runs). `chaos` runs one reliability scenario of
+//! several shards under load and checks it (what `scripts/chaos` runs); `check` checks a
+//! run's files again offline.
 
 // A command-line tool: stdout is its output.
 #![allow(clippy::print_stdout)]
 
+mod chaos;
+mod check;
 mod demo;
 mod isolation;
+mod multi;
 
 use std::process::ExitCode;
 
@@ -23,7 +28,7 @@ pub struct Endpoints {
     /// Admin API of the fanout server.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub admin: String,
-    /// gRPC endpoint of the fanout server.
+    /// gRPC endpoint of the fanout server (`demo`: comma-separated, every shard's).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub grpc: String,
 }
@@ -45,6 +50,10 @@ enum Command {
     Demo(demo::Args),
     /// G10: fast subscriptions' drain rate with and without one throttled to 10%.
     Isolation(isolation::Args),
+    /// A reliability scenario on several shards under load (kill, SIGTERM, pause, add), checked.
+    Chaos(chaos::Args),
+    /// Checks a chaos run's files: lost, duplicates, order, the scenario's expectations.
+    Check(check::Args),
 }
 
 #[tokio::main]
@@ -60,6 +69,8 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args).await,
         Command::Isolation(args) => isolation::run(args).await,
+        Command::Chaos(args) => chaos::run(args).await,
+        Command::Check(args) => check::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

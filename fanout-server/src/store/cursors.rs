@@ -43,6 +43,9 @@ struct Stored {
     /// The subscription's seek of the partition this cursor follows (absent: none).
     #[serde(default, skip_serializing_if = "is_zero")]
     seek: u64,
+    /// The shard that wrote it (for operators and the reliability checks; not read back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shard: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -65,7 +68,8 @@ pub fn decode_key(raw: &[u8]) -> Option<(SubscriptionKey, Partition)> {
     Some((SubscriptionKey { topic, name }, partition))
 }
 
-pub fn encode_value(cursor: &StoredCursor) -> Vec<u8> {
+/// A cursor's record value, naming the shard that writes it (if given).
+pub fn encode_value(cursor: &StoredCursor, shard: Option<&str>) -> Vec<u8> {
     serde_json::to_vec(&Stored {
         version: SCHEMA_VERSION,
         cursor: cursor.offset,
@@ -77,6 +81,7 @@ pub fn encode_value(cursor: &StoredCursor) -> Vec<u8> {
             .map(|r| (r.first, r.last))
             .collect(),
         seek: cursor.seek,
+        shard: shard.map(str::to_owned),
     })
     .unwrap_or_default()
 }
@@ -311,6 +316,8 @@ pub struct CursorWriter {
     broken: AtomicBool,
     /// When Kafka last fenced the producer.
     last_fenced: Mutex<Option<Instant>>,
+    /// The shard's name, written into every cursor record.
+    shard: String,
     /// The cursors topic.
     topic: String,
 }
@@ -410,6 +417,7 @@ impl CursorWriter {
             producer: Mutex::new(producer),
             broken: AtomicBool::new(false),
             last_fenced: Mutex::new(None),
+            shard: shard_name.to_owned(),
             topic: cfg.cursors_topic(),
         })
     }
@@ -516,7 +524,7 @@ impl CursorWriter {
                 };
                 (
                     encode_key(&u.subscription, u.partition),
-                    encode_value(&value),
+                    encode_value(&value, Some(&self.shard)),
                 )
             })
             .collect();
@@ -729,7 +737,13 @@ mod tests {
                 },
             ],
         };
-        assert_eq!(decode_value(&encode_value(&c)), Some(c));
+        assert_eq!(decode_value(&encode_value(&c, Some("shard-1"))), Some(c.clone()));
+        assert!(
+            String::from_utf8(encode_value(&c, Some("shard-1")))
+                .unwrap()
+                .contains(r#""shard":"shard-1""#)
+        );
+        assert_eq!(decode_value(&encode_value(&c, None)), Some(c));
         // Written before acked ranges were stored: none.
         let old = br#"{"version":1,"cursor":5,"subscription_created_at_ms":1}"#;
         assert_eq!(decode_value(old), Some(StoredCursor::at(5, 1)));
