@@ -737,7 +737,10 @@ mod tests {
                 },
             ],
         };
-        assert_eq!(decode_value(&encode_value(&c, Some("shard-1"))), Some(c.clone()));
+        assert_eq!(
+            decode_value(&encode_value(&c, Some("shard-1"))),
+            Some(c.clone())
+        );
         assert!(
             String::from_utf8(encode_value(&c, Some("shard-1")))
                 .unwrap()
