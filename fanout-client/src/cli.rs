@@ -531,13 +531,20 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Adm
                 ),
                 _ => "/v1/lag".to_owned(),
             };
-            let v = if *this_shard {
+            if *this_shard {
                 let v = admin()?.get(&path).await?;
-                if v.is_array() { v } else { json!([v]) }
+                let v = if v.is_array() { v } else { json!([v]) };
+                print_lag(out, output, &v)
             } else {
-                cluster_lag(&admin()?, &path, token(&cli)?).await?
-            };
-            print_lag(out, output, &v)
+                let (v, missing) = cluster_lag(&admin()?, &path, token(&cli)?).await?;
+                print_lag(out, output, &v)
+                    .map_err(|e| AdminError::Transport(format!("writing the answer: {e}")))?;
+                if missing > 0 {
+                    // What is shown is incomplete: say so in the exit status too.
+                    return Ok(ExitCode::FAILURE);
+                }
+                Ok(())
+            }
         }
         Command::Seek(a) => {
             let mut body = match &a.target {
@@ -786,19 +793,23 @@ fn print_subs(out: &mut (dyn Write + Send), output: Output, v: &Value) -> std::i
 }
 
 /// Asks every shard `GET /v1/shards` lists for `path` (a lag view, or a list of them) and
-/// merges the answers per subscription; each partition row names its shard. A shard that
-/// does not answer is reported on stderr and left out (its partitions are missing).
+/// merges the answers per subscription; each partition row names its shard, and a shard's
+/// rows are those of the partitions Kafka assigned it (during a handover two shards may
+/// both still list one). A shard that does not answer is reported on stderr and counted:
+/// its partitions are missing.
 async fn cluster_lag(
     first: &AdminClient,
     path: &str,
     token: Option<String>,
-) -> Result<Value, AdminError> {
+) -> Result<(Value, usize), AdminError> {
     let shards = first.get("/v1/shards").await?;
     let mut merged: BTreeMap<(String, String), Value> = BTreeMap::new();
+    let mut missing = 0;
     for shard in shards.as_array().into_iter().flatten() {
         let id = shard["id"].as_str().unwrap_or("?").to_owned();
         let Some(addr) = shard["admin_address"].as_str().filter(|a| !a.is_empty()) else {
             eprintln!("fanout: shard {id} lists no admin address; its partitions are missing");
+            missing += 1;
             continue;
         };
         let base = if addr.contains("://") {
@@ -815,14 +826,18 @@ async fn cluster_lag(
             Ok(v) => json!([v]),
             Err(e) => {
                 eprintln!(
-                    "fanout: shard {id} ({base}) did not answer: {e}; its partitions are missing"
+                    "fanout: shard {id} ({base}) did not answer: {e}; its partitions are missing \
+                     (from outside the cluster, use --this-shard)"
                 );
+                missing += 1;
                 continue;
             }
         };
         for view in views.as_array().into_iter().flatten() {
+            let topic = view["topic"].as_str().unwrap_or_default().to_owned();
+            let assigned = &shard["partitions"][&topic];
             let key = (
-                view["topic"].as_str().unwrap_or_default().to_owned(),
+                topic.clone(),
                 view["subscription"].as_str().unwrap_or_default().to_owned(),
             );
             let entry = merged.entry(key).or_insert_with(|| {
@@ -838,19 +853,29 @@ async fn cluster_lag(
             entry["streams"] = json!(
                 entry["streams"].as_u64().unwrap_or(0) + view["streams"].as_u64().unwrap_or(0)
             );
-            entry["lag"] =
-                json!(entry["lag"].as_i64().unwrap_or(0) + view["lag"].as_i64().unwrap_or(0));
             if let Some(ps) = entry["partitions"].as_array_mut() {
                 for p in view["partitions"].as_array().into_iter().flatten() {
-                    let mut p = p.clone();
-                    p["shard"] = json!(id);
-                    ps.push(p);
+                    let owned = assigned
+                        .as_array()
+                        .is_some_and(|a| a.contains(&p["partition"]));
+                    if owned {
+                        let mut p = p.clone();
+                        p["shard"] = json!(id);
+                        ps.push(p);
+                    }
                 }
                 ps.sort_by_key(|p| p["partition"].as_i64());
             }
+            let lag: i64 = entry["partitions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["lag"].as_i64())
+                .sum();
+            entry["lag"] = json!(lag);
         }
     }
-    Ok(Value::Array(merged.into_values().collect()))
+    Ok((Value::Array(merged.into_values().collect()), missing))
 }
 
 fn print_lag(out: &mut (dyn Write + Send), output: Output, v: &Value) -> std::io::Result<()> {

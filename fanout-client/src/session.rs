@@ -119,10 +119,15 @@ pub(crate) enum Start {
     AfterBackoff,
 }
 
+/// A stream that lasted this long was healthy: the next reconnect starts from the initial
+/// backoff again. One that ended sooner (a shard that accepts and drops streams) backs off
+/// further each time.
+const STABLE: Duration = Duration::from_secs(5);
+
 /// How long a shard may answer "not found" before the session believes it. Shards apply
 /// registry changes one after another: one may not know a subscription another just
 /// created, for a few milliseconds.
-const NOT_FOUND_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const NOT_FOUND_GRACE: Duration = Duration::from_secs(10);
 
 /// Whether `e` ends the session now: permanent errors do, except a "not found" within
 /// [`NOT_FOUND_GRACE`] of the first one in a row (`since`, set here).
@@ -161,7 +166,6 @@ pub(crate) async fn run(mut s: Session, start: Start) -> Result<(), Error> {
             None => match until(open(&cfg, &s.endpoint), &mut s.commands).await {
                 None => return Ok(()),
                 Some(Ok(c)) => {
-                    backoff = cfg.initial_backoff;
                     not_found_since = None;
                     if generation == 0 {
                         tracing::info!("connected");
@@ -187,14 +191,19 @@ pub(crate) async fn run(mut s: Session, start: Start) -> Result<(), Error> {
             generation,
             commands: s.commands_tx.clone(),
         });
+        let opened = tokio::time::Instant::now();
         match session(c, &route, &s.records, &mut s.commands).await {
             End::Closed => return Ok(()),
             End::Permanent(e) if ends_session(&e, &mut not_found_since) => return Err(e),
             End::Permanent(e) | End::Transient(e) => {
-                tracing::warn!(error = %e, "stream lost; reconnecting");
+                if opened.elapsed() >= STABLE {
+                    backoff = cfg.initial_backoff;
+                }
+                tracing::warn!(error = %e, ?backoff, "stream lost; reconnecting");
                 if !wait(jitter(backoff), &mut s.commands).await {
                     return Ok(());
                 }
+                backoff = (backoff * 2).min(cfg.max_backoff);
             }
         }
     }
@@ -423,6 +432,29 @@ mod tests {
         let pairs: Vec<(i64, i64)> = r.iter().map(|r| (r.first, r.last)).collect();
         assert_eq!(pairs, vec![(3, 5), (7, 7), (9, 10)]);
         assert!(to_ranges(vec![]).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_found_ends_a_session_only_after_the_grace() {
+        let mut since = None;
+        let nf = Error::NotFound("subscription".into());
+        assert!(!ends_session(&nf, &mut since), "the first one is doubted");
+        tokio::time::advance(NOT_FOUND_GRACE / 2).await;
+        assert!(!ends_session(&nf, &mut since));
+        tokio::time::advance(NOT_FOUND_GRACE / 2).await;
+        assert!(ends_session(&nf, &mut since), "believed after the grace");
+        // A transient error in between starts the grace over.
+        let mut since = None;
+        assert!(!ends_session(&nf, &mut since));
+        tokio::time::advance(NOT_FOUND_GRACE).await;
+        assert!(!ends_session(
+            &Error::Unavailable("gone".into()),
+            &mut since
+        ));
+        assert!(!ends_session(&nf, &mut since));
+        // Other refusals end it at once.
+        assert!(ends_session(&Error::Unauthorized("no".into()), &mut None));
+        assert!(!ends_session(&Error::Unavailable("x".into()), &mut None));
     }
 
     #[test]

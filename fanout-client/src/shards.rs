@@ -66,6 +66,8 @@ pub(crate) struct Shards {
     tasks: JoinSet<Ended>,
     /// The id of the next session.
     next_id: u64,
+    /// Endpoints whose session ended with "not found", and when.
+    not_found: HashMap<Arc<str>, Instant>,
 }
 
 impl Shards {
@@ -79,6 +81,7 @@ impl Shards {
             live: HashMap::new(),
             tasks: JoinSet::new(),
             next_id: 0,
+            not_found: HashMap::new(),
         }
     }
 
@@ -191,6 +194,22 @@ impl Shards {
             self.live.remove(&endpoint);
         }
         match result {
+            // One shard has not known the subscription for a while: it may lag behind the
+            // registry, while the others serve. The subscriber ends only once every shard
+            // said so recently (the subscription was deleted).
+            Err(e @ Error::NotFound(_)) if live => {
+                let now = Instant::now();
+                self.not_found.insert(endpoint.clone(), now);
+                self.not_found
+                    .retain(|_, at| now.duration_since(*at) < 3 * session::NOT_FOUND_GRACE);
+                let everywhere = self.live.keys().all(|e| self.not_found.contains_key(e));
+                if everywhere {
+                    return Some(e);
+                }
+                tracing::warn!(shard = %endpoint, error = %e, "this shard does not know the subscription; others do: trying it again");
+                self.start(&endpoint, Start::AfterBackoff);
+                None
+            }
             Err(e) if live => Some(e),
             Err(e) => {
                 tracing::warn!(shard = %endpoint, error = %e, "a closed session ended with an error");

@@ -307,9 +307,10 @@ pub async fn run(
     }
     streams.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), streams.wait()).await;
-    match flusher.flush(None).await {
-        Ok(n) => tracing::info!(cursors = n, "final cursors written"),
-        Err(e) => tracing::error!(error = %e, "final cursor flush failed"),
+    match tokio::time::timeout(Duration::from_secs(20), flusher.flush(None)).await {
+        Ok(Ok(n)) => tracing::info!(cursors = n, "final cursors written"),
+        Ok(Err(e)) => tracing::error!(error = %e, "final cursor flush failed"),
+        Err(_) => tracing::error!("final cursor flush did not finish within 20 s"),
     }
     ingest.stop(Duration::from_secs(60)).await;
     background.cancel();

@@ -202,19 +202,32 @@ impl IngestContext {
         self.assigned.notify_one();
     }
 
+    /// Runs `fut` on the application runtime and waits for it here, on the driver thread,
+    /// at most `timeout` (the driver's own runtime cannot run it: the callbacks block it).
+    fn wait_on_app<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = T> + Send + 'static,
+        timeout: Duration,
+    ) -> Result<T, RecvTimeoutError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.app.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv_timeout(timeout)
+    }
+
     /// The assign half of the handover barrier: waits until every cursor record written
     /// before now is applied (the previous owner's final flush; a transaction of a shard that
     /// died in the middle of one is waited for until Kafka aborts it). Gives up after the
     /// barrier timeout and starts from what it has: older cursors, so duplicates, not loss.
     fn read_cursors_to_end(&self, partitions: usize) {
         let started = Instant::now();
-        let (tx, rx) = std::sync::mpsc::channel();
         let cursors = self.cursors.clone();
         let timeout = self.barrier_timeout;
-        self.app.spawn(async move {
-            let _ = tx.send(cursors.barrier(timeout).await);
-        });
-        let result = rx.recv_timeout(self.barrier_timeout + Duration::from_secs(5));
+        let result = self.wait_on_app(
+            async move { cursors.barrier(timeout).await },
+            timeout + Duration::from_secs(5),
+        );
         telemetry::metrics::assign_barrier(started.elapsed());
         match result {
             Ok(Ok(())) => tracing::debug!(
@@ -359,13 +372,13 @@ impl IngestContext {
     /// Writes the final cursors and offsets of revoked partitions (on the application
     /// runtime; this thread waits, bounded).
     fn final_flush(&self, parts: &[(TopicName, Partition)]) {
-        let (tx, rx) = std::sync::mpsc::channel();
         let flusher = self.flusher.clone();
         let only = parts.to_vec();
-        self.app.spawn(async move {
-            let _ = tx.send(flusher.flush(Some(&only)).await);
-        });
-        match rx.recv_timeout(REVOKE_FLUSH_TIMEOUT) {
+        let result = self.wait_on_app(
+            async move { flusher.flush(Some(&only)).await },
+            REVOKE_FLUSH_TIMEOUT,
+        );
+        match result {
             Ok(Ok(n)) => tracing::debug!(cursors = n, "final cursors written"),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "final cursor flush failed; the next owner redelivers since the previous flush")

@@ -48,25 +48,22 @@ pub fn check_shard_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 200 {
         return Err(format!("shard name {name:?} must be 1-200 characters"));
     }
-    if name
-        .chars()
-        .any(|c| c == SEP || c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "shard name {name:?} must not contain '{SEP}', spaces or control characters"
-        ));
-    }
-    Ok(())
+    check_field("shard name", name)
 }
 
 /// Why an advertised address cannot be used.
 pub fn check_address(addr: &str) -> Result<(), String> {
-    if addr
+    check_field("address", addr)
+}
+
+/// A field of a client id may not hold the separator, spaces or control characters.
+fn check_field(what: &str, value: &str) -> Result<(), String> {
+    if value
         .chars()
         .any(|c| c == SEP || c.is_whitespace() || c.is_control())
     {
         return Err(format!(
-            "address {addr:?} must not contain '{SEP}', spaces or control characters"
+            "{what} {value:?} must not contain '{SEP}', spaces or control characters"
         ));
     }
     Ok(())

@@ -666,6 +666,13 @@ impl Shard {
         rt.wake();
     }
 
+    /// True while this shard owns the partition.
+    pub fn owns(&self, topic: &TopicName, partition: Partition) -> bool {
+        self.topic(topic)
+            .and_then(|t| t.partition(partition))
+            .is_some()
+    }
+
     /// Records in flight on streams, of these partitions (a revoke drains them).
     pub fn in_flight_of(&self, partitions: &[(TopicName, Partition)]) -> usize {
         partitions
@@ -811,7 +818,8 @@ impl Shard {
             .collect()
     }
 
-    /// Cursors loaded from Kafka at start.
+    /// Stored cursors, as if read from Kafka (tests).
+    #[cfg(test)]
     pub fn load_stored(
         &self,
         cursors: impl IntoIterator<Item = ((SubscriptionKey, Partition), StoredCursor)>,
