@@ -107,6 +107,10 @@ pub(crate) struct Session {
     pub(crate) commands_tx: mpsc::UnboundedSender<Command>,
     /// Acks, nacks and close, from the subscriber.
     pub(crate) commands: mpsc::UnboundedReceiver<Command>,
+    /// Set once discovery no longer lists the shard: the session serves its stream until
+    /// the shard ends it (a shard draining before it stops still takes acks), then ends
+    /// instead of reconnecting.
+    pub(crate) retiring: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How a session begins.
@@ -160,9 +164,11 @@ pub(crate) async fn run(mut s: Session, start: Start) -> Result<(), Error> {
             None
         }
     };
+    let retiring = || s.retiring.load(std::sync::atomic::Ordering::Acquire);
     loop {
         let c = match conn.take() {
             Some(c) => c,
+            None if retiring() => return Ok(()),
             None => match until(open(&cfg, &s.endpoint), &mut s.commands).await {
                 None => return Ok(()),
                 Some(Ok(c)) => {
@@ -194,6 +200,10 @@ pub(crate) async fn run(mut s: Session, start: Start) -> Result<(), Error> {
         let opened = tokio::time::Instant::now();
         match session(c, &route, &s.records, &mut s.commands).await {
             End::Closed => return Ok(()),
+            _ if retiring() => {
+                tracing::info!("the shard left the cluster's list and ended its stream");
+                return Ok(());
+            }
             End::Permanent(e) if ends_session(&e, &mut not_found_since) => return Err(e),
             End::Permanent(e) | End::Transient(e) => {
                 if opened.elapsed() >= STABLE {

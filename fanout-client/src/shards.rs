@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinError, JoinSet};
@@ -47,6 +48,8 @@ struct Handle {
     id: u64,
     /// Close goes here (acks go straight from the records).
     commands: mpsc::UnboundedSender<Command>,
+    /// Set while discovery no longer lists the shard.
+    retiring: Arc<AtomicBool>,
 }
 
 /// What a session task ends with: its endpoint, its id, and how it ended.
@@ -62,6 +65,9 @@ pub(crate) struct Shards {
     records: mpsc::Sender<Result<Record, Error>>,
     /// The live session of each endpoint discovery found.
     live: HashMap<Arc<str>, Handle>,
+    /// Sessions of endpoints discovery no longer lists, serving their stream until the shard
+    /// ends it.
+    retiring: HashMap<Arc<str>, Handle>,
     /// Every session task, live or still closing; dropping the set aborts them.
     tasks: JoinSet<Ended>,
     /// The id of the next session.
@@ -79,6 +85,7 @@ impl Shards {
             cfg,
             records,
             live: HashMap::new(),
+            retiring: HashMap::new(),
             tasks: JoinSet::new(),
             next_id: 0,
             not_found: HashMap::new(),
@@ -91,12 +98,14 @@ impl Shards {
         self.next_id += 1;
         let endpoint: Arc<str> = endpoint.into();
         let (commands_tx, commands) = mpsc::unbounded_channel();
+        let retiring = Arc::new(AtomicBool::new(false));
         let session = Session {
             cfg: self.cfg.clone(),
             endpoint: endpoint.clone(),
             records: self.records.clone(),
             commands_tx: commands_tx.clone(),
             commands,
+            retiring: retiring.clone(),
         };
         let span = tracing::info_span!(
             "fanout_session",
@@ -112,6 +121,7 @@ impl Shards {
             Handle {
                 id,
                 commands: commands_tx,
+                retiring,
             },
         );
     }
@@ -173,13 +183,22 @@ impl Shards {
             return;
         }
         tracing::info!(added = ?new, removed = ?gone, "the shards changed");
+        // A shard that left the list (stopping, or not ready) may still be draining: its
+        // stream stays until the shard ends it, so that the acks of what it delivered reach it.
         for e in gone {
             if let Some(h) = self.live.remove(&e) {
-                let _ = h.commands.send(Command::Close);
+                h.retiring.store(true, Ordering::Release);
+                self.retiring.insert(e, h);
             }
         }
         for e in new {
-            self.start(e, Start::Now);
+            match self.retiring.remove(e.as_str()) {
+                Some(h) => {
+                    h.retiring.store(false, Ordering::Release);
+                    self.live.insert(e.as_str().into(), h);
+                }
+                None => self.start(e, Start::Now),
+            }
         }
     }
 
@@ -192,6 +211,9 @@ impl Shards {
         let live = self.live.get(&endpoint).is_some_and(|h| h.id == id);
         if live {
             self.live.remove(&endpoint);
+        }
+        if self.retiring.get(&endpoint).is_some_and(|h| h.id == id) {
+            self.retiring.remove(&endpoint);
         }
         match result {
             // One shard has not known the subscription for a while: it may lag behind the
@@ -222,7 +244,7 @@ impl Shards {
     /// Closes every session (each sends its pending acks and ends its stream) and waits for
     /// them all.
     async fn close_all(&mut self) {
-        for (_, h) in self.live.drain() {
+        for (_, h) in self.live.drain().chain(self.retiring.drain()) {
             let _ = h.commands.send(Command::Close);
         }
         while self.tasks.join_next().await.is_some() {}

@@ -254,7 +254,7 @@ async fn admin_discovery_lists_the_shards_with_a_grpc_address() {
 }
 
 #[tokio::test]
-async fn rediscovery_opens_new_shards_and_closes_gone_ones() {
+async fn rediscovery_opens_new_shards_and_retires_gone_ones() {
     let a = FakeShard::start(0, 1).await;
     let b = FakeShard::start(1, 1).await;
     let admin = FakeAdmin::start(None, json!([entry(&a, 0)])).await;
@@ -273,12 +273,19 @@ async fn rediscovery_opens_new_shards_and_closes_gone_ones() {
     sub.ack(&r);
     b.wait_for("its ack", |s| s.acked == at(1, [0])).await;
 
-    // a leaves: its stream is closed, after its ack.
+    // a leaves the list (it may be draining before it stops): its stream stays, acks
+    // included, until a ends it; then the session ends instead of reconnecting.
     admin.set(Some(json!([entry(&b, 1)])));
+    admin.wait_requests(3).await;
+    let seen = a.wait_for("its ack", |s| s.acked == at(0, [0])).await;
+    assert_eq!((seen.opens, seen.open_streams), (1, 1));
+    a.end_streams();
     let seen = a
         .wait_for("the stream closed", |s| s.open_streams == 0)
         .await;
-    assert_eq!((seen.opens, seen.acked), (1, at(0, [0])));
+    assert_eq!(seen.opens, 1);
+    admin.wait_requests(3).await;
+    assert_eq!(a.seen().opens, 1, "a shard off the list is not reconnected");
 
     // Failing discoveries keep the shards there are.
     admin.set(None);
