@@ -265,15 +265,26 @@ pub fn cursor_regressions(records: &[CursorRecord]) -> Vec<Regression> {
     out
 }
 
-/// Cursor records a stopped shard (a zombie) wrote before it woke that became visible after
-/// another shard had written the same key since the stop: a cursor "moved by the zombie
-/// after it lost its partition". Records it wrote after waking (a partition it was given
-/// again) do not count.
+/// How much earlier than the harness saw a partition given back to a woken shard its first
+/// cursor write of it may be stamped (the harness looks every 100 ms).
+const REASSIGN_TOLERANCE_MS: i64 = 250;
+
+/// The topic and partition of a cursor key `<topic>:<partition>:<subscription>`.
+fn key_partition(key: &str) -> Option<(&str, i32)> {
+    let mut parts = key.splitn(3, ':');
+    Some((parts.next()?, parts.next()?.parse().ok()?))
+}
+
+/// Cursor records a stopped shard (a zombie) wrote that became visible after another shard
+/// had written the same key since the stop — cursors "moved by the zombie after it lost its
+/// partition" — except those it wrote once Kafka had given it the partition again
+/// (`reassigned`: (topic, partition) → when the harness first saw that, after it woke).
 pub fn zombie_cursor_writes<'a>(
     records: &'a [CursorRecord],
     zombie: &str,
     stopped_at_ms: i64,
     woke_at_ms: i64,
+    reassigned: &HashMap<(String, i32), i64>,
 ) -> Vec<&'a CursorRecord> {
     let mut sorted: Vec<&CursorRecord> = records.iter().collect();
     sorted.sort_by_key(|r| (r.partition, r.offset));
@@ -282,9 +293,19 @@ pub fn zombie_cursor_writes<'a>(
     for r in sorted {
         let by_zombie = r.shard.as_deref() == Some(zombie);
         let at = r.timestamp_ms.unwrap_or(i64::MIN);
-        if !by_zombie && at >= stopped_at_ms {
-            taken_over.insert(&r.key);
-        } else if by_zombie && at < woke_at_ms && taken_over.contains(r.key.as_str()) {
+        if !by_zombie {
+            if at >= stopped_at_ms {
+                taken_over.insert(&r.key);
+            }
+            continue;
+        }
+        if !taken_over.contains(r.key.as_str()) {
+            continue;
+        }
+        let given_back = key_partition(&r.key)
+            .and_then(|(t, p)| reassigned.get(&(t.to_owned(), p)))
+            .is_some_and(|&since| at >= woke_at_ms && at >= since - REASSIGN_TOLERANCE_MS);
+        if !given_back {
             out.push(r);
         }
     }

@@ -139,6 +139,34 @@ async fn pause(run: &mut Run) -> anyhow::Result<()> {
     run.under_load(stopped_for).await;
     run.shards.resume(i)?;
     run.event("cont", Some(i), Owned::new(), "SIGCONT".into());
+    // When it is given partitions again (the checker allows its cursor writes of a
+    // partition only from then on): watched closely until its assignment holds for 3 s.
+    let watch = std::time::Instant::now();
+    let mut seen: Owned = Owned::new();
+    let mut stable_since = std::time::Instant::now();
+    while watch.elapsed() < run.session_timeout * 3 {
+        if let Some(owned) = run.shards.owned_by_itself(i).await {
+            let mut new = Owned::new();
+            for (t, ps) in &owned {
+                for p in ps {
+                    let known = seen.entry(t.clone()).or_default();
+                    if !known.contains(p) {
+                        known.push(*p);
+                        new.entry(t.clone()).or_default().push(*p);
+                    }
+                }
+            }
+            if new.is_empty() {
+                if !seen.is_empty() && stable_since.elapsed() >= Duration::from_secs(3) {
+                    break;
+                }
+            } else {
+                stable_since = std::time::Instant::now();
+                run.event("owns", Some(i), new, "given to it again".into());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     run.settle(&format!("after shard-{i} woke")).await;
     Ok(())
 }

@@ -360,6 +360,19 @@ impl Shards {
         Some((out, complete_view))
     }
 
+    /// What shard i says Kafka assigned it (its own entry of its `GET /v1/shards`); `None`
+    /// if it did not answer.
+    pub async fn owned_by_itself(&self, i: usize) -> Option<Owned> {
+        let url = format!("http://{}/v1/shards", self.spec.admin_addr(i));
+        let entries: Vec<ShardEntry> = self.http.get(&url).send().await.ok()?.json().await.ok()?;
+        let mut owned = entries
+            .into_iter()
+            .find(|e| e.id == shard_id(i))?
+            .partitions;
+        owned.retain(|_, ps| !ps.is_empty());
+        Some(owned)
+    }
+
     pub fn meta(&self) -> Vec<ShardMeta> {
         (0..self.count).map(|i| self.spec.meta(i)).collect()
     }

@@ -315,7 +315,38 @@ fn expectations(
                 format!("{} order inversions", total.order_inversions),
             ));
         }
-        "rolling-term" | "add-shard" => out.extend([lost(), no_dups()]),
+        "rolling-term" => {
+            out.extend([lost(), no_dups()]);
+            if let Some(m) = &input.meta {
+                let exits: Vec<&str> = m
+                    .events
+                    .iter()
+                    .filter(|e| e.kind == "exited")
+                    .map(|e| e.detail.as_str())
+                    .collect();
+                let clean = !exits.is_empty() && exits.iter().all(|d| *d == "exit status: 0");
+                out.push(check(
+                    "graceful",
+                    clean,
+                    format!("shard exits after SIGTERM: {}", exits.join(", ")),
+                ));
+            }
+        }
+        "add-shard" => {
+            out.extend([lost(), no_dups()]);
+            let moved = input.meta.as_ref().map_or(0, |m| {
+                m.events
+                    .iter()
+                    .filter(|e| e.kind == "moved")
+                    .map(|e| e.partitions.values().map(Vec::len).sum::<usize>())
+                    .sum()
+            });
+            out.push(check(
+                "moved",
+                moved > 0,
+                format!("{moved} partitions moved to the added shard"),
+            ));
+        }
         "kill-all" => out.push(lost()),
         "kill-busiest" => {
             out.push(lost());
@@ -347,10 +378,14 @@ fn expectations(
                         .map_or(0, |m| m.session_timeout_ms as i64 + 6000);
                     out.push(check(
                         "recovery",
-                        f.max_recovery_ms().is_some_and(|t| t <= goal),
+                        !f.recovery.is_empty() && f.max_recovery_ms().is_some_and(|t| t <= goal),
                         format!(
                             "slowest orphaned partition served again after {} (goal ≤ session timeout + 6 s = {})",
-                            f.max_recovery_ms().map_or_else(|| "never".into(), secs),
+                            if f.recovery.is_empty() {
+                                "- (the killed shard owned no partition)".into()
+                            } else {
+                                f.max_recovery_ms().map_or_else(|| "never".into(), secs)
+                            },
                             secs(goal)
                         ),
                     ));
@@ -377,6 +412,26 @@ fn expectations(
             out.extend(zombie_checks(input));
         }
         _ => out.push(lost()),
+    }
+    out.push(check(
+        "unexpected",
+        total.unexpected == 0,
+        format!(
+            "{} deliveries of records never produced (or with another sequence number)",
+            total.unexpected
+        ),
+    ));
+    if input.scenario != "pause"
+        && let Some(reg) = regressions
+    {
+        out.push(check(
+            "cursors",
+            reg.is_empty(),
+            format!(
+                "{} cursors moved backwards within a seek generation",
+                reg.len()
+            ),
+        ));
     }
     out
 }
@@ -420,7 +475,26 @@ fn zombie_checks(input: &Input) -> Vec<Check> {
             "cursor records do not name their writer (server too old?)".into(),
         ),
         Some(records) => {
-            let bad = crate::check::zombie_cursor_writes(records, &shard.id, stop.at_ms, cont.at_ms);
+            let reassigned: std::collections::HashMap<(String, i32), i64> = m
+                .events
+                .iter()
+                .filter(|e| e.kind == "owns" && e.shard == stop.shard && e.at_ms >= cont.at_ms)
+                .flat_map(|e| {
+                    e.partitions.iter().flat_map(move |(t, ps)| {
+                        ps.iter().map(move |p| ((t.clone(), *p), e.at_ms))
+                    })
+                })
+                .fold(std::collections::HashMap::new(), |mut m, (k, at)| {
+                    m.entry(k).or_insert(at);
+                    m
+                });
+            let bad = crate::check::zombie_cursor_writes(
+                records,
+                &shard.id,
+                stop.at_ms,
+                cont.at_ms,
+                &reassigned,
+            );
             let detail = match bad.first() {
                 None => format!(
                     "no cursor {} wrote before waking became visible after another shard took its partition over",
@@ -439,6 +513,28 @@ fn zombie_checks(input: &Input) -> Vec<Check> {
             check("zombie cursors", bad.is_empty(), detail)
         }
     });
+    // Without a takeover the zombie checks would pass for nothing.
+    let taken_over = input
+        .delivered
+        .iter()
+        .filter(|d| {
+            d.at_ms > stop.at_ms
+                && d.at_ms < cont.at_ms
+                && !crate::check::model::same_endpoint(&d.shard, &shard.grpc)
+                && stop
+                    .partitions
+                    .get(&d.topic)
+                    .is_some_and(|ps| ps.contains(&d.partition))
+        })
+        .count();
+    out.push(check(
+        "takeover",
+        taken_over > 0,
+        format!(
+            "{taken_over} records of {}'s partitions delivered by the others while it was stopped",
+            shard.id
+        ),
+    ));
     let stale = crate::check::stale_deliveries(&input.delivered, &shard.grpc, cont.at_ms);
     out.push(check(
         "zombie deliveries",

@@ -1,3 +1,5 @@
+use std::collections::HashMap;
+
 use super::model::{CursorRecord, Delivery, Event, Produced, RunMeta, ShardMeta, SubscriptionMeta};
 use super::*;
 
@@ -133,9 +135,17 @@ fn a_zombie_cursor_is_one_written_before_waking_and_visible_after_a_takeover() {
         // After waking, t:0 given back to it: legitimate.
         written(5, "t:0:s", 30, "shard-0", 250),
     ];
-    let bad = crate::check::zombie_cursor_writes(&records, "shard-0", 100, 200);
+    let given_back: HashMap<(String, i32), i64> = [(("t".to_owned(), 0), 240)].into();
+    let bad = crate::check::zombie_cursor_writes(&records, "shard-0", 100, 200, &given_back);
     assert_eq!(bad.len(), 1);
     assert_eq!((bad[0].offset, bad[0].cursor), (3, 15));
+    // Written after waking but before (or without) being given the partition back: also a
+    // zombie's write.
+    let bad = crate::check::zombie_cursor_writes(&records, "shard-0", 100, 200, &HashMap::new());
+    assert_eq!(bad.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![3, 5]);
+    let late: HashMap<(String, i32), i64> = [(("t".to_owned(), 0), 900)].into();
+    let bad = crate::check::zombie_cursor_writes(&records, "shard-0", 100, 200, &late);
+    assert_eq!(bad.len(), 2);
 }
 
 #[test]
@@ -297,7 +307,7 @@ fn the_report_ends_with_pass_and_fail_counts_per_scenario() {
     );
     // The run's events say nothing of a stopped shard.
     assert!(text.contains("FAIL zombie: no stop and cont"), "{text}");
-    assert!(text.trim_end().ends_with("3 passed, 3 failed"), "{text}");
+    assert!(text.trim_end().ends_with("4 passed, 3 failed"), "{text}");
     assert_eq!(r.total.lost, 1);
 
     let clean = Input {
@@ -312,8 +322,10 @@ fn the_report_ends_with_pass_and_fail_counts_per_scenario() {
         cursors: None,
     };
     let r = analyse(&clean);
-    assert_eq!(r.failed(), 1, "{}", r.render());
+    assert_eq!(r.failed(), 2, "{}", r.render());
     assert!(r.render().contains("FAIL duplicates: 1"));
+    // No shard exit was recorded: nothing shows the SIGTERMs were graceful.
+    assert!(r.render().contains("FAIL graceful"));
 }
 
 #[test]
