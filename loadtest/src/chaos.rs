@@ -133,6 +133,18 @@ impl Run {
     }
 
     pub fn event(&mut self, kind: &str, shard: Option<usize>, partitions: Owned, detail: String) {
+        self.event_at(now_ms(), kind, shard, partitions, detail);
+    }
+
+    /// The same, at a time taken earlier (ms since the Unix epoch).
+    pub fn event_at(
+        &mut self,
+        at_ms: i64,
+        kind: &str,
+        shard: Option<usize>,
+        partitions: Owned,
+        detail: String,
+    ) {
         let mut line = kind.to_owned();
         if let Some(i) = shard {
             line.push_str(&format!(" shard-{i}"));
@@ -145,7 +157,7 @@ impl Run {
         }
         self.say(&line);
         self.events.push(Event {
-            at_ms: now_ms(),
+            at_ms,
             kind: kind.into(),
             shard,
             partitions,

@@ -266,7 +266,8 @@ pub fn cursor_regressions(records: &[CursorRecord]) -> Vec<Regression> {
 }
 
 /// How much earlier than the harness saw a partition given back to a woken shard its first
-/// cursor write of it may be stamped (the harness looks every 100 ms).
+/// cursor write of it may be stamped (the harness asks every 50 ms, and stamps the answer
+/// with the time it asked).
 const REASSIGN_TOLERANCE_MS: i64 = 250;
 
 /// The topic and partition of a cursor key `<topic>:<partition>:<subscription>`.

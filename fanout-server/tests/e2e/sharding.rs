@@ -93,13 +93,7 @@ async fn receive_from_shards(
     while !want.is_subset(&got.unique) {
         let (partition, offset, shard) = tokio::time::timeout_at(deadline, seen.recv())
             .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "timed out: {} of {} records",
-                    got.unique.intersection(want).count(),
-                    want.len()
-                )
-            })
+            .unwrap_or_else(|_| panic!("timed out: {}", got.progress(want)))
             .expect("subscriber ended");
         got.deliveries += 1;
         got.unique.insert((partition, offset));

@@ -509,6 +509,15 @@ impl Received {
     pub fn duplicates(&self) -> usize {
         self.deliveries - self.unique.len()
     }
+
+    /// How many of `want` were seen, for messages.
+    pub fn progress(&self, want: &BTreeSet<(i32, i64)>) -> String {
+        format!(
+            "{} of {} records",
+            self.unique.intersection(want).count(),
+            want.len()
+        )
+    }
 }
 
 /// Receives (and acks) until every record of `want` was seen, failing after `WAIT`.
@@ -517,13 +526,7 @@ pub async fn receive_all(sub: &mut Subscriber, want: &BTreeSet<(i32, i64)>, got:
     while !want.is_subset(&got.unique) {
         let r = tokio::time::timeout_at(deadline, sub.next())
             .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "timed out: {} of {} records",
-                    got.unique.intersection(want).count(),
-                    want.len()
-                )
-            })
+            .unwrap_or_else(|_| panic!("timed out: {}", got.progress(want)))
             .expect("subscriber ended")
             .expect("subscriber error");
         note(got, &r);

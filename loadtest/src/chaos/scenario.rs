@@ -145,6 +145,9 @@ async fn pause(run: &mut Run) -> anyhow::Result<()> {
     let mut seen: Owned = Owned::new();
     let mut stable_since = std::time::Instant::now();
     while watch.elapsed() < run.session_timeout * 3 {
+        // Stamped with the time the question was asked (it may have been given it while the
+        // answer came: within 250 ms, which the checker allows).
+        let asked_at = super::load::now_ms();
         if let Some(owned) = run.shards.owned_by_itself(i).await {
             let mut new = Owned::new();
             for (t, ps) in &owned {
@@ -162,10 +165,10 @@ async fn pause(run: &mut Run) -> anyhow::Result<()> {
                 }
             } else {
                 stable_since = std::time::Instant::now();
-                run.event("owns", Some(i), new, "given to it again".into());
+                run.event_at(asked_at, "owns", Some(i), new, "given to it again".into());
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     run.settle(&format!("after shard-{i} woke")).await;
     Ok(())

@@ -497,11 +497,11 @@ fn zombie_checks(input: &Input) -> Vec<Check> {
             );
             let detail = match bad.first() {
                 None => format!(
-                    "no cursor {} wrote before waking became visible after another shard took its partition over",
+                    "no cursor record of {} became visible for a partition another shard had taken over, but after Kafka gave it back",
                     shard.id
                 ),
                 Some(r) => format!(
-                    "{} cursor records of {} written before it woke became visible after another shard's, e.g. {} = {} at {}:{}",
+                    "{} cursor records of {} became visible for partitions another shard had taken over, e.g. {} = {} at {}:{}",
                     bad.len(),
                     shard.id,
                     r.key,
