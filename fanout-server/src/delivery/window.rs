@@ -72,11 +72,12 @@ struct Slot {
     state: SlotState,
 }
 
-/// Per key (`ordering=key`): records delivered and not acked, and records held back.
-#[derive(Debug, Clone, Copy, Default)]
+/// Per key (`ordering=key`): records delivered and not acked, and the offsets of records
+/// held back, in order.
+#[derive(Debug, Clone, Default)]
 struct KeyLoad {
     unacked: u32,
-    held: u32,
+    held: std::collections::VecDeque<Offset>,
 }
 
 /// Records and bytes released from flight by an operation: credits handed back.
@@ -122,6 +123,9 @@ pub struct AckWindow {
     next_deadline: Option<Instant>,
     /// Number of held slots.
     held: usize,
+    /// The first held record of every key with nothing unacked: what a take may deliver
+    /// now (kept as keys change, so that finding one does not scan the window).
+    free_held: std::collections::BTreeSet<Offset>,
     /// Keys with records unacked or held (`ordering=key` only; empty otherwise).
     keys: std::collections::HashMap<u64, KeyLoad>,
     /// Ranges at or above `next` known to be acked already (restored from a stored cursor
@@ -145,6 +149,7 @@ impl AckWindow {
             dead_lettering: 0,
             next_deadline: None,
             held: 0,
+            free_held: std::collections::BTreeSet::new(),
             keys: std::collections::HashMap::new(),
             pre_acked: VecDeque::new(),
         }
@@ -288,21 +293,12 @@ impl AckWindow {
     /// never ordered.)
     pub fn key_busy(&self, key: Option<u64>) -> bool {
         key.and_then(|k| self.keys.get(&k))
-            .is_some_and(|l| l.unacked + l.held > 0)
+            .is_some_and(|l| l.unacked > 0 || !l.held.is_empty())
     }
 
     /// The lowest held record whose key has nothing delivered and unacked.
     pub fn first_free_held(&self) -> Option<Offset> {
-        if self.held == 0 {
-            return None;
-        }
-        self.slots.iter().find_map(|s| {
-            let free = s.state == SlotState::Held
-                && s.key
-                    .and_then(|k| self.keys.get(&k))
-                    .is_none_or(|l| l.unacked == 0);
-            free.then_some(s.offset)
-        })
+        self.free_held.first().copied()
     }
 
     /// Takes `offset` from the log without delivering it (its key is busy).
@@ -317,7 +313,11 @@ impl AckWindow {
         self.next = offset + 1;
         self.held += 1;
         if let Some(k) = key {
-            self.keys.entry(k).or_default().held += 1;
+            let l = self.keys.entry(k).or_default();
+            l.held.push_back(offset);
+            if l.unacked == 0 && l.held.len() == 1 {
+                self.free_held.insert(offset);
+            }
         }
     }
 
@@ -337,9 +337,14 @@ impl AckWindow {
         let key = slot.key;
         self.held -= 1;
         self.in_flight += 1;
+        self.free_held.remove(&offset);
         if let Some(k) = key {
             let l = self.keys.entry(k).or_default();
-            l.held -= 1;
+            if l.held.front() == Some(&offset) {
+                l.held.pop_front();
+            } else {
+                l.held.retain(|&o| o != offset);
+            }
             l.unacked += 1;
         }
         self.note_deadline(deadline);
@@ -351,8 +356,16 @@ impl AckWindow {
             && let Some(l) = self.keys.get_mut(&k)
         {
             l.unacked = l.unacked.saturating_sub(1);
-            if l.unacked == 0 && l.held == 0 {
-                self.keys.remove(&k);
+            if l.unacked == 0 {
+                match l.held.front() {
+                    // Its next record may go now.
+                    Some(&first) => {
+                        self.free_held.insert(first);
+                    }
+                    None => {
+                        self.keys.remove(&k);
+                    }
+                }
             }
         }
     }
@@ -740,5 +753,72 @@ impl AckWindow {
             .binary_search_by_key(&offset, |s| s.offset)
             .ok()?;
         self.slots.get_mut(i)
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    impl AckWindow {
+        /// [`AckWindow::first_free_held`] the slow way: the lowest held slot whose key has
+        /// nothing unacked.
+        fn first_free_held_by_scan(&self) -> Option<Offset> {
+            self.slots.iter().find_map(|s| {
+                let free = s.state == SlotState::Held
+                    && s.key
+                        .and_then(|k| self.keys.get(&k))
+                        .is_none_or(|l| l.unacked == 0);
+                free.then_some(s.offset)
+            })
+        }
+    }
+
+    proptest! {
+        /// Records of a few keys taken in order (held when their key is busy), acked in any
+        /// order, held ones delivered as their key frees: the kept index of free held
+        /// records always names the one a scan of the window would.
+        #[test]
+        fn the_free_held_index_matches_a_scan(
+            keys in proptest::collection::vec(0u64..4, 1..60),
+            acks in proptest::collection::vec(any::<prop::sample::Index>(), 1..80),
+        ) {
+            let stream = StreamId(1);
+            let mut w = AckWindow::new(0);
+            let mut offset = 0;
+            let mut acks = acks.into_iter();
+            loop {
+                prop_assert_eq!(w.first_free_held(), w.first_free_held_by_scan());
+                // Deliver what may go: free held records first, then the next of the log.
+                if let Some(o) = w.first_free_held() {
+                    w.deliver_held(o, stream, None);
+                    continue;
+                }
+                if let Some(&k) = keys.get(usize::try_from(offset).unwrap()) {
+                    if w.key_busy(Some(k)) {
+                        w.hold(offset, 1, Some(k));
+                    } else {
+                        w.deliver_first(offset, 1, Some(k), stream, None);
+                    }
+                    offset += 1;
+                    continue;
+                }
+                // Ack one record in flight.
+                let in_flight: Vec<Offset> = w
+                    .slots
+                    .iter()
+                    .filter(|s| matches!(s.state, SlotState::InFlight { .. }))
+                    .map(|s| s.offset)
+                    .collect();
+                let (Some(pick), false) = (acks.next(), in_flight.is_empty()) else {
+                    break;
+                };
+                let o = in_flight[pick.index(in_flight.len())];
+                w.ack(stream, &[OffsetRange { first: o, last: o }]);
+            }
+            prop_assert_eq!(w.first_free_held(), w.first_free_held_by_scan());
+        }
     }
 }
