@@ -37,6 +37,7 @@
 pub mod admin;
 pub mod cli;
 mod discovery;
+mod handler;
 mod session;
 mod shards;
 
@@ -51,6 +52,7 @@ use tracing::Instrument;
 
 pub use discovery::Discovery;
 pub use fanout_proto::v1 as proto;
+pub use handler::{Nack, RunStats};
 
 use session::Start;
 use shards::{Control, Shards};
@@ -265,7 +267,62 @@ pub struct Subscriber {
     task: Option<JoinHandle<()>>,
 }
 
+/// Builds a [`Subscriber`]: [`Subscriber::builder`].
+#[derive(Debug, Clone)]
+pub struct SubscriberBuilder {
+    cfg: SubscriberConfig,
+}
+
+impl SubscriberBuilder {
+    /// The Kafka topic (registered with fanout). Required.
+    pub fn topic(mut self, topic: &str) -> Self {
+        self.cfg.topic = topic.to_owned();
+        self
+    }
+
+    /// The subscription on that topic. Required.
+    pub fn subscription(mut self, subscription: &str) -> Self {
+        self.cfg.subscription = subscription.to_owned();
+        self
+    }
+
+    /// Most records delivered and not yet acked, per shard (default 1000).
+    pub fn max_in_flight(mut self, records: u32) -> Self {
+        self.cfg.max_in_flight = records;
+        self
+    }
+
+    /// Name of this instance, shown in server logs.
+    pub fn client_id(mut self, id: &str) -> Self {
+        self.cfg.client_id = id.to_owned();
+        self
+    }
+
+    /// The settings built so far, to adjust the rest ([`SubscriberConfig`]'s fields).
+    pub fn config(self) -> SubscriberConfig {
+        self.cfg
+    }
+
+    /// Connects ([`Subscriber::connect`]); a missing topic or subscription is refused first.
+    pub async fn connect(self) -> Result<Subscriber, Error> {
+        if self.cfg.topic.is_empty() || self.cfg.subscription.is_empty() {
+            return Err(Error::Refused(
+                "a topic and a subscription are required".into(),
+            ));
+        }
+        Subscriber::connect(self.cfg).await
+    }
+}
+
 impl Subscriber {
+    /// Starts building a subscriber of the shards `discovery` finds (a string such as
+    /// `"http://127.0.0.1:50051"` or `"dns://fanout-grpc:50051"` parses into one).
+    pub fn builder(discovery: Discovery) -> SubscriberBuilder {
+        SubscriberBuilder {
+            cfg: SubscriberConfig::with_discovery(discovery, "", ""),
+        }
+    }
+
     /// Finds the shards and opens a stream to each, concurrently. Fails if discovery fails or
     /// finds no shard, if any shard refuses the stream (bad settings, not authorized), if
     /// no shard knows the topic or subscription, or if no shard can be reached. Succeeds once at least one

@@ -9,6 +9,7 @@ mod bad_input;
 mod delivery;
 mod durability;
 mod gaps;
+mod handler;
 mod isolation;
 mod ordering;
 mod redelivery;
