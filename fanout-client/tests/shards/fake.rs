@@ -52,7 +52,8 @@ pub fn at(partition: i32, offsets: impl IntoIterator<Item = i64>) -> BTreeSet<(i
 }
 
 /// A fanout shard that owns one partition: every stream opened to it gets, at once, offsets
-/// `0..records` of that partition (values `"<partition>:<offset>"`), or the refusal.
+/// `0..records` of that partition (keys `"k<offset mod 3>"`, values
+/// `"<partition>:<offset>"`), or the refusal.
 #[derive(Debug)]
 pub struct FakeShard {
     /// Where it listens.
@@ -105,6 +106,7 @@ impl Fanout for Service {
             .map(|offset| pb::Record {
                 partition: self.partition,
                 offset,
+                key: Some(Bytes::from(format!("k{}", offset % 3))),
                 value: Some(Bytes::from(format!("{}:{offset}", self.partition))),
                 ..Default::default()
             })

@@ -6,10 +6,11 @@
 mod fake;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fake::{FakeAdmin, FakeShard, WAIT, at, entry, free_addr};
-use fanout_client::{Discovery, Error, Record, Subscriber, SubscriberConfig};
+use fanout_client::{Discovery, Error, Nack, Record, Subscriber, SubscriberConfig};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tonic::Code;
@@ -313,4 +314,125 @@ async fn dns_discovery_subscribes_to_every_address_of_a_name() {
     }
     a.wait_for("its acks", |s| s.acked == at(0, [0, 1])).await;
     sub.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn run_handles_records_concurrently_a_key_at_a_time_and_acks_or_nacks() {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let a = FakeShard::start(0, 30).await;
+    let b = FakeShard::start(1, 30).await;
+    let sub = Subscriber::connect(cfg(both(&a, &b))).await.unwrap();
+    // Per (partition, key): handlers running now, and the offsets in the order handled.
+    type PerKey<T> = Arc<Mutex<HashMap<(i32, String), T>>>;
+    let busy: PerKey<usize> = Arc::default();
+    let order: PerKey<Vec<i64>> = Arc::default();
+    let (running, peak, overlap) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let done_tx = Arc::new(Mutex::new(Some(done_tx)));
+    let handled = Arc::new(AtomicUsize::new(0));
+    let stats = {
+        let (busy, order, running, peak, overlap, handled) = (
+            busy.clone(),
+            order.clone(),
+            running.clone(),
+            peak.clone(),
+            overlap.clone(),
+            handled.clone(),
+        );
+        tokio::time::timeout(
+            WAIT,
+            sub.run(
+                4,
+                async move {
+                    let _ = done_rx.await;
+                },
+                move |r| {
+                    let (busy, order, running, peak, overlap, handled, done_tx) = (
+                        busy.clone(),
+                        order.clone(),
+                        running.clone(),
+                        peak.clone(),
+                        overlap.clone(),
+                        handled.clone(),
+                        done_tx.clone(),
+                    );
+                    async move {
+                        let key = (
+                            r.partition,
+                            String::from_utf8(r.key.clone().unwrap().to_vec()).unwrap(),
+                        );
+                        if std::mem::replace(
+                            busy.lock().unwrap().entry(key.clone()).or_default(),
+                            1,
+                        ) == 1
+                        {
+                            overlap.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        order
+                            .lock()
+                            .unwrap()
+                            .entry(key.clone())
+                            .or_default()
+                            .push(r.offset);
+                        busy.lock().unwrap().insert(key, 0);
+                        if handled.fetch_add(1, Ordering::SeqCst) + 1 == 60
+                            && let Some(tx) = done_tx.lock().unwrap().take()
+                        {
+                            let _ = tx.send(());
+                        }
+                        if r.offset % 10 == 0 {
+                            Err(Nack::after(
+                                Duration::from_secs(5),
+                                "every tenth is refused",
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                },
+            ),
+        )
+        .await
+        .expect("run ends after its shutdown")
+        .expect("no subscriber error")
+    };
+    assert_eq!((stats.acked, stats.nacked), (54, 6));
+    let peak = peak.load(Ordering::SeqCst);
+    assert!((2..=4).contains(&peak), "handlers ran {peak} at a time");
+    assert_eq!(
+        overlap.load(Ordering::SeqCst),
+        0,
+        "a key's records overlapped"
+    );
+    for (key, offsets) in order.lock().unwrap().iter() {
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "{key:?}: {offsets:?}"
+        );
+    }
+    // The acks and nacks reached the shards that delivered the records.
+    for (shard, p) in [(&a, 0), (&b, 1)] {
+        let refused = at(p, (0..30).filter(|o| o % 10 == 0));
+        let seen = shard
+            .wait_for("its acks and nacks", |s| {
+                s.acked.len() + s.nacked.len() == 30
+            })
+            .await;
+        assert_eq!(seen.nacked, refused);
+        assert_eq!(
+            seen.acked,
+            at(p, 0..30).difference(&refused).copied().collect()
+        );
+    }
 }
