@@ -6,6 +6,7 @@ mod support;
 
 mod admin;
 mod bad_input;
+mod clients;
 mod delivery;
 mod durability;
 mod gaps;
