@@ -67,6 +67,19 @@ enum Command {
         #[arg(long)]
         no_ack: bool,
     },
+    /// Follow a topic without a subscription of your own: a temporary one is created
+    /// (starting now, or at the earliest record with --from-beginning) and deleted when
+    /// this ends (--count reached, or Ctrl-C).
+    Tail {
+        #[arg(long)]
+        topic: String,
+        /// Start at the earliest record Kafka still holds instead of now.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Registered topics: list, register, unregister.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -365,6 +378,7 @@ fn check_names(cli: &Cli) -> Result<(), AdminError> {
             .chain(subscription.iter())
             .map(String::as_str)
             .collect(),
+        Command::Tail { topic, .. } => vec![topic],
         Command::Topics(TopicsCommand::List) | Command::Subscribe { .. } => vec![],
     };
     match names
@@ -375,6 +389,15 @@ fn check_names(cli: &Cli) -> Result<(), AdminError> {
             "{n:?} is not a valid name: letters, digits, '.', '_' and '-', not only dots"
         ))),
         None => Ok(()),
+    }
+}
+
+/// The shards `--server` names (with the admin token for `shards+http://…`).
+fn discovery(cli: &Cli) -> Result<Discovery, AdminError> {
+    match cli.server.parse::<Discovery>() {
+        Ok(d @ Discovery::Admin { .. }) => Ok(d.with_token(token(cli)?)),
+        Ok(d) => Ok(d),
+        Err(e) => Err(AdminError::Transport(format!("--server: {e}"))),
     }
 }
 
@@ -391,11 +414,7 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Adm
             max_in_flight,
             no_ack,
         } => {
-            let discovery = match cli.server.parse::<Discovery>() {
-                Ok(d @ Discovery::Admin { .. }) => d.with_token(token(&cli)?),
-                Ok(d) => d,
-                Err(e) => return Err(AdminError::Transport(format!("--server: {e}"))),
-            };
+            let discovery = discovery(&cli)?;
             return Ok(subscribe(
                 discovery,
                 topic,
@@ -628,6 +647,30 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Adm
             print_json_or(out, output, &v, || {
                 format!("{}/{} paused\n", r.topic, r.subscription)
             })
+        }
+        Command::Tail {
+            topic,
+            from_beginning,
+            count,
+        } => {
+            let discovery = discovery(&cli)?;
+            let admin = admin()?;
+            let name = format!("tail-{}-{:08x}", std::process::id(), rand::random::<u32>());
+            let subs = format!("/v1/topics/{}/subscriptions", segment(topic));
+            let start = if *from_beginning {
+                "earliest"
+            } else {
+                "latest"
+            };
+            admin
+                .post(&subs, json!({ "name": name, "start": start }))
+                .await?;
+            eprintln!("fanout: following {topic} through the temporary subscription {name}");
+            let code = subscribe(discovery, topic, &name, *count, 500, false, output, out).await;
+            if let Err(e) = admin.delete(&format!("{subs}/{}", segment(&name))).await {
+                eprintln!("fanout: could not delete the temporary subscription {name}: {e}");
+            }
+            return Ok(code);
         }
         Command::Resume(r) => {
             let v = admin()?

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::*;
 
@@ -449,4 +449,46 @@ async fn a_subscription_caps_the_credits_of_its_streams() {
     assert_eq!(lag["partitions"][0]["in_flight"], 7, "{lag}");
     sub.close().await;
     server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_tails_a_topic_through_a_temporary_subscription() {
+    let topic = name("tail");
+    create_topic(&topic, 2).await;
+    let server = TestServer::start(&name("c")).await;
+    let admin = server.admin_api();
+    admin.register(&topic).await;
+    let want = produce(&topic, 0, 50).await;
+    let (ok, out) = fanout(
+        &server,
+        &[
+            "--output",
+            "json",
+            "tail",
+            "--topic",
+            &topic,
+            "--from-beginning",
+            "--count",
+            "50",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let got: BTreeSet<(i32, i64)> = out
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                i32::try_from(v["partition"].as_i64().unwrap()).unwrap(),
+                v["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "{out}");
+    // The temporary subscription is gone.
+    let (status, subs) = admin
+        .get(&format!("/v1/topics/{topic}/subscriptions"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(subs.as_array().map(Vec::len), Some(0), "{subs}");
 }
