@@ -56,6 +56,10 @@ def main() -> int:
                     pb.PartitionRanges(partition=p, ranges=r) for p, r in done.items()])))
                 if args.count and seen >= args.count:
                     requests.put(None)  # half-close: the server ends the call
+                    # Batches sent before it saw the half-close go back to the subscription.
+                    for _ in responses:
+                        pass
+                    break
         except grpc.RpcError as e:
             print(f"subscribe ended: {e.code().name}: {e.details()}", file=sys.stderr)
             return 0 if args.count and seen >= args.count else 1

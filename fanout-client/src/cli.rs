@@ -17,7 +17,7 @@ use crate::{Discovery, Record, Subscriber, SubscriberConfig};
 #[derive(Debug, Parser)]
 #[command(name = "fanout", version, about = "Command-line client for fanout")]
 pub struct Cli {
-    /// The fanout shards (for `subscribe`).
+    /// The fanout shards (for `subscribe` and `tail`).
     ///
     /// `http://host:50051`, a comma-separated list of such endpoints, `dns://name:50051`
     /// (every address of a name, e.g. a Kubernetes headless Service), or
@@ -31,7 +31,8 @@ pub struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     server: String,
-    /// Admin API of a fanout server (for everything else).
+    /// Admin API of a fanout server (for everything else, and `tail`'s temporary
+    /// subscription).
     #[arg(
         long,
         global = true,
@@ -392,6 +393,35 @@ fn check_names(cli: &Cli) -> Result<(), AdminError> {
     }
 }
 
+/// Completes on Ctrl-C, SIGTERM or SIGHUP (listened for from the call on).
+fn stop_signals() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let kinds = [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+        ];
+        let signals: Vec<_> = kinds.into_iter().filter_map(|k| signal(k).ok()).collect();
+        async move {
+            if signals.is_empty() {
+                return std::future::pending().await;
+            }
+            let waits = signals.into_iter().map(|mut s| {
+                Box::pin(async move {
+                    s.recv().await;
+                })
+            });
+            futures::future::select_all(waits).await;
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 /// The shards `--server` names (with the admin token for `shards+http://…`).
 fn discovery(cli: &Cli) -> Result<Discovery, AdminError> {
     match cli.server.parse::<Discovery>() {
@@ -662,13 +692,21 @@ async fn execute(cli: Cli, out: &mut (dyn Write + Send)) -> Result<ExitCode, Adm
             } else {
                 "latest"
             };
+            // Listening before the subscription exists: any way this ends deletes it.
+            let stop = stop_signals();
             admin
                 .post(&subs, json!({ "name": name, "start": start }))
                 .await?;
             eprintln!("fanout: following {topic} through the temporary subscription {name}");
-            let code = subscribe(discovery, topic, &name, *count, 500, false, output, out).await;
+            let code = tokio::select! {
+                code = subscribe(discovery, topic, &name, *count, 500, false, output, out) => code,
+                () = stop => ExitCode::SUCCESS,
+            };
             if let Err(e) = admin.delete(&format!("{subs}/{}", segment(&name))).await {
-                eprintln!("fanout: could not delete the temporary subscription {name}: {e}");
+                eprintln!(
+                    "fanout: could not delete the temporary subscription ({e}); delete it with: \
+                     fanout subs delete --topic {topic} --subscription {name}"
+                );
             }
             return Ok(code);
         }

@@ -7,7 +7,10 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
+use std::panic::AssertUnwindSafe;
+
 use bytes::Bytes;
+use futures::FutureExt;
 use tokio::task::JoinSet;
 
 use crate::{Error, Record, Subscriber};
@@ -62,10 +65,17 @@ impl Subscriber {
     /// another, in the order they arrived (records without a key, in any order); a
     /// subscription with `ordering=key` also delivers them that way.
     ///
+    /// A handler that panics counts as one that returned an error.
+    ///
     /// On `shutdown` it stops taking records, lets the handlers already running finish,
     /// sends their acks and closes the streams (records not started are delivered again,
     /// elsewhere or later). A subscriber error (for example the subscription was deleted)
     /// ends it the same way and is returned.
+    ///
+    /// Records wait in this subscriber (up to `max_in_flight` per shard) while earlier ones
+    /// are handled, and their ack timeout runs meanwhile: keep `max_in_flight` near
+    /// `concurrency × ack timeout ÷ time per record` at most, or they come again before
+    /// their turn.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), fanout_client::Error> {
@@ -105,7 +115,12 @@ impl Subscriber {
         let start = |running: &mut JoinSet<_>, record: Record| {
             let handler = handler.clone();
             running.spawn(async move {
-                let result = handler(record.clone()).await;
+                // A handler that panics gives its record back like an error, and its key
+                // moves on.
+                let result = AssertUnwindSafe(handler(record.clone()))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Err(Nack::from("the handler panicked")));
                 (record, result)
             });
         };
@@ -117,15 +132,9 @@ impl Subscriber {
                 biased;
                 _ = &mut shutdown => break,
                 Some(done) = running.join_next() => {
-                    let (record, result) = match done {
-                        Ok(d) => d,
-                        Err(e) => {
-                            // A handler that panicked: its record is not acked (the stream's
-                            // close gives it back).
-                            tracing::error!(error = %e, "a record handler panicked");
-                            continue;
-                        }
-                    };
+                    // Panics are caught in the task: only an abort ends one without its
+                    // record, and nothing aborts them.
+                    let Ok((record, result)) = done else { continue };
                     self.settle(&record, result, &mut stats);
                     if let Some(next) = record.key.as_ref().and_then(|k| next_of_key(&mut waiting, k)) {
                         start(&mut running, next);

@@ -436,3 +436,54 @@ async fn run_handles_records_concurrently_a_key_at_a_time_and_acks_or_nacks() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_gives_its_record_back_and_its_key_goes_on() {
+    use std::sync::Mutex;
+
+    let a = FakeShard::start(0, 6).await;
+    let sub = Subscriber::connect(cfg(Discovery::Static(vec![a.endpoint.clone()])))
+        .await
+        .unwrap();
+    let handled: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let done_tx = Arc::new(Mutex::new(Some(done_tx)));
+    let h = handled.clone();
+    let stats = tokio::time::timeout(
+        WAIT,
+        sub.run(
+            2,
+            async move {
+                let _ = done_rx.await;
+            },
+            move |r| {
+                let (h, done_tx) = (h.clone(), done_tx.clone());
+                async move {
+                    assert!(r.offset != 0, "offset 0 makes the handler panic");
+                    let mut h = h.lock().unwrap();
+                    h.push(r.offset);
+                    // Offset 3 has offset 0's key: it runs only if the panic freed the key.
+                    if h.len() == 5
+                        && let Some(tx) = done_tx.lock().unwrap().take()
+                    {
+                        let _ = tx.send(());
+                    }
+                    Ok::<(), Nack>(())
+                }
+            },
+        ),
+    )
+    .await
+    .expect("run ends after its shutdown")
+    .expect("no subscriber error");
+    assert_eq!((stats.acked, stats.nacked), (5, 1));
+    let mut h = handled.lock().unwrap().clone();
+    h.sort_unstable();
+    assert_eq!(h, vec![1, 2, 3, 4, 5]);
+    let seen = a
+        .wait_for("the nack of the panicked record", |s| {
+            s.nacked == at(0, [0])
+        })
+        .await;
+    assert_eq!(seen.acked, at(0, 1..6));
+}

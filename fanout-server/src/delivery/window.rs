@@ -304,6 +304,7 @@ impl AckWindow {
     /// Takes `offset` from the log without delivering it (its key is busy).
     pub fn hold(&mut self, offset: Offset, size: usize, key: Option<u64>) {
         debug_assert!(offset >= self.next, "first deliveries ascend");
+        debug_assert!(key.is_some(), "only a record with a key waits for its key");
         self.slots.push_back(Slot {
             offset,
             size,
@@ -346,6 +347,10 @@ impl AckWindow {
                 l.held.retain(|&o| o != offset);
             }
             l.unacked += 1;
+            // Its key is busy now: none of its records is free.
+            if let Some(first) = l.held.front() {
+                self.free_held.remove(first);
+            }
         }
         self.note_deadline(deadline);
     }

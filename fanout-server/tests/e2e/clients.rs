@@ -35,10 +35,7 @@ fn setup() -> Examples {
             .to_owned()
     };
     Examples {
-        python: value("FANOUT_PY_SUBSCRIBER")
-            .split(' ')
-            .map(str::to_owned)
-            .collect(),
+        python: vec![value("FANOUT_PYTHON"), value("FANOUT_PY_SUBSCRIBER")],
         python_path: value("FANOUT_PY_PATH"),
         go: value("FANOUT_GO_SUBSCRIBER"),
     }
