@@ -242,15 +242,48 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// Adds the error responses every `/v1` operation shares, from its shape: 401 for all,
-/// 400 with a path, query or body, 404 under a topic, 413/415/422 with a body. Handlers
-/// declare only their own (success, 409, 503, a 422 of their own).
+/// Adds what every `/v1` operation shares, from its shape: the `{topic}` and `{name}` path
+/// parameters; the error responses 401 for all, 400 with a path, query or body, 404 under a
+/// topic, 413/415/422 with a body. Handlers declare only their own (query parameters;
+/// success, 409, 503, a 422 of their own).
 struct ProblemResponses;
 
 impl utoipa::Modify for ProblemResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::path::Operation;
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
+        // Path parameters, in path order, each described once here.
+        fn path_params(op: &mut Operation, path: &str) {
+            let named = [
+                ("{topic}", "topic", "Registered topic"),
+                ("{name}", "name", "Subscription name"),
+            ];
+            let params = op.parameters.get_or_insert_with(Vec::new);
+            for (i, (_, name, what)) in named
+                .iter()
+                .filter(|(seg, ..)| path.contains(seg))
+                .enumerate()
+            {
+                let exists = params
+                    .iter()
+                    .any(|p| matches!(p, utoipa::openapi::RefOr::T(p) if p.name == *name));
+                if exists {
+                    continue;
+                }
+                let param = ParameterBuilder::new()
+                    .name(*name)
+                    .parameter_in(ParameterIn::Path)
+                    .description(Some(*what))
+                    .required(Required::True)
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                    .build();
+                params.insert(i.min(params.len()), param.into());
+            }
+            if params.is_empty() {
+                op.parameters = None;
+            }
+        }
         fn add(op: &mut Operation, status: &str, what: &str) {
             op.responses
                 .responses
@@ -280,6 +313,7 @@ impl utoipa::Modify for ProblemResponses {
                 &mut item.delete,
             ];
             for op in ops.into_iter().flatten() {
+                path_params(op, path);
                 let body = op.request_body.is_some();
                 let params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
                 add(op, "401", "Missing or wrong bearer token");

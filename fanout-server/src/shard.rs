@@ -44,6 +44,23 @@ pub struct ShardLimits {
     pub lease_gap: std::time::Duration,
 }
 
+#[cfg(test)]
+impl ShardLimits {
+    /// Small windows and batches for tests (1 MiB per window, 100 records per batch).
+    pub const FOR_TESTS: Self = Self {
+        partition_window_bytes: 1 << 20,
+        window_memory_bytes: 1 << 30,
+        catch_up_window_bytes: 1 << 20,
+        catch_up_memory_bytes: 1 << 30,
+        take: TakeLimits {
+            batch_records: 100,
+            batch_bytes: 1 << 20,
+            max_unacked_span: 1000,
+        },
+        lease_gap: std::time::Duration::from_secs(3),
+    };
+}
+
 /// Why a subscription could not be found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LookupError {

@@ -120,10 +120,6 @@ async fn lag_of(
     get,
     path = "/v1/topics/{topic}/subscriptions/{name}/lag",
     tag = "operations",
-    params(
-        ("topic" = String, Path, description = "Registered topic"),
-        ("name" = String, Path, description = "Subscription name")
-    ),
     responses(
         (status = 200, description = "Lag per partition owned by this shard", body = LagView),
         (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
@@ -205,10 +201,6 @@ pub enum SeekTo {
     post,
     path = "/v1/topics/{topic}/subscriptions/{name}/seek",
     tag = "operations",
-    params(
-        ("topic" = String, Path, description = "Registered topic"),
-        ("name" = String, Path, description = "Subscription name")
-    ),
     request_body = SeekRequest,
     responses(
         (status = 200, description = "Moved; the view shows the seeks", body = SubscriptionView),
@@ -391,10 +383,6 @@ pub struct RedriveBody {
     post,
     path = "/v1/topics/{topic}/subscriptions/{name}/redrive",
     tag = "operations",
-    params(
-        ("topic" = String, Path, description = "Registered topic"),
-        ("name" = String, Path, description = "Subscription name")
-    ),
     request_body = RedriveBody,
     responses(
         (status = 200, description = "What was read and published; call again while not complete", body = crate::deadletter::RedriveOutcome),
@@ -519,10 +507,6 @@ async fn set_paused(
     post,
     path = "/v1/topics/{topic}/subscriptions/{name}/pause",
     tag = "operations",
-    params(
-        ("topic" = String, Path, description = "Registered topic"),
-        ("name" = String, Path, description = "Subscription name")
-    ),
     responses(
         (status = 200, description = "Paused", body = SubscriptionView),
         (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),
@@ -540,10 +524,6 @@ pub async fn pause(
     post,
     path = "/v1/topics/{topic}/subscriptions/{name}/resume",
     tag = "operations",
-    params(
-        ("topic" = String, Path, description = "Registered topic"),
-        ("name" = String, Path, description = "Subscription name")
-    ),
     responses(
         (status = 200, description = "Resumed", body = SubscriptionView),
         (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),

@@ -200,9 +200,6 @@ pub fn subscription_view(s: &Shard, spec: &SubscriptionSpec) -> SubscriptionView
     get,
     path = "/v1/topics/{topic}/subscriptions",
     tag = "subscriptions",
-    params(
-        ("topic" = String, Path, description = "Registered topic")
-    ),
     responses(
         (status = 200, description = "The topic's subscriptions", body = [SubscriptionView]),
     )
@@ -228,10 +225,6 @@ pub async fn list_subscriptions(
     get,
     path = "/v1/topics/{topic}/subscriptions/{name}",
     tag = "subscriptions",
-    params(
-        ("topic" = String, Path, description = "Registered topic"),
-        ("name" = String, Path, description = "Subscription name")
-    ),
     responses(
         (status = 200, description = "The subscription", body = SubscriptionView),
     )
@@ -248,9 +241,6 @@ pub async fn get_subscription(
     post,
     path = "/v1/topics/{topic}/subscriptions",
     tag = "subscriptions",
-    params(
-        ("topic" = String, Path, description = "Registered topic")
-    ),
     request_body = CreateSubscription,
     responses(
         (status = 201, description = "Created", body = SubscriptionView),
@@ -411,10 +401,6 @@ pub struct UpdateSubscription {
     patch,
     path = "/v1/topics/{topic}/subscriptions/{name}",
     tag = "subscriptions",
-    params(
-        ("topic" = String, Path, description = "Registered topic"),
-        ("name" = String, Path, description = "Subscription name")
-    ),
     request_body = UpdateSubscription,
     responses(
         (status = 200, description = "Changed (or nothing to change)", body = SubscriptionView),
@@ -475,10 +461,6 @@ pub async fn update_subscription(
     delete,
     path = "/v1/topics/{topic}/subscriptions/{name}",
     tag = "subscriptions",
-    params(
-        ("topic" = String, Path, description = "Registered topic"),
-        ("name" = String, Path, description = "Subscription name")
-    ),
     responses(
         (status = 204, description = "Deleted"),
         (status = 503, description = "Kafka or the registry did not answer", body = Problem, content_type = "application/problem+json"),

@@ -12,21 +12,9 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::*;
-use crate::delivery::TakeLimits;
 use crate::shard::ShardLimits;
 
-const LIMITS: ShardLimits = ShardLimits {
-    partition_window_bytes: 1 << 20,
-    window_memory_bytes: 1 << 30,
-    catch_up_window_bytes: 1 << 20,
-    catch_up_memory_bytes: 1 << 30,
-    take: TakeLimits {
-        batch_records: 100,
-        batch_bytes: 1 << 20,
-        max_unacked_span: 1000,
-    },
-    lease_gap: std::time::Duration::from_secs(3),
-};
+const LIMITS: ShardLimits = ShardLimits::FOR_TESTS;
 
 /// Applies registry writes straight to the shard.
 struct Applied {

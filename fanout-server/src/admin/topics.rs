@@ -67,9 +67,6 @@ pub async fn list_topics(State(s): State<AdminState>) -> Json<Vec<TopicView>> {
     get,
     path = "/v1/topics/{topic}",
     tag = "topics",
-    params(
-        ("topic" = String, Path, description = "Registered topic")
-    ),
     responses(
         (status = 200, description = "The topic", body = TopicView),
     )
@@ -150,10 +147,7 @@ pub struct UnregisterQuery {
     delete,
     path = "/v1/topics/{topic}",
     tag = "topics",
-    params(
-        ("topic" = String, Path, description = "Registered topic"),
-        UnregisterQuery
-    ),
+    params(UnregisterQuery),
     responses(
         (status = 204, description = "Unregistered"),
         (status = 409, description = "The topic has subscriptions (pass force=true)", body = Problem, content_type = "application/problem+json"),

@@ -8,18 +8,7 @@ use crate::log::Batch;
 use crate::model::{Record, StartOffsets, StartPosition};
 use crate::registry::Entry;
 
-const LIMITS: ShardLimits = ShardLimits {
-    partition_window_bytes: 1 << 20,
-    window_memory_bytes: 1 << 30,
-    catch_up_window_bytes: 1 << 20,
-    catch_up_memory_bytes: 1 << 30,
-    take: TakeLimits {
-        batch_records: 100,
-        batch_bytes: 1 << 20,
-        max_unacked_span: 1000,
-    },
-    lease_gap: std::time::Duration::from_secs(3),
-};
+const LIMITS: ShardLimits = ShardLimits::FOR_TESTS;
 
 fn credits(records: usize) -> Credits {
     Credits {
