@@ -3,9 +3,15 @@
 //! coming back and taking partitions from the other — delivers nothing twice.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fanout_client::{Discovery, Subscriber, SubscriberConfig};
+use fanout_server::model::{SubscriptionKey, SubscriptionName, TopicName};
+use fanout_server::shard::CursorUpdate;
+use fanout_server::store::cursors::CursorWriter;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::support::*;
 
@@ -228,4 +234,122 @@ async fn shards_split_the_partitions_and_hand_them_over_without_duplicates() {
         0,
         "a graceful handover delivers nothing twice"
     );
+}
+
+/// A group member's state as Kafka describes the group: (members, state).
+fn group_state(group: &str) -> (usize, String) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .unwrap();
+    let list = c
+        .fetch_group_list(Some(group), Duration::from_secs(10))
+        .unwrap();
+    let g = list.groups().iter().find(|g| g.name() == group);
+    g.map_or((0, String::new()), |g| {
+        (g.members().len(), g.state().to_owned())
+    })
+}
+
+/// Joins `group` on `topic` and polls until the consumer has taken part in a rebalance.
+fn member(group: &str, topic: &str) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    c
+}
+
+/// KIP-447 fencing of the cursor writer, without timing luck: a transaction carrying the
+/// group metadata of a generation the group has left behind (a zombie's) is refused and
+/// none of its cursor records becomes visible; the same write with the member's current
+/// metadata commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cursor_transaction_of_an_old_group_generation_is_refused() {
+    init_logs();
+    let cluster = name("fence");
+    let topic = name("fenced");
+    create_topic(&topic, 1).await;
+    let cfg = config(&cluster);
+    fanout_server::store::topics::ensure(&cfg).await.unwrap();
+    let writer = CursorWriter::new(&cfg, "shard-z").await.unwrap();
+    let group = cfg.group_id();
+
+    // A member of the shard group, and its metadata in the first generation.
+    let (g, t) = (group.clone(), topic.clone());
+    let (first, old) = tokio::task::spawn_blocking(move || {
+        let c = member(&g, &t);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while c.assignment().unwrap().count() == 0 {
+            assert!(Instant::now() < deadline, "no assignment");
+            let _ = c.poll(Duration::from_millis(100));
+        }
+        let old = c.group_metadata().unwrap();
+        (c, old)
+    })
+    .await
+    .unwrap();
+    // A second member joins: a new generation, which the first member takes part in.
+    let (g, t) = (group.clone(), topic.clone());
+    let (first, second) = tokio::task::spawn_blocking(move || {
+        let second = member(&g, &t);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let _ = first.poll(Duration::from_millis(50));
+            let _ = second.poll(Duration::from_millis(50));
+            if group_state(&g) == (2, "Stable".to_owned()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the group did not settle");
+        }
+        (first, second)
+    })
+    .await
+    .unwrap();
+
+    let key = SubscriptionKey {
+        topic: TopicName::new(&topic).unwrap(),
+        name: SubscriptionName::new("billing").unwrap(),
+    };
+    let update = |cursor| CursorUpdate {
+        subscription: key.clone(),
+        incarnation: 1,
+        partition: 0,
+        cursor,
+        acked: Vec::new(),
+        seek: 0,
+    };
+    let offsets = |o| vec![(TopicName::new(&topic).unwrap(), 0, o)];
+    let valid: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(|| true);
+
+    // The zombie's write: refused, and nothing of it visible.
+    let refused = writer
+        .write(&[update(7)], &offsets(7), Some(old), valid.clone())
+        .await;
+    assert!(
+        refused.is_err(),
+        "a stale generation's transaction committed"
+    );
+    assert_eq!(
+        stored_cursors(&cluster).await.get(&("billing".into(), 0)),
+        None
+    );
+
+    // The member's current metadata: committed and visible.
+    let current = first.group_metadata().unwrap();
+    writer
+        .write(&[update(9)], &offsets(9), Some(current), valid)
+        .await
+        .expect("a current member's transaction commits");
+    assert_eq!(
+        stored_cursors(&cluster).await.get(&("billing".into(), 0)),
+        Some(&9)
+    );
+    tokio::task::spawn_blocking(move || drop((first, second)))
+        .await
+        .unwrap();
 }
