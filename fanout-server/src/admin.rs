@@ -23,7 +23,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -69,7 +68,7 @@ pub trait KafkaView: Send + Sync + 'static {
     ) -> Result<Vec<(Partition, Option<Offset>)>, KafkaError>;
 }
 
-impl KafkaView for BaseConsumer {
+impl KafkaView for kafka::MetadataClient {
     fn group_members(&self, group: &str) -> Result<Vec<crate::membership::Member>, KafkaError> {
         crate::membership::members(self, group)
     }

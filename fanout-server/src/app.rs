@@ -201,6 +201,7 @@ pub async fn run(
     let flusher = Arc::new(Flusher::new(shard.clone(), cursor_writer));
 
     // 2. Reading Kafka and committing.
+    let cursor_ends = cursors.ends_client();
     let ingest = Ingest::start(&cfg, shard.clone(), flusher.clone(), cursors, &me)?;
     ingest::catchup::start(
         &cfg,
@@ -247,13 +248,18 @@ pub async fn run(
             ),
     );
     let (ready_tx, ready_rx) = watch::channel(false);
+    let admin_kafka =
+        Arc::new(kafka::metadata_client(&cfg).map_err(StoreError::kafka("metadata client"))?);
+    // The long-lived clients nothing polls: their statistics are served here.
+    tasks.spawn(kafka::stats::serve_unpolled(
+        vec![admin_kafka.clone(), cursor_ends],
+        background.clone(),
+    ));
     let admin_state = AdminState {
         shard: shard.clone(),
         registry: writer,
         write_lock: Arc::new(tokio::sync::Mutex::new(())),
-        kafka: Arc::new(
-            kafka::metadata_client(&cfg).map_err(StoreError::kafka("metadata client"))?,
-        ),
+        kafka: admin_kafka,
         ready: ready_rx,
         metrics,
         info: me.clone(),

@@ -40,7 +40,7 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The producer of dead letters, shared by every stream.
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: FutureProducer<kafka::StatsContext>,
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -186,7 +186,7 @@ const REDRIVE_MAX_BYTES: usize = 64 << 20;
 /// publishes leaves the position where it was, and a retry publishes those again.
 pub struct Redriver {
     cfg: Config,
-    producer: FutureProducer,
+    producer: FutureProducer<kafka::StatsContext>,
 }
 
 impl std::fmt::Debug for Redriver {
@@ -219,7 +219,8 @@ impl Redriver {
         cfg: &Config,
         req: &RedriveRequest,
     ) -> Result<(Vec<Letter>, RedriveOutcome), RedriveError> {
-        let consumer: BaseConsumer = kafka::reader(cfg, "redrive").create()?;
+        let consumer: BaseConsumer<kafka::StatsContext> = kafka::reader(cfg, "redrive")
+            .create_with_context(kafka::StatsContext::new("redrive"))?;
         let dlq = req.dead_letter_topic.as_str();
         let partitions = kafka::partitions_of(&consumer, dlq)?
             .ok_or_else(|| RedriveError::NoTopic(dlq.to_owned()))?;

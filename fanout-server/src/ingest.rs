@@ -98,6 +98,8 @@ pub struct IngestContext {
     assigned: Notify,
     /// Readers ask the driver to restart them from an offset (rewinds, offset resets).
     restarts: mpsc::UnboundedSender<partition::Restart>,
+    /// Counts the consumer's traffic (its statistics arrive on the driver thread).
+    stats: kafka::stats::ClientStats,
 }
 
 impl std::fmt::Debug for IngestContext {
@@ -109,6 +111,10 @@ impl std::fmt::Debug for IngestContext {
 impl ClientContext for IngestContext {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "kafka client error (ingest)");
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.stats.record(statistics);
     }
 }
 
@@ -499,6 +505,7 @@ impl Ingest {
             pending: Mutex::new(Vec::new()),
             assigned: Notify::new(),
             restarts,
+            stats: kafka::stats::ClientStats::new("ingest"),
         };
         let mut settings = kafka::base(cfg, "ingest");
         let session_ms = cfg.session_timeout.as_millis();

@@ -1,4 +1,7 @@
-//! Settings of every Kafka client fanout creates, in one place.
+//! Settings of every Kafka client fanout creates, in one place, and the contexts that count
+//! their traffic ([`stats`]).
+
+pub mod stats;
 
 use std::time::Duration;
 
@@ -16,12 +19,15 @@ use crate::model::{Offset, Partition};
 /// Timeout of metadata and watermark requests.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Settings shared by every client: bootstrap, client id, and the operator's pass-through
-/// options (which may not touch what fanout manages; see `Config::validate`).
+/// Settings shared by every client: bootstrap, client id, statistics, and the operator's
+/// pass-through options (which may not touch what fanout manages; see `Config::validate`).
 pub fn base(cfg: &Config, role: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.kafka_bootstrap)
-        .set("client.id", format!("fanout-{}-{role}", cfg.cluster));
+        .set("client.id", format!("fanout-{}-{role}", cfg.cluster))
+        // Traffic counters (`fanout_kafka_*_total`); the operator may change the interval,
+        // or turn them off with 0.
+        .set("statistics.interval.ms", stats::DEFAULT_INTERVAL_MS);
     operator_options(cfg, &mut c);
     c
 }
@@ -35,14 +41,17 @@ pub fn operator_options(cfg: &Config, c: &mut ClientConfig) {
 }
 
 /// A producer for fanout's own records: idempotent, acknowledged by all in-sync replicas.
-pub fn producer(cfg: &Config, role: &str) -> Result<FutureProducer, KafkaError> {
+pub fn producer(
+    cfg: &Config,
+    role: &'static str,
+) -> Result<FutureProducer<StatsContext>, KafkaError> {
     let mut c = base(cfg, role);
     c.set("linger.ms", "2").set("message.timeout.ms", "30000");
     operator_options(cfg, &mut c);
     // Durability settings come last: they are not the operator's to weaken.
     c.set("enable.idempotence", "true")
         .set("acks", "all")
-        .create()
+        .create_with_context(StatsContext::new(role))
 }
 
 /// How long a cursor transaction may stay open before the broker aborts it. A shard killed
@@ -66,12 +75,57 @@ pub fn transactional_settings(cfg: &Config, role: &str, transactional_id: &str) 
     c
 }
 
+/// Context of the clients with no callbacks of their own (producers, metadata clients):
+/// librdkafka's defaults, and their traffic counted under their role.
+#[derive(Debug)]
+pub struct StatsContext {
+    /// Counts the client's traffic.
+    stats: stats::ClientStats,
+}
+
+impl StatsContext {
+    /// The context of a new client of `role` (as in its `client.id`).
+    pub fn new(role: &'static str) -> Self {
+        Self {
+            stats: stats::ClientStats::new(role),
+        }
+    }
+}
+
+impl ClientContext for StatsContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.stats.record(statistics);
+    }
+}
+
+impl ConsumerContext for StatsContext {}
+
+/// A consumer that only asks for metadata, watermarks and offsets. Nothing polls it: its
+/// statistics are served by [`stats::serve_unpolled`] if it lives long.
+pub type MetadataClient = BaseConsumer<StatsContext>;
+
 /// Context of the internal-topic readers: reaching the end of a partition is how they know
-/// they caught up, not an error worth logging.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ReaderContext;
+/// they caught up, not an error worth logging. Counts the reader's traffic under its role.
+#[derive(Debug)]
+pub struct ReaderContext {
+    /// Counts the reader's traffic.
+    stats: stats::ClientStats,
+}
+
+impl ReaderContext {
+    /// The context of a new reader of `role` (as in its `client.id`).
+    pub fn new(role: &'static str) -> Self {
+        Self {
+            stats: stats::ClientStats::new(role),
+        }
+    }
+}
 
 impl ClientContext for ReaderContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.stats.record(statistics);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         let eof = matches!(
             error,
@@ -102,30 +156,33 @@ pub fn reader(cfg: &Config, role: &str) -> ClientConfig {
     c
 }
 
-/// An admin client.
+/// An admin client, for the internal topics at start. Without statistics: rdkafka never
+/// serves an admin client's main queue, where they would pile up.
 pub fn admin(cfg: &Config) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
-    base(cfg, "admin").create()
+    base(cfg, "admin")
+        .set("statistics.interval.ms", "0")
+        .create()
 }
 
 /// A consumer used only for metadata and watermark queries.
-pub fn metadata_client(cfg: &Config) -> Result<BaseConsumer, KafkaError> {
+pub fn metadata_client(cfg: &Config) -> Result<MetadataClient, KafkaError> {
     base(cfg, "metadata")
         .set("enable.auto.commit", "false")
-        .create()
+        .create_with_context(StatsContext::new("metadata"))
 }
 
 /// A client whose watermark requests answer the high watermark itself, past records of
 /// transactions still open (a read_committed client is answered the last stable offset).
-pub fn end_client(cfg: &Config) -> Result<BaseConsumer, KafkaError> {
+pub fn end_client(cfg: &Config) -> Result<MetadataClient, KafkaError> {
     base(cfg, "ends")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_uncommitted")
-        .create()
+        .create_with_context(StatsContext::new("ends"))
 }
 
 /// Partitions of `topic`, or `None` if Kafka does not know the topic. Blocking.
-pub fn partitions_of(
-    client: &BaseConsumer,
+pub fn partitions_of<C: ConsumerContext>(
+    client: &BaseConsumer<C>,
     topic: &str,
 ) -> Result<Option<Vec<Partition>>, KafkaError> {
     let md = client.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
@@ -141,8 +198,8 @@ pub fn partitions_of(
 }
 
 /// Low and high watermarks of every partition of `topic`. Blocking.
-pub fn watermarks(
-    client: &BaseConsumer,
+pub fn watermarks<C: ConsumerContext>(
+    client: &BaseConsumer<C>,
     topic: &str,
     partitions: &[Partition],
 ) -> Result<Vec<(Partition, Offset, Offset)>, KafkaError> {
@@ -157,8 +214,8 @@ pub fn watermarks(
 
 /// Per partition, the first offset whose timestamp is at or after `timestamp_ms`, or `None`
 /// when no record is that recent. Blocking.
-pub fn offsets_for_time(
-    client: &BaseConsumer,
+pub fn offsets_for_time<C: ConsumerContext>(
+    client: &BaseConsumer<C>,
     topic: &str,
     partitions: &[Partition],
     timestamp_ms: i64,

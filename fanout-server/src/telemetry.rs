@@ -23,7 +23,7 @@ pub fn init(format: LogFormat) {
 
 /// Prometheus metrics, rendered by the admin API at `/metrics`. Names follow
 /// `fanout_<what>_<unit>`; labels are topic and subscription (and partition for losses),
-/// never a stream. Counters are kept as handles by the tasks that count; gauges of the
+/// never a stream; the Kafka traffic counters are labelled by client role. Counters are kept as handles by the tasks that count; gauges of the
 /// shard's state are set when `/metrics` is scraped ([`observe`]).
 pub mod metrics {
     use std::sync::OnceLock;
@@ -201,6 +201,31 @@ pub mod metrics {
             Unit::Count,
             "1 while deliveries and cursor writes are suspended after the process was stopped, else 0."
         );
+        describe_counter!(
+            "fanout_kafka_received_bytes_total",
+            Unit::Bytes,
+            "Bytes received from Kafka brokers by this process's Kafka clients, by client role (librdkafka rxbytes; counted from each client's statistics, every statistics.interval.ms)."
+        );
+        describe_counter!(
+            "fanout_kafka_sent_bytes_total",
+            Unit::Bytes,
+            "Bytes sent to Kafka brokers by this process's Kafka clients, by client role (librdkafka txbytes)."
+        );
+        describe_counter!(
+            "fanout_kafka_requests_total",
+            Unit::Count,
+            "Requests sent to Kafka brokers by this process's Kafka clients, by client role (librdkafka tx)."
+        );
+        describe_counter!(
+            "fanout_kafka_responses_total",
+            Unit::Count,
+            "Responses received from Kafka brokers by this process's Kafka clients, by client role (librdkafka rx)."
+        );
+        describe_counter!(
+            "fanout_kafka_fetch_requests_total",
+            Unit::Count,
+            "Fetch requests sent to Kafka brokers by this process's Kafka clients, by client role (librdkafka req.Fetch, summed over brokers)."
+        );
     }
 
     /// Starts the loss series of a subscription's partition at 0.
@@ -231,6 +256,29 @@ pub mod metrics {
             Self {
                 records: counter!("fanout_records_ingested_total", "topic" => topic.to_owned()),
                 bytes: counter!("fanout_ingested_bytes_total", "topic" => topic.to_owned()),
+            }
+        }
+    }
+
+    /// Traffic counters of the Kafka clients of one role (`client` label: `ingest`,
+    /// `catch-up`, ...), added to from each client's librdkafka statistics.
+    #[derive(Debug, Clone)]
+    pub struct KafkaClient {
+        pub received_bytes: Counter,
+        pub sent_bytes: Counter,
+        pub requests: Counter,
+        pub responses: Counter,
+        pub fetch_requests: Counter,
+    }
+
+    impl KafkaClient {
+        pub fn new(role: &'static str) -> Self {
+            Self {
+                received_bytes: counter!("fanout_kafka_received_bytes_total", "client" => role),
+                sent_bytes: counter!("fanout_kafka_sent_bytes_total", "client" => role),
+                requests: counter!("fanout_kafka_requests_total", "client" => role),
+                responses: counter!("fanout_kafka_responses_total", "client" => role),
+                fetch_requests: counter!("fanout_kafka_fetch_requests_total", "client" => role),
             }
         }
     }

@@ -36,6 +36,8 @@ const MAX_BATCH: usize = 1000;
 /// most fetched per partition per request): what moving to another job may throw away.
 const PREFETCH_KBYTES: &str = "1024";
 const FETCH_PARTITION_BYTES: &str = "524288";
+/// The readers' role, in their `client.id` and the `client` label of their traffic.
+const ROLE: &str = "catch-up";
 
 /// Starts `readers` catch-up readers on `tracker`, serving the shard's catch-up queue until
 /// `cancel`.
@@ -47,12 +49,12 @@ pub fn start(
     cancel: CancellationToken,
 ) -> Result<(), KafkaError> {
     for i in 0..readers {
-        let mut c = kafka::reader(cfg, "catch-up");
+        let mut c = kafka::reader(cfg, ROLE);
         c.set("enable.partition.eof", "false")
             .set("queued.max.messages.kbytes", PREFETCH_KBYTES)
             .set("max.partition.fetch.bytes", FETCH_PARTITION_BYTES);
         kafka::operator_options(cfg, &mut c);
-        let consumer: kafka::Reader = c.create_with_context(kafka::ReaderContext)?;
+        let consumer: kafka::Reader = c.create_with_context(kafka::ReaderContext::new(ROLE))?;
         let reader = CatchUpReader {
             shard: shard.clone(),
             consumer,
@@ -98,6 +100,14 @@ impl CatchUpReader {
             let job = tokio::select! {
                 _ = cancel.cancelled() => break,
                 job = queue.pop() => job,
+                // While idle (nothing assigned), serve the consumer's queue all the same:
+                // its statistics, and errors the next job need not trip over.
+                idle = self.consumer.recv() => {
+                    if let Err(e) = idle {
+                        tracing::debug!(error = %e, "idle catch-up reader error");
+                    }
+                    continue;
+                }
             };
             let span = tracing::debug_span!(
                 "catch_up",

@@ -25,8 +25,9 @@ use crate::telemetry;
 
 /// Opens a consumer on the registry topic, positioned at its beginning.
 pub fn open_reader(cfg: &Config) -> Result<kafka::Reader, StoreError> {
-    let consumer: kafka::Reader = kafka::reader(cfg, "registry")
-        .create_with_context(kafka::ReaderContext)
+    let role = "registry";
+    let consumer: kafka::Reader = kafka::reader(cfg, role)
+        .create_with_context(kafka::ReaderContext::new(role))
         .map_err(StoreError::kafka("creating the registry reader"))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&cfg.registry_topic(), 0, KafkaOffset::Beginning)
@@ -117,7 +118,7 @@ pub async fn tail(
 /// Writes registry records and waits until this shard applied them.
 pub struct RegistryWriter {
     /// Idempotent producer for the registry topic.
-    producer: FutureProducer,
+    producer: FutureProducer<kafka::StatsContext>,
     /// The registry topic.
     topic: String,
     /// Where writes become visible.

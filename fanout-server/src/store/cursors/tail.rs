@@ -27,7 +27,7 @@ pub struct CursorTail {
     topic: String,
     partitions: Vec<Partition>,
     /// Answers high watermarks past open transactions.
-    ends: Arc<rdkafka::consumer::BaseConsumer>,
+    ends: Arc<kafka::MetadataClient>,
     /// Per partition, the offset up to which records were applied.
     applied: watch::Receiver<HashMap<Partition, Offset>>,
 }
@@ -65,8 +65,9 @@ impl CursorTail {
                 topic: topic.clone(),
                 problem: "does not exist".into(),
             })?;
-        let consumer: kafka::Reader = kafka::reader(cfg, "cursor-tail")
-            .create_with_context(kafka::ReaderContext)
+        let role = "cursor-tail";
+        let consumer: kafka::Reader = kafka::reader(cfg, role)
+            .create_with_context(kafka::ReaderContext::new(role))
             .map_err(StoreError::kafka("creating the cursor reader"))?;
         let mut tpl = TopicPartitionList::new();
         for &p in &partitions {
@@ -88,6 +89,12 @@ impl CursorTail {
         this.barrier(load_timeout).await?;
         tracing::info!(elapsed = ?started.elapsed(), "cursors loaded");
         Ok(this)
+    }
+
+    /// The client that reads the end of the cursors topic. Nothing polls it: the caller
+    /// serves its statistics ([`kafka::stats::serve_unpolled`]).
+    pub fn ends_client(&self) -> Arc<kafka::MetadataClient> {
+        self.ends.clone()
     }
 
     /// Returns once every cursor record written before the call (committed or aborted: a

@@ -19,6 +19,12 @@ use crate::model::{Offset, Partition, TopicName};
 use crate::shard::CursorUpdate;
 use crate::store::StoreError;
 
+/// The writer's role, in its `client.id` and the `client` label of its traffic.
+const ROLE: &str = "cursor-writer";
+
+/// The transactional producer.
+type TxnProducer = FutureProducer<kafka::StatsContext>;
+
 /// Source of this shard's group metadata (the ingest consumer's), for fencing. Blocking.
 pub type GroupMetadataSource = Arc<dyn Fn() -> Option<ConsumerGroupMetadata> + Send + Sync>;
 
@@ -35,7 +41,7 @@ pub struct CursorWriter {
     /// Settings of the transactional producer, to create it again.
     settings: rdkafka::ClientConfig,
     /// The producer in use.
-    producer: Mutex<FutureProducer>,
+    producer: Mutex<TxnProducer>,
     /// Set when the producer must be created again before the next transaction.
     broken: AtomicBool,
     /// True until the producer in use committed a transaction.
@@ -137,11 +143,8 @@ impl CursorWriter {
     /// Creates the producer and registers its transactional id with Kafka, which aborts
     /// whatever an earlier life of this shard left open.
     pub async fn new(cfg: &Config, shard_name: &str) -> Result<Self, StoreError> {
-        let settings = kafka::transactional_settings(
-            cfg,
-            "cursor-writer",
-            &cfg.cursor_transactional_id(shard_name),
-        );
+        let settings =
+            kafka::transactional_settings(cfg, ROLE, &cfg.cursor_transactional_id(shard_name));
         let producer = Self::start(&settings)
             .await
             .map_err(|e| kafka_error("registering the cursor writer's transactional id", e))?;
@@ -156,15 +159,16 @@ impl CursorWriter {
         })
     }
 
-    async fn start(settings: &rdkafka::ClientConfig) -> KafkaResult<FutureProducer> {
-        let producer: FutureProducer = settings.create()?;
+    async fn start(settings: &rdkafka::ClientConfig) -> KafkaResult<TxnProducer> {
+        // A new context: each producer's statistics count from its own start.
+        let producer: TxnProducer = settings.create_with_context(kafka::StatsContext::new(ROLE))?;
         let p = producer.clone();
         blocking(move || p.init_transactions(Duration::from_secs(60))).await?;
         Ok(producer)
     }
 
     /// The producer to use, created again first if the last one broke.
-    async fn producer(&self) -> Result<FutureProducer, StoreError> {
+    async fn producer(&self) -> Result<TxnProducer, StoreError> {
         if self.dead.load(Ordering::Acquire) {
             return Err(StoreError::Fenced(
                 "the cursor writer was fenced earlier".into(),
@@ -227,7 +231,7 @@ impl CursorWriter {
 
     async fn transact(
         &self,
-        producer: &FutureProducer,
+        producer: &TxnProducer,
         updates: &[CursorUpdate],
         offsets: &[(TopicName, Partition, Offset)],
         group: Option<ConsumerGroupMetadata>,
