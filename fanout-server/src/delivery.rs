@@ -100,6 +100,9 @@ struct PartitionState {
     window: AckWindow,
     /// The stream this partition is bound to (ordering=partition).
     bound: Option<StreamId>,
+    /// The shared window was asked to move back to this offset for us (nobody read it),
+    /// and has not yet.
+    rewind_asked: Option<Offset>,
 }
 
 impl PartitionState {
@@ -116,6 +119,7 @@ impl PartitionState {
             catch_up: None,
             window: AckWindow::restore(cursor, acked),
             bound: None,
+            rewind_asked: None,
         }
     }
 
@@ -138,6 +142,9 @@ impl PartitionState {
     /// still needed is in it.
     fn settle(&mut self, limits: &CatchUpLimits, started: &mut Vec<CatchUpStart>) {
         let cursor = self.window.cursor();
+        if self.rewind_asked.is_some() && cursor >= self.shared.log.start() {
+            self.rewind_asked = None;
+        }
         match &self.catch_up {
             None if self.shared.pin.is_evicted() => self.start_catch_up(limits, started),
             // Holding nothing on the shared window (a catch-up ended without streams).
@@ -161,9 +168,26 @@ impl PartitionState {
     }
 
     fn start_catch_up(&mut self, limits: &CatchUpLimits, started: &mut Vec<CatchUpStart>) {
+        let cursor = self.window.cursor();
+        if cursor < self.shared.log.start() && self.shared.log.unread_by_others(&self.shared.pin) {
+            // Nobody reads the shared window (every other subscription, if any, is behind
+            // it too): it moves back instead, and one Kafka read serves every subscription
+            // behind it, where private windows would read the same records once each.
+            self.end_catch_up();
+            self.shared.pin.hold(cursor);
+            if self.rewind_asked.is_none_or(|o| o > cursor) {
+                self.rewind_asked = Some(cursor);
+                started.push(CatchUpStart {
+                    partition: self.partition,
+                    log: self.shared.log.clone(),
+                    rewind: Some(cursor),
+                });
+            }
+            return;
+        }
+        self.rewind_asked = None;
         self.end_catch_up();
         self.shared.pin.release();
-        let cursor = self.window.cursor();
         let log = PartitionLog::with_pool(
             cursor,
             LogLimits::bytes(limits.window_bytes),
@@ -173,6 +197,7 @@ impl PartitionState {
         started.push(CatchUpStart {
             partition: self.partition,
             log: log.clone(),
+            rewind: None,
         });
         self.catch_up = Some(Source { log, pin });
     }
@@ -259,13 +284,18 @@ impl Default for CatchUpLimits {
     }
 }
 
-/// A (subscription, partition) that moved to the catch-up path: its private window must be
-/// filled from Kafka, from the window's head on, by a catch-up reader.
+/// A (subscription, partition) behind the shared window. Either it moved to the catch-up
+/// path (`rewind` is `None`): its private window must be filled from Kafka, from the
+/// window's head on, by a catch-up reader; or nobody reads the shared window, which must
+/// move back to `rewind` (the partition's reader does that).
 #[derive(Debug, Clone)]
 pub struct CatchUpStart {
     pub partition: Partition,
-    /// The private window; closed when the subscription no longer needs it.
+    /// The private window, closed when the subscription no longer needs it; the shared
+    /// window when `rewind` is set.
     pub log: Arc<PartitionLog>,
+    /// Move the shared window back to this offset instead of catching up.
+    pub rewind: Option<Offset>,
 }
 
 /// A record out of attempts, to publish to the dead-letter topic. Until
@@ -364,6 +394,8 @@ pub struct SubscriptionDelivery {
     /// Streams whose in-flight records were dropped under them by a partition reset: they
     /// must end, so their subscriber reconnects instead of acking records we forgot.
     reset: std::collections::BTreeSet<StreamId>,
+    /// Where the next take starts among the partitions (round robin).
+    resume_at: Partition,
 }
 
 impl SubscriptionDelivery {
@@ -652,10 +684,24 @@ impl SubscriptionDelivery {
         if budget.exhausted() {
             return take;
         }
-        for (&partition, p) in self.partitions.iter_mut() {
+        // Round robin: a take starts after the partition the last full take ended on, so
+        // that a stream with many partitions and few credits serves all of them alike
+        // (from the first one each time, the last ones would lag far behind the others
+        // and be evicted from their shared windows).
+        let order: Vec<Partition> = self
+            .partitions
+            .range(self.resume_at..)
+            .chain(self.partitions.range(..self.resume_at))
+            .map(|(&k, _)| k)
+            .collect();
+        let mut last_served = None;
+        for partition in order {
             if budget.exhausted() {
                 break;
             }
+            let Some(p) = self.partitions.get_mut(&partition) else {
+                continue;
+            };
             if !serves(p) || draining.contains(&partition) || p.shared.log.is_closed() {
                 continue;
             }
@@ -799,6 +845,12 @@ impl SubscriptionDelivery {
             if p.catch_up.is_none() {
                 p.shared.pin.reach(p.window.next());
             }
+            last_served = Some(partition);
+        }
+        if budget.exhausted()
+            && let Some(last) = last_served
+        {
+            self.resume_at = last.saturating_add(1);
         }
         if let Some(st) = self.streams.get_mut(&stream) {
             st.in_flight_records += budget.taken_records;

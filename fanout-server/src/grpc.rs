@@ -348,6 +348,18 @@ impl StreamTask {
                 return Ok(false);
             }
             for start in take.catch_up {
+                if let Some(offset) = start.rewind {
+                    tracing::info!(
+                        partition = start.partition,
+                        offset,
+                        from = start.log.start(),
+                        "subscription behind a shared window nobody reads: moving it back"
+                    );
+                    if let Some(owned) = self.topic.partition(start.partition) {
+                        owned.request_rewind(offset);
+                    }
+                    continue;
+                }
                 tracing::info!(
                     partition = start.partition,
                     from = start.log.head(),

@@ -342,6 +342,18 @@ impl PartitionLog {
         self.notify_progress();
     }
 
+    /// Whether no reader but `mine` reads the window: every other one holds an offset below
+    /// its start (it is behind the window too). A reader holding nothing may be reading
+    /// it past a private window's head, so it counts as reading.
+    pub fn unread_by_others(&self, mine: &Arc<Pin>) -> bool {
+        let start = self.start();
+        self.pins
+            .load()
+            .iter()
+            .filter(|p| !Arc::ptr_eq(p, mine))
+            .all(|p| p.cursor().is_some_and(|c| c < start))
+    }
+
     /// The lowest offset any reader holds, if any holds one.
     pub fn lowest_pin(&self) -> Option<Offset> {
         self.pins.load().iter().filter_map(|p| p.cursor()).min()

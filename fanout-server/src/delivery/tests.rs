@@ -334,17 +334,20 @@ fn a_cursor_below_the_window_catches_up_then_rejoins() {
     let now = Instant::now();
     let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
     let shared = log_with(0, &[5, 6]);
+    // Another subscription reads the shared window: it stays where it is.
+    let other = shared.pin(5);
     d.add_partition(0, shared.clone(), 2);
     d.open_stream(S1, credits(10));
     let t = d.take(S1, now, LIMITS);
     assert!(t.deliveries.is_empty());
     assert_eq!(t.catch_up.len(), 1);
+    assert_eq!(t.catch_up[0].rewind, None);
     let private = t.catch_up[0].log.clone();
     assert_eq!((t.catch_up[0].partition, private.head()), (0, 2));
     // Asked once: a second take waits for the catch-up reader.
     assert!(d.take(S1, now, LIMITS).catch_up.is_empty());
     // The subscription no longer holds the shared window back.
-    assert_eq!(shared.lowest_pin(), None);
+    assert_eq!(shared.lowest_pin(), Some(5));
     // The catch-up reader fills the private window (3 is a gap).
     append(&private, 0, &[2, 4]);
     let t = d.take(S1, now, LIMITS);
@@ -356,7 +359,91 @@ fn a_cursor_below_the_window_catches_up_then_rejoins() {
     d.ack(S1, &[(0, vec![range(2, 6)])]).unwrap();
     d.take(S1, now, LIMITS);
     assert!(private.is_closed());
+    shared.unpin(&other);
     assert_eq!(shared.lowest_pin(), Some(7));
+}
+
+#[test]
+fn a_cursor_below_a_window_nobody_reads_moves_the_window_back() {
+    let now = Instant::now();
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
+    let shared = log_with(0, &[5, 6]);
+    // Another subscription behind the window too does not read it either.
+    let behind = shared.pin(3);
+    d.add_partition(0, shared.clone(), 2);
+    d.open_stream(S1, credits(10));
+    let t = d.take(S1, now, LIMITS);
+    assert!(t.deliveries.is_empty());
+    assert_eq!(t.catch_up.len(), 1);
+    assert_eq!(
+        t.catch_up[0].rewind,
+        Some(2),
+        "the shared window moves back"
+    );
+    assert!(
+        Arc::ptr_eq(&t.catch_up[0].log, &shared),
+        "no private window"
+    );
+    assert!(d.catching_up().is_empty());
+    // It holds the window from its cursor meanwhile, and asks once.
+    assert_eq!(shared.lowest_pin(), Some(2));
+    assert!(d.take(S1, now, LIMITS).catch_up.is_empty());
+    // The partition's reader resets the window there and reads again.
+    {
+        let mut w = shared.writer().unwrap();
+        w.reset(2);
+        w.append(Batch::new(vec![rec(0, 2), rec(0, 3), rec(0, 4)]).unwrap())
+            .unwrap();
+    }
+    let t = d.take(S1, now, LIMITS);
+    assert_eq!(offsets(&t), vec![(0, 2, 1), (0, 3, 1), (0, 4, 1)]);
+    assert!(t.catch_up.is_empty());
+    drop(behind);
+}
+
+#[test]
+fn a_cursor_below_a_window_another_subscription_reads_catches_up_instead() {
+    let now = Instant::now();
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
+    let shared = log_with(0, &[5, 6]);
+    let reading = shared.pin(6);
+    d.add_partition(0, shared.clone(), 2);
+    d.open_stream(S1, credits(10));
+    let t = d.take(S1, now, LIMITS);
+    assert_eq!(t.catch_up.len(), 1);
+    assert_eq!(t.catch_up[0].rewind, None);
+    assert!(!Arc::ptr_eq(&t.catch_up[0].log, &shared));
+    assert_eq!(d.catching_up(), vec![0]);
+    drop(reading);
+}
+
+#[test]
+fn takes_go_round_the_partitions_when_credits_are_short() {
+    let now = Instant::now();
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
+    for p in 0..3 {
+        d.add_partition(p, log_with(p, &[0, 1, 2, 3, 4, 5]), 0);
+    }
+    d.open_stream(S1, credits(2));
+    let mut served = Vec::new();
+    for _ in 0..6 {
+        let t = d.take(S1, now, LIMITS);
+        let got = offsets(&t);
+        assert_eq!(got.len(), 2);
+        served.push(got[0].0);
+        let mut acks: BTreeMap<Partition, Vec<OffsetRange>> = BTreeMap::new();
+        for (p, o, _) in got {
+            acks.entry(p).or_default().push(range(o, o));
+        }
+        d.ack(S1, &acks.into_iter().collect::<Vec<_>>()).unwrap();
+    }
+    // Starting from the first partition each time, partitions 1 and 2 would wait until
+    // partition 0 ran dry.
+    assert_eq!(served, vec![0, 1, 2, 0, 1, 2]);
+    assert_eq!(
+        (d.cursor(0), d.cursor(1), d.cursor(2)),
+        (Some(4), Some(4), Some(4))
+    );
 }
 
 #[test]
@@ -657,7 +744,9 @@ fn ordering_none_lets_every_stream_take_from_every_partition() {
 fn a_subscription_without_streams_gives_up_its_private_windows() {
     let now = Instant::now();
     let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
-    d.add_partition(0, log_with(0, &[5, 6]), 2);
+    let shared = log_with(0, &[5, 6]);
+    let other = shared.pin(5);
+    d.add_partition(0, shared, 2);
     d.open_stream(S1, credits(10));
     let private = d.take(S1, now, LIMITS).catch_up[0].log.clone();
     assert!(!private.is_closed());
@@ -666,6 +755,7 @@ fn a_subscription_without_streams_gives_up_its_private_windows() {
         private.is_closed(),
         "nobody reads: no catch-up reader works for it"
     );
+    drop(other);
 }
 
 #[test]

@@ -278,6 +278,13 @@ impl Reader {
         // Subscriptions on the catch-up path read for themselves: only the pins count.
         let min = self.owned.log.lowest_pin().unwrap_or(requested);
         let target = requested.min(min).max(low);
+        let log = &self.owned.log;
+        if log.start() <= target && target < log.head() {
+            // The window holds it already (an earlier rewind got there: several
+            // subscriptions behind it ask at once): reading it again would only repeat.
+            tracing::debug!(offset = target, "rewind not needed: the window holds it");
+            return None;
+        }
         writer.reset(target);
         self.topic.wake();
         tracing::info!(offset = target, "partition will be read again from here");

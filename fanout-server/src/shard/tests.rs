@@ -205,10 +205,12 @@ fn no_subscription_means_start_at_the_end_and_commit_the_head() {
 fn a_new_subscription_below_the_window_catches_up_without_moving_it() {
     let shard = Shard::new(LIMITS);
     register(&shard, 0, topic_entry("orders"));
+    // A subscription reads the shared window from 50 on.
+    register(&shard, 1, sub_entry("orders", "lead", &[(0, 50)]));
     let assigned = shard.assign(&t("orders"), 0, 0, 50);
     let mut rewinds = assigned.partition.rewind_requests();
     rewinds.mark_unchanged();
-    register(&shard, 1, sub_entry("orders", "late", &[(0, 10)]));
+    register(&shard, 2, sub_entry("orders", "late", &[(0, 10)]));
     assert!(!rewinds.has_changed().unwrap(), "the shared window stays");
     let (_, sub) = shard
         .subscription(&t("orders"), &SubscriptionName::new("late").unwrap())
@@ -224,7 +226,32 @@ fn a_new_subscription_below_the_window_catches_up_without_moving_it() {
     );
     let take = sub.take(s, Instant::now(), LIMITS.take);
     assert_eq!(take.catch_up.len(), 1);
+    assert_eq!(take.catch_up[0].rewind, None);
     assert_eq!(take.catch_up[0].log.head(), 10);
+}
+
+#[test]
+fn a_new_subscription_below_a_window_nobody_reads_moves_it_back() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, topic_entry("orders"));
+    let assigned = shard.assign(&t("orders"), 0, 0, 50);
+    register(&shard, 1, sub_entry("orders", "first", &[(0, 10)]));
+    let (_, sub) = shard
+        .subscription(&t("orders"), &SubscriptionName::new("first").unwrap())
+        .unwrap();
+    let s = shard.new_stream_id();
+    sub.open_stream(
+        s,
+        crate::delivery::Credits {
+            max_records: 10,
+            max_bytes: 1 << 20,
+        },
+    );
+    let take = sub.take(s, Instant::now(), LIMITS.take);
+    assert_eq!(take.catch_up.len(), 1);
+    assert_eq!(take.catch_up[0].rewind, Some(10));
+    assert!(Arc::ptr_eq(&take.catch_up[0].log, &assigned.partition.log));
+    assert!(sub.catching_up().is_empty());
 }
 
 #[test]
@@ -570,9 +597,11 @@ fn a_seek_back_below_the_window_replays_through_the_catch_up_path() {
         unreachable!()
     };
     register(&shard, 1, Entry::Subscription(spec.clone()));
+    // Another subscription reads the shared window.
+    register(&shard, 2, sub_entry("orders", "b", &[(0, 10)]));
     let assigned = shard.assign(&t("orders"), 0, 0, 100);
     append(&assigned.partition, 10..20);
-    register(&shard, 2, seek(&spec, 1, &[(0, 3)]));
+    register(&shard, 3, seek(&spec, 1, &[(0, 3)]));
     let (_, sa) = shard.subscription(&t("orders"), &spec.name).unwrap();
     let s1 = shard.new_stream_id();
     sa.open_stream(s1, credits(100));
