@@ -32,7 +32,7 @@ use prost::Message;
 const BATCHES: i64 = 200;
 const PER_BATCH: i64 = 100;
 const RECORDS: i64 = BATCHES * PER_BATCH;
-const READERS: [usize; 3] = [1, 8, 64];
+const READERS: [usize; 4] = [1, 8, 16, 64];
 
 fn filled_log() -> Arc<PartitionLog> {
     let value = vec![b'v'; 256];

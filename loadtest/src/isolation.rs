@@ -25,6 +25,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
+use crate::bench::result::{Isolation, IsolationRound};
 use crate::demo::{create_topic, ensure};
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +55,9 @@ pub struct Args {
     /// The server's process id, to sample its resident memory.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Also write the figures as JSON (`report --isolation` reads it).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
     /// Give up after this long per phase.
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -276,19 +280,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             mean(&with_slow),
             slow.unwrap_or(0.0)
         );
-        rounds.push(serde_json::json!({
-            "baseline": base, "with_slow": with_slow, "slow": slow,
-            "ratio_mean": ratio, "ratio_worst": worst,
-        }));
+        rounds.push(IsolationRound {
+            baseline: base,
+            throttled: with_slow,
+            slow: slow.unwrap_or(0.0),
+            ratio,
+            worst_pair: worst,
+        });
     }
     sampling.store(false, Ordering::Relaxed);
     if let Some(s) = sampler {
         let _ = s.await;
     }
-    let mut ratios: Vec<f64> = rounds
-        .iter()
-        .filter_map(|r| r["ratio_mean"].as_f64())
-        .collect();
+    let mut ratios: Vec<f64> = rounds.iter().map(|r| r.ratio).collect();
     ratios.sort_by(f64::total_cmp);
     let median = ratios[ratios.len() / 2];
     println!(
@@ -306,14 +310,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             peak.load(Ordering::Relaxed) >> 20
         );
     }
-    println!(
-        "{}",
-        serde_json::json!({
-            "records": args.records, "size": args.size, "partitions": args.partitions,
-            "fast": args.fast, "slow_fraction": args.slow_fraction,
-            "rounds": rounds, "ratio_median": median,
-            "rss_start": rss_start, "rss_peak": peak.load(Ordering::Relaxed),
-        })
-    );
+    let peak_rss = peak.load(Ordering::Relaxed);
+    let result = Isolation {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: crate::bench::machine(),
+        fast: u32::try_from(args.fast).unwrap_or(u32::MAX),
+        records: args.records,
+        record_size: u32::try_from(args.size).unwrap_or(u32::MAX),
+        slow_fraction: args.slow_fraction,
+        rounds,
+        median_ratio: median,
+        server_peak_rss_bytes: args.server_pid.map(|_| peak_rss),
+    };
+    println!("{}", serde_json::to_string(&result)?);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&result)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }

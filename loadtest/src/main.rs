@@ -9,6 +9,7 @@
 // A command-line tool: stdout is its output.
 #![allow(clippy::print_stdout)]
 
+mod bench;
 mod chaos;
 mod check;
 mod demo;
@@ -54,10 +55,18 @@ enum Command {
     Chaos(chaos::Args),
     /// Checks a chaos run's files: lost, duplicates, order, the scenario's expectations.
     Check(check::Args),
+    /// Benchmark: fanout against N direct consumer groups, one workload, side by side.
+    Run(bench::RunArgs),
+    /// Benchmark: the matrix of N, record sizes and workloads (bounded by --max-time).
+    Sweep(bench::SweepArgs),
+    /// Benchmark report: results JSON (and isolation / criterion figures) → markdown + SVG.
+    Report(bench::report::Args),
+    /// One consumer of a benchmark arm (started by `run` and `sweep`).
+    #[command(hide = true)]
+    BenchWorker(bench::worker::Args),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -67,10 +76,23 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo(args) => demo::run(args).await,
-        Command::Isolation(args) => isolation::run(args).await,
-        Command::Chaos(args) => chaos::run(args).await,
         Command::Check(args) => check::run(args),
+        Command::Report(args) => bench::report::run(args),
+        // A worker runs its own runtime (or none), sized for one consumer.
+        Command::BenchWorker(args) => bench::worker::run(args),
+        command => match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(async move {
+                match command {
+                    Command::Demo(args) => demo::run(args).await,
+                    Command::Isolation(args) => isolation::run(args).await,
+                    Command::Chaos(args) => chaos::run(args).await,
+                    Command::Run(args) => bench::run(args).await,
+                    Command::Sweep(args) => bench::sweep(args).await,
+                    Command::Check(_) | Command::Report(_) | Command::BenchWorker(_) => Ok(()),
+                }
+            }),
+            Err(e) => Err(anyhow::anyhow!("tokio runtime: {e}")),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
