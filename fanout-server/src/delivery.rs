@@ -70,6 +70,8 @@ struct StreamState {
     credits: Credits,
     in_flight_records: usize,
     in_flight_bytes: usize,
+    /// Where this stream's next take starts among the partitions (round robin).
+    resume_at: Partition,
 }
 
 impl StreamState {
@@ -101,8 +103,8 @@ struct PartitionState {
     /// The stream this partition is bound to (ordering=partition).
     bound: Option<StreamId>,
     /// The shared window was asked to move back to this offset for us (nobody read it),
-    /// and has not yet.
-    rewind_asked: Option<Offset>,
+    /// when it started at the second one: asked again only once the window moved.
+    rewind_asked: Option<(Offset, Offset)>,
 }
 
 impl PartitionState {
@@ -142,9 +144,6 @@ impl PartitionState {
     /// still needed is in it.
     fn settle(&mut self, limits: &CatchUpLimits, started: &mut Vec<CatchUpStart>) {
         let cursor = self.window.cursor();
-        if self.rewind_asked.is_some() && cursor >= self.shared.log.start() {
-            self.rewind_asked = None;
-        }
         match &self.catch_up {
             None if self.shared.pin.is_evicted() => self.start_catch_up(limits, started),
             // Holding nothing on the shared window (a catch-up ended without streams).
@@ -169,14 +168,21 @@ impl PartitionState {
 
     fn start_catch_up(&mut self, limits: &CatchUpLimits, started: &mut Vec<CatchUpStart>) {
         let cursor = self.window.cursor();
-        if cursor < self.shared.log.start() && self.shared.log.unread_by_others(&self.shared.pin) {
+        let start = self.shared.log.start();
+        // Not for an evicted subscription: the others waited at the head for it, and one
+        // that holds an unacked record would only make the window read everything again.
+        if cursor < start
+            && !self.shared.pin.is_evicted()
+            && self.shared.log.unread_by_others(&self.shared.pin)
+        {
             // Nobody reads the shared window (every other subscription, if any, is behind
             // it too): it moves back instead, and one Kafka read serves every subscription
             // behind it, where private windows would read the same records once each.
             self.end_catch_up();
             self.shared.pin.hold(cursor);
-            if self.rewind_asked.is_none_or(|o| o > cursor) {
-                self.rewind_asked = Some(cursor);
+            // Asked once per position of the window (a reset or a trim since asks again).
+            if self.rewind_asked != Some((cursor, start)) {
+                self.rewind_asked = Some((cursor, start));
                 started.push(CatchUpStart {
                     partition: self.partition,
                     log: self.shared.log.clone(),
@@ -394,8 +400,6 @@ pub struct SubscriptionDelivery {
     /// Streams whose in-flight records were dropped under them by a partition reset: they
     /// must end, so their subscriber reconnects instead of acking records we forgot.
     reset: std::collections::BTreeSet<StreamId>,
-    /// Where the next take starts among the partitions (round robin).
-    resume_at: Partition,
 }
 
 impl SubscriptionDelivery {
@@ -604,6 +608,7 @@ impl SubscriptionDelivery {
                 credits,
                 in_flight_records: 0,
                 in_flight_bytes: 0,
+                resume_at: 0,
             },
         );
     }
@@ -688,10 +693,11 @@ impl SubscriptionDelivery {
         // that a stream with many partitions and few credits serves all of them alike
         // (from the first one each time, the last ones would lag far behind the others
         // and be evicted from their shared windows).
+        let resume_at = st.resume_at;
         let order: Vec<Partition> = self
             .partitions
-            .range(self.resume_at..)
-            .chain(self.partitions.range(..self.resume_at))
+            .range(resume_at..)
+            .chain(self.partitions.range(..resume_at))
             .map(|(&k, _)| k)
             .collect();
         let mut last_served = None;
@@ -847,12 +853,12 @@ impl SubscriptionDelivery {
             }
             last_served = Some(partition);
         }
-        if budget.exhausted()
-            && let Some(last) = last_served
-        {
-            self.resume_at = last.saturating_add(1);
-        }
         if let Some(st) = self.streams.get_mut(&stream) {
+            if budget.exhausted()
+                && let Some(last) = last_served
+            {
+                st.resume_at = last.saturating_add(1);
+            }
             st.in_flight_records += budget.taken_records;
             st.in_flight_bytes += budget.taken_bytes;
         }

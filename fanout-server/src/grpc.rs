@@ -355,7 +355,12 @@ impl StreamTask {
                         from = start.log.start(),
                         "subscription behind a shared window nobody reads: moving it back"
                     );
-                    if let Some(owned) = self.topic.partition(start.partition) {
+                    // Only the window that was behind, and only while it still is: another
+                    // subscription's request may have moved it already.
+                    if let Some(owned) = self.topic.partition(start.partition)
+                        && Arc::ptr_eq(&owned.log, &start.log)
+                        && offset < owned.log.start()
+                    {
                         owned.request_rewind(offset);
                     }
                     continue;

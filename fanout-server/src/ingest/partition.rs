@@ -223,8 +223,12 @@ impl Reader {
             if fits {
                 break;
             }
-            // Wait for acks to free room; look again now and then regardless.
+            // Wait for acks to free room; look again now and then regardless. A request
+            // made before this receiver existed counts as seen by it: look first.
             let mut rewinds = self.owned.rewind_requests();
+            if rewinds.borrow_and_update().is_some() {
+                return true;
+            }
             let log = writer.log().clone();
             tokio::select! {
                 _ = cancel.cancelled() => return false,
@@ -278,13 +282,6 @@ impl Reader {
         // Subscriptions on the catch-up path read for themselves: only the pins count.
         let min = self.owned.log.lowest_pin().unwrap_or(requested);
         let target = requested.min(min).max(low);
-        let log = &self.owned.log;
-        if log.start() <= target && target < log.head() {
-            // The window holds it already (an earlier rewind got there: several
-            // subscriptions behind it ask at once): reading it again would only repeat.
-            tracing::debug!(offset = target, "rewind not needed: the window holds it");
-            return None;
-        }
         writer.reset(target);
         self.topic.wake();
         tracing::info!(offset = target, "partition will be read again from here");
