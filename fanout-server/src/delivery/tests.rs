@@ -398,7 +398,50 @@ fn a_cursor_below_a_window_nobody_reads_moves_the_window_back() {
     let t = d.take(S1, now, LIMITS);
     assert_eq!(offsets(&t), vec![(0, 2, 1), (0, 3, 1), (0, 4, 1)]);
     assert!(t.catch_up.is_empty());
-    drop(behind);
+    shared.unpin(&behind);
+}
+
+#[test]
+fn a_move_back_is_asked_again_once_the_window_moved_without_it() {
+    let now = Instant::now();
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
+    let shared = log_with(0, &[5, 6]);
+    d.add_partition(0, shared.clone(), 2);
+    d.open_stream(S1, credits(10));
+    assert_eq!(d.take(S1, now, LIMITS).catch_up[0].rewind, Some(2));
+    assert!(d.take(S1, now, LIMITS).catch_up.is_empty(), "asked already");
+    // The window moved on (another request's reset, say), still past the cursor: ask again.
+    {
+        let mut w = shared.writer().unwrap();
+        w.reset(7);
+        w.append(Batch::new(vec![rec(0, 7)]).unwrap()).unwrap();
+    }
+    let t = d.take(S1, now, LIMITS);
+    assert_eq!(t.catch_up.len(), 1);
+    assert_eq!(t.catch_up[0].rewind, Some(2));
+}
+
+#[test]
+fn an_evicted_subscription_catches_up_privately_even_if_nobody_else_reads() {
+    let now = Instant::now();
+    let mut d = SubscriptionDelivery::new(CatchUpLimits::default());
+    let shared = PartitionLog::new(0, 2 * (42 + crate::log::RECORD_MEMORY) + 10);
+    d.add_partition(0, shared.clone(), 0);
+    let lead = shared.pin(2);
+    {
+        let mut w = shared.writer().unwrap();
+        w.append(Batch::new(vec![rec(0, 0)]).unwrap()).unwrap();
+        w.append(Batch::new(vec![rec(0, 1)]).unwrap()).unwrap();
+        assert_eq!(w.make_room(100), (true, 1));
+    }
+    // The lead that waited for it leaves: nobody reads the window now, but the evicted
+    // subscription does not drag it back.
+    shared.unpin(&lead);
+    d.open_stream(S1, credits(10));
+    let t = d.take(S1, now, LIMITS);
+    assert_eq!(t.catch_up.len(), 1);
+    assert_eq!(t.catch_up[0].rewind, None);
+    assert_eq!(d.catching_up(), vec![0]);
 }
 
 #[test]
@@ -414,7 +457,7 @@ fn a_cursor_below_a_window_another_subscription_reads_catches_up_instead() {
     assert_eq!(t.catch_up[0].rewind, None);
     assert!(!Arc::ptr_eq(&t.catch_up[0].log, &shared));
     assert_eq!(d.catching_up(), vec![0]);
-    drop(reading);
+    shared.unpin(&reading);
 }
 
 #[test]
