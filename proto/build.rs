@@ -28,6 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .out_dir(&encoded)
         .build_client(false)
+        // Reserves each response's whole size before writing it (see `encoded::Codec`).
+        .codec_path("crate::encoded::Codec")
         // Every message is the first pass's but the response, which prost then skips.
         .extern_path(".fanout.v1", "crate::v1")
         .extern_path(
