@@ -25,10 +25,10 @@ use tokio::sync::Notify;
 
 use crate::model::{Header, Offset, Record};
 
-/// Memory a held record takes besides its payload buffers: the record itself and the
-/// allocator's headers of its buffers. Budgets count it, so that what they bound is close to
+/// Memory a held record takes besides its payload buffers: the record itself, its entry in
+/// its batch's size index and the allocator's headers of its buffers. Budgets count it, so that what they bound is close to
 /// what the process holds.
-pub const RECORD_MEMORY: usize = std::mem::size_of::<Record>() + 32;
+pub const RECORD_MEMORY: usize = std::mem::size_of::<Record>() + std::mem::size_of::<usize>() + 32;
 
 /// What holding `record` in a window counts against the budgets: its payload (or its wire
 /// encoding, which holds the payload, when larger), its headers' own allocation and keys,
@@ -50,6 +50,9 @@ pub fn held_bytes(record: &Record) -> usize {
 #[derive(Debug)]
 pub struct Batch {
     records: Vec<Record>,
+    /// `ends[i]`: the [`Record::size`] of `records[..=i]` summed, so that a read finds how
+    /// many records fit its byte limit without touching each record.
+    ends: Vec<usize>,
     bytes: usize,
     /// Position in the log's sequence of batches, set at append.
     seq: u64,
@@ -64,8 +67,16 @@ impl Batch {
             return None;
         }
         let bytes = records.iter().map(held_bytes).sum();
+        let ends = records
+            .iter()
+            .scan(0, |sum, r| {
+                *sum += r.size();
+                Some(*sum)
+            })
+            .collect();
         Some(Self {
             records,
+            ends,
             bytes,
             seq: 0,
             covers_from: 0,
@@ -112,6 +123,7 @@ impl Chunk {
     pub fn single(record: Record) -> Self {
         let batch = Batch {
             bytes: held_bytes(&record),
+            ends: vec![record.size()],
             covers_from: record.offset,
             records: vec![record],
             seq: 0,
@@ -480,18 +492,19 @@ impl PartitionLog {
                 break;
             }
             let skip = batch.records.partition_point(|r| r.offset < from);
-            let mut end = skip;
-            for r in &batch.records[skip..] {
-                let size = r.size();
-                if records > 0 && bytes + size > max_bytes {
-                    break;
-                }
-                bytes += size;
-                records += 1;
-                end += 1;
-                if records == max_records {
-                    break;
-                }
+            let n = batch.records.len();
+            // As many as the count allows, then as many of those as the bytes allow (the
+            // first record of a read always goes, whatever its size).
+            let by_count = skip + (max_records - records).min(n - skip);
+            let before = if skip == 0 { 0 } else { batch.ends[skip - 1] };
+            let limit = max_bytes.saturating_sub(bytes).saturating_add(before);
+            let mut end = skip + batch.ends[skip..by_count].partition_point(|&e| e <= limit);
+            if records == 0 && end == skip && by_count > skip {
+                end = skip + 1;
+            }
+            if end > skip {
+                bytes += batch.ends[end - 1] - before;
+                records += end - skip;
             }
             expect_from = batch.covers_to();
             let full = end < batch.records.len() || records == max_records;
