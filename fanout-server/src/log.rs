@@ -103,6 +103,21 @@ impl Batch {
     pub fn covers_to(&self) -> Offset {
         self.last_offset() + 1
     }
+
+    /// Index of the first record at or after `offset`. Offsets within a batch are usually
+    /// consecutive, so the record at `offset − first` is looked at first; a batch with gaps
+    /// (transaction markers, compaction) is searched.
+    fn index_of(&self, offset: Offset) -> usize {
+        let first = self.first_offset();
+        if offset <= first {
+            return 0;
+        }
+        let guess = usize::try_from(offset - first).unwrap_or(usize::MAX);
+        match self.records.get(guess) {
+            Some(r) if r.offset == offset => guess,
+            _ => self.records.partition_point(|r| r.offset < offset),
+        }
+    }
 }
 
 /// A run of consecutive records of one batch, shared with every other reader of it.
@@ -491,7 +506,7 @@ impl PartitionLog {
                 }
                 break;
             }
-            let skip = batch.records.partition_point(|r| r.offset < from);
+            let skip = batch.index_of(from);
             let n = batch.records.len();
             // As many as the count allows, then as many of those as the bytes allow (the
             // first record of a read always goes, whatever its size).
