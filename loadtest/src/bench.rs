@@ -84,6 +84,10 @@ pub struct Common {
     /// Keep the benchmark topics (deleted after each cell by default).
     #[arg(long)]
     keep_topics: bool,
+    /// Fail (exit 1) unless every consumer of every arm received exactly the records Kafka
+    /// acknowledged to the producer (what CI runs).
+    #[arg(long)]
+    check: bool,
     /// Results file (JSON), rewritten after every cell.
     #[arg(long, default_value = "bench-results/results.json")]
     out: PathBuf,
@@ -364,6 +368,36 @@ async fn execute(
         ctx.common.out.display(),
         ctx.common.out.display()
     );
+    if ctx.common.check {
+        let bad: Vec<String> = results
+            .cells
+            .iter()
+            .filter(|c| {
+                [&c.direct, &c.fanout]
+                    .into_iter()
+                    .flatten()
+                    .any(|a| !a.consistent || a.missing > 0)
+                    || (c.direct.is_some() && c.fanout.is_some() && c.same_records != Some(true))
+            })
+            .map(|c| {
+                format!(
+                    "{} · {} B · N={}",
+                    c.workload.label(),
+                    c.record_size,
+                    c.subscribers
+                )
+            })
+            .collect();
+        if !bad.is_empty() {
+            bail!(
+                "--check: records missing or different between the arms in: {}",
+                bad.join("; ")
+            );
+        }
+        eprintln!(
+            "fanout-loadtest: check passed: every consumer of every arm received exactly the records produced"
+        );
+    }
     if results.interrupted && cancel.is_cancelled() {
         bail!(
             "interrupted; the cells measured are in {}",
