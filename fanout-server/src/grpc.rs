@@ -361,7 +361,7 @@ impl StreamTask {
                         && Arc::ptr_eq(&owned.log, &start.log)
                         && offset < owned.log.start()
                     {
-                        owned.request_rewind(offset);
+                        owned.request_move_back(offset);
                     }
                     continue;
                 }

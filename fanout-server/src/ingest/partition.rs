@@ -193,8 +193,9 @@ impl Reader {
     /// Appends to the window, waiting for room (this task is the only writer, so room once
     /// seen stays). Makes room by trimming what every subscription is done with, and by
     /// evicting subscriptions far behind the others to the catch-up path; subscriptions all
-    /// equally slow are waited for. Returns false when cancelled. A rewind request drops the
-    /// batch: the rewind reads it again.
+    /// equally slow are waited for. Returns false when cancelled. A rewind request that needs
+    /// the reader ([`OwnedPartition::rewind_needed`]) drops the batch: the rewind reads it
+    /// again.
     async fn append(
         &self,
         writer: &mut LogWriter,
@@ -226,13 +227,16 @@ impl Reader {
             // Wait for acks to free room; look again now and then regardless. A request
             // made before this receiver existed counts as seen by it: look first.
             let mut rewinds = self.owned.rewind_requests();
-            if rewinds.borrow_and_update().is_some() {
+            if self.owned.rewind_needed() {
                 return true;
             }
             let log = writer.log().clone();
             tokio::select! {
                 _ = cancel.cancelled() => return false,
-                _ = rewinds.changed() => return true,
+                // A move back the window covers already does not drop the batch.
+                _ = rewinds.changed() => if self.owned.rewind_needed() {
+                    return true;
+                },
                 _ = log.progressed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
@@ -258,7 +262,14 @@ impl Reader {
     /// cursor (or the requested offset, if lower), but not below the log start, where
     /// retention deleted records (reported as lost). Resets the window there.
     async fn rewind_to(&self, writer: &mut LogWriter) -> Option<Offset> {
-        let requested = self.owned.take_rewind()?;
+        let request = self.owned.take_rewind()?;
+        let requested = request.offset;
+        if !request.reposition && requested >= self.owned.log.start() {
+            // Subscriptions behind the window asked, and an earlier request already moved
+            // it back far enough: reading again would only repeat (and throw away what
+            // Kafka prefetched).
+            return None;
+        }
         let consumer = self.consumer.upgrade()?;
         let topic = self.owned.topic.clone();
         let p = self.owned.partition;
@@ -274,7 +285,7 @@ impl Reader {
             // Without the log start the new position could be out of range: try again soon.
             tracing::warn!("cannot read watermarks for a rewind; retrying");
             tokio::time::sleep(Duration::from_millis(500)).await;
-            self.owned.request_rewind(requested);
+            self.owned.request(request);
             return None;
         };
         let losses = self.shard.skip_deleted(&topic, p, low);

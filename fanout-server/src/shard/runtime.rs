@@ -26,20 +26,55 @@ pub struct OwnedPartition {
     pub partition: Partition,
     /// The shared window every subscription reads.
     pub log: Arc<PartitionLog>,
-    /// The lowest offset the window was asked to move back to, until the reader does.
-    pub(super) rewind: watch::Sender<Option<Offset>>,
+    /// The pending request to read the partition again, until the reader takes it.
+    pub(super) rewind: watch::Sender<Option<Rewind>>,
+}
+
+/// A request to read a partition again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewind {
+    /// From here (or from the lowest cursor, if that is lower).
+    pub offset: Offset,
+    /// The reader lost its place (a batch refused, a fetch error, a stray record): it reads
+    /// again whatever the window holds. Otherwise only subscriptions behind the window asked
+    /// (ADR 0009), and nothing is left to do once the window reaches back to `offset`.
+    pub reposition: bool,
 }
 
 impl OwnedPartition {
     /// Asks the partition's reader to read again from `offset` (or from the lowest cursor,
-    /// if that is lower).
+    /// if that is lower): it lost its place.
     pub fn request_rewind(&self, offset: Offset) {
-        self.rewind
-            .send_modify(|r| *r = Some(r.map_or(offset, |o| o.min(offset))));
+        self.request(Rewind {
+            offset,
+            reposition: true,
+        });
+    }
+
+    /// Asks the partition's window to reach back to `offset` for subscriptions behind it
+    /// (ADR 0009); a request the window covers by the time the reader looks is dropped.
+    pub fn request_move_back(&self, offset: Offset) {
+        self.request(Rewind {
+            offset,
+            reposition: false,
+        });
+    }
+
+    /// Adds `r` to the pending request: the lowest offset, repositioning if either is.
+    pub fn request(&self, r: Rewind) {
+        self.rewind.send_modify(|pending| {
+            *pending = Some(match *pending {
+                Some(p) => Rewind {
+                    offset: p.offset.min(r.offset),
+                    reposition: p.reposition || r.reposition,
+                },
+                None => r,
+            });
+        });
     }
 
     /// Takes the pending rewind request (without waking the reader again).
-    pub fn take_rewind(&self) -> Option<Offset> {
+    pub fn take_rewind(&self) -> Option<Rewind> {
         let mut taken = None;
         self.rewind.send_if_modified(|r| {
             taken = r.take();
@@ -48,8 +83,16 @@ impl OwnedPartition {
         taken
     }
 
+    /// Whether the pending request, if any, needs the reader to stop what it does: a
+    /// repositioning, or a move back below what the window holds.
+    pub fn rewind_needed(&self) -> bool {
+        self.rewind
+            .borrow()
+            .is_some_and(|r| r.reposition || r.offset < self.log.start())
+    }
+
     /// Wakes when a rewind is requested (or taken).
-    pub fn rewind_requests(&self) -> watch::Receiver<Option<Offset>> {
+    pub fn rewind_requests(&self) -> watch::Receiver<Option<Rewind>> {
         self.rewind.subscribe()
     }
 
