@@ -81,6 +81,11 @@ pub struct Common {
     /// librdkafka statistics interval of every Kafka client in both arms, ms.
     #[arg(long, default_value_t = 1000)]
     stats_interval_ms: u64,
+    /// Latency of a steady load counts from this long after its start (records before it
+    /// are delivered and checked, not timed): the first fetches, group joins and stream
+    /// starts are not the steady state.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warm_up: Duration,
     /// Keep the benchmark topics (deleted after each cell by default).
     #[arg(long)]
     keep_topics: bool,
@@ -302,6 +307,7 @@ async fn execute(
         commit: git_commit(),
         cells: Vec::new(),
         interrupted: false,
+        warm_up_seconds: common.warm_up.as_secs_f64(),
     };
 
     let cancel = CancellationToken::new();

@@ -102,6 +102,16 @@ async fn produce(
     Ok((produced, handle))
 }
 
+/// The first sequence number whose latency counts: a steady load's first `--warm-up`.
+fn latency_from(ctx: &Ctx, plan: &Plan) -> u64 {
+    match plan.workload {
+        Workload::Steady { rate, .. } => {
+            ((rate as f64 * ctx.common.warm_up.as_secs_f64()) as u64).min(plan.records / 2)
+        }
+        Workload::Backlog { .. } => 0,
+    }
+}
+
 async fn create_topic(ctx: &Ctx, topic: &str, partitions: u32) -> anyhow::Result<()> {
     crate::demo::create_topic(
         &ctx.common.kafka_bootstrap,
@@ -215,7 +225,8 @@ async fn run_direct(
             .args(["--bootstrap", &ctx.common.kafka_bootstrap])
             .args(["--topic", topic])
             .args(["--group", &format!("bench-{id}-direct-{i}")])
-            .args(["--expect", &plan.records.to_string()]);
+            .args(["--expect", &plan.records.to_string()])
+            .args(["--latency-from", &latency_from(ctx, plan).to_string()]);
         for (k, v) in &ctx.direct_options {
             cmd.arg("--kafka-option").arg(format!("{k}={v}"));
         }
@@ -302,7 +313,8 @@ async fn run_fanout_on(
             .args(["--topic", topic])
             .args(["--subscription", &format!("sub-{i}")])
             .args(["--credits", &ctx.common.credits.to_string()])
-            .args(["--expect", &plan.records.to_string()]);
+            .args(["--expect", &plan.records.to_string()])
+            .args(["--latency-from", &latency_from(ctx, plan).to_string()]);
         cmd.process_group(0);
         workers.push(Worker::spawn(format!("fanout-{i}"), cmd, &log)?);
     }

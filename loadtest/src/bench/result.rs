@@ -19,6 +19,9 @@ pub struct Results {
     /// The run was stopped (Ctrl-C, time budget) before every planned cell ran; the cells
     /// here are the ones measured.
     pub interrupted: bool,
+    /// Latency of steady loads counts from this many seconds after their start.
+    #[serde(default)]
+    pub warm_up_seconds: f64,
 }
 
 /// Where the figures were taken.

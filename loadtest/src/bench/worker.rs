@@ -74,6 +74,10 @@ struct Common {
     /// Records expected: sequence numbers 0..expect.
     #[arg(long)]
     expect: u64,
+    /// Records below this sequence number are counted but their latency is not (the
+    /// start of a steady load, while every client settles).
+    #[arg(long, default_value_t = 0)]
+    latency_from: u64,
     /// Give up after this long.
     #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -111,6 +115,7 @@ pub struct Report {
 #[derive(Debug)]
 pub struct Tally {
     expect: u64,
+    latency_from: u64,
     seen: Vec<u64>,
     unique: u64,
     duplicates: u64,
@@ -122,10 +127,11 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn new(expect: u64) -> anyhow::Result<Self> {
+    pub fn new(expect: u64, latency_from: u64) -> anyhow::Result<Self> {
         let words = usize::try_from(expect.div_ceil(64)).context("too many records")?;
         Ok(Self {
             expect,
+            latency_from,
             seen: vec![0; words],
             unique: 0,
             duplicates: 0,
@@ -161,8 +167,10 @@ impl Tally {
         }
         self.last_ns = now_ns;
         self.digest = self.digest.wrapping_add(payload::mix(seq, partition));
-        let latency = now_ns.saturating_sub(produced_ns).max(1_000);
-        let _ = self.hist.record(latency.min(self.hist.high()));
+        if seq >= self.latency_from {
+            let latency = now_ns.saturating_sub(produced_ns).max(1_000);
+            let _ = self.hist.record(latency.min(self.hist.high()));
+        }
     }
 
     pub fn complete(&self) -> bool {
@@ -334,7 +342,7 @@ fn direct(
         .create_with_context(StatsContext::default())
         .context("creating the consumer")?;
     consumer.subscribe(&[topic]).context("subscribe")?;
-    let mut tally = Tally::new(common.expect)?;
+    let mut tally = Tally::new(common.expect, common.latency_from)?;
     let deadline = Instant::now() + common.timeout;
     let mut said_ready = false;
     let mut error = None;
@@ -392,7 +400,7 @@ async fn fanout(
     )
     .await?;
     say("ready");
-    let mut tally = Tally::new(common.expect)?;
+    let mut tally = Tally::new(common.expect, common.latency_from)?;
     let deadline = tokio::time::Instant::now() + common.timeout;
     let mut error = None;
     let mut progress = Progress::default();

@@ -67,6 +67,13 @@ pub(super) fn render(
                 r.commit.as_deref().unwrap_or("unknown"),
                 code(&r.command)
             );
+            if r.warm_up_seconds > 0.0 {
+                let _ = write!(
+                    s,
+                    "; steady latency counted from {} s after the start",
+                    r.warm_up_seconds
+                );
+            }
             if r.interrupted {
                 s.push_str("; **interrupted** (only the cells below were measured)");
             }

@@ -166,6 +166,7 @@ fn results() -> Results {
             kafka: "4.3.1".into(),
         },
         commit: Some("abc1234".into()),
+        warm_up_seconds: 2.0,
         cells: vec![
             n1,
             n8,
