@@ -53,6 +53,14 @@ enum Exit {
     Restart(Offset),
 }
 
+/// How an append ended.
+enum Appended {
+    Done,
+    Cancelled,
+    /// A rewind request came while it waited for room: the batch, not appended.
+    Interrupted(Batch),
+}
+
 enum Event {
     Cancelled,
     Rewind,
@@ -106,8 +114,10 @@ impl Reader {
             return Exit::Done;
         };
         let initial = std::mem::take(&mut self.initial);
-        if !initial.is_empty() && !self.append(&mut writer, initial, cancel).await {
-            return Exit::Done;
+        if !initial.is_empty()
+            && let Some(exit) = self.append_or_rewind(&mut writer, initial, cancel).await
+        {
+            return exit;
         }
         let mut rewinds = self.owned.rewind_requests();
         // A request made while no reader ran (during a restart) is taken now.
@@ -143,8 +153,8 @@ impl Reader {
                     }
                 }
                 Event::Records(records) => {
-                    if !self.append(&mut writer, records, cancel).await {
-                        return Exit::Done;
+                    if let Some(exit) = self.append_or_rewind(&mut writer, records, cancel).await {
+                        return exit;
                     }
                 }
             }
@@ -190,23 +200,46 @@ impl Reader {
         }
     }
 
-    /// Appends to the window, waiting for room (this task is the only writer, so room once
-    /// seen stays). Makes room by trimming what every subscription is done with, and by
-    /// evicting subscriptions far behind the others to the catch-up path; subscriptions all
-    /// equally slow are waited for. Returns false when cancelled. A rewind request that needs
-    /// the reader ([`OwnedPartition::rewind_needed`]) drops the batch: the rewind reads it
-    /// again.
-    async fn append(
+    /// Appends `records`. A rewind request met while waiting for room is carried out first:
+    /// a restart ends this reading (the restart reads the batch again); a request that
+    /// turns out not to need one (a move back the window covers already) lets the batch be
+    /// appended after all, so no batch is ever dropped without being read again.
+    async fn append_or_rewind(
         &self,
         writer: &mut LogWriter,
         mut records: Vec<Record>,
         cancel: &CancellationToken,
-    ) -> bool {
+    ) -> Option<Exit> {
         let head = writer.log().head();
         records.retain(|r| r.offset >= head);
-        let Some(batch) = Batch::new(records) else {
-            return true;
-        };
+        let batch = Batch::new(records)?;
+        let mut outcome = self.append(writer, batch, cancel).await;
+        loop {
+            match outcome {
+                Appended::Done => return None,
+                Appended::Cancelled => return Some(Exit::Done),
+                Appended::Interrupted(batch) => {
+                    if let Some(offset) = self.rewind_to(writer).await {
+                        return Some(Exit::Restart(offset));
+                    }
+                    outcome = self.append(writer, batch, cancel).await;
+                }
+            }
+        }
+    }
+
+    /// Appends to the window, waiting for room (this task is the only writer, so room once
+    /// seen stays). Makes room by trimming what every subscription is done with, and by
+    /// evicting subscriptions far behind the others to the catch-up path; subscriptions all
+    /// equally slow are waited for. A rewind request that may need the reader
+    /// ([`OwnedPartition::rewind_needed`]) interrupts the wait and hands the batch back.
+    async fn append(
+        &self,
+        writer: &mut LogWriter,
+        batch: Batch,
+        cancel: &CancellationToken,
+    ) -> Appended {
+        let head = writer.log().head();
         let (n, bytes) = (
             batch.records().len() as u64,
             batch.records().iter().map(Record::size).sum::<usize>() as u64,
@@ -228,14 +261,14 @@ impl Reader {
             // made before this receiver existed counts as seen by it: look first.
             let mut rewinds = self.owned.rewind_requests();
             if self.owned.rewind_needed() {
-                return true;
+                return Appended::Interrupted(batch);
             }
             let log = writer.log().clone();
             tokio::select! {
-                _ = cancel.cancelled() => return false,
-                // A move back the window covers already does not drop the batch.
+                _ = cancel.cancelled() => return Appended::Cancelled,
+                // A move back the window covers already does not interrupt.
                 _ = rewinds.changed() => if self.owned.rewind_needed() {
-                    return true;
+                    return Appended::Interrupted(batch);
                 },
                 _ = log.progressed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -255,7 +288,7 @@ impl Reader {
                 self.owned.request_rewind(head);
             }
         }
-        true
+        Appended::Done
     }
 
     /// Where to read the partition again from, for a pending rewind request: the lowest
@@ -263,12 +296,14 @@ impl Reader {
     /// retention deleted records (reported as lost). Resets the window there.
     async fn rewind_to(&self, writer: &mut LogWriter) -> Option<Offset> {
         let request = self.owned.take_rewind()?;
-        let requested = request.offset;
-        if !request.reposition && requested >= self.owned.log.start() {
-            // Subscriptions behind the window asked, and an earlier request already moved
-            // it back far enough: reading again would only repeat (and throw away what
-            // Kafka prefetched).
-            return None;
+        let mut requested = request.offset;
+        if !request.reposition {
+            // Subscriptions behind the window asked. Only those still holding an offset
+            // below it count: an earlier request may have moved it back far enough, and
+            // the asker may have been evicted or gone meanwhile. Reading again for nobody
+            // would only repeat (and throw away what Kafka prefetched).
+            let start = self.owned.log.start();
+            requested = self.owned.log.lowest_pin().filter(|&p| p < start)?;
         }
         let consumer = self.consumer.upgrade()?;
         let topic = self.owned.topic.clone();

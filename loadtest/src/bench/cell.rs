@@ -186,6 +186,9 @@ async fn run_cell_on(
         let r = if arm == Arms::Direct {
             run_direct(ctx, plan, &topic, produced, &id).await
         } else {
+            // The server's internal topics go with the cell's.
+            topics.push(format!("__bench-{id}_registry"));
+            topics.push(format!("__bench-{id}_cursors"));
             run_fanout(ctx, plan, &topic, produced, &id).await
         };
         let (a, digest) = r.with_context(|| format!("{} arm of {}", name, plan.label()))?;
@@ -217,8 +220,6 @@ async fn run_direct(
 ) -> anyhow::Result<(Arm, u64)> {
     let mut workers = Vec::new();
     let log = ctx.logs.join("workers.log");
-    let go = Instant::now();
-    let go_ns = worker::now_ns();
     for i in 0..plan.subscribers {
         let mut cmd = child::command(&ctx.worker_bin, ctx.common.pin_arm.as_deref());
         cmd.args(["bench-worker", "direct"])
@@ -233,17 +234,8 @@ async fn run_direct(
         cmd.process_group(0);
         workers.push(Worker::spawn(format!("direct-{i}"), cmd, &log)?);
     }
-    let (reports, samples, digest, go_ns) = drive(
-        ctx,
-        plan,
-        topic,
-        produced,
-        &mut workers,
-        "direct",
-        go,
-        go_ns,
-    )
-    .await?;
+    let (reports, samples, digest, go_ns) =
+        drive(ctx, plan, topic, produced, &mut workers, "direct").await?;
     let mut processes = Vec::new();
     for (w, s) in workers.iter().zip(&samples) {
         processes.push(process("consumer", w.pid(), s));
@@ -304,8 +296,6 @@ async fn run_fanout_on(
     let traffic_before = server.kafka_traffic().await?;
     let mut workers = Vec::new();
     let log = ctx.logs.join("workers.log");
-    let go = Instant::now();
-    let go_ns = worker::now_ns();
     for i in 0..plan.subscribers {
         let mut cmd = child::command(&ctx.worker_bin, ctx.common.pin_arm.as_deref());
         cmd.args(["bench-worker", "fanout"])
@@ -318,20 +308,11 @@ async fn run_fanout_on(
         cmd.process_group(0);
         workers.push(Worker::spawn(format!("fanout-{i}"), cmd, &log)?);
     }
-    let (reports, samples, digest, go_ns) = drive(
-        ctx,
-        plan,
-        topic,
-        produced,
-        &mut workers,
-        "fanout",
-        go,
-        go_ns,
-    )
-    .await?;
+    let (reports, samples, digest, go_ns) =
+        drive(ctx, plan, topic, produced, &mut workers, "fanout").await?;
     // The server's librdkafka statistics up to the end: one more report of every client.
     tokio::time::sleep(Duration::from_millis(
-        ctx.common.stats_interval_ms * 3 / 2 + 100,
+        ctx.common.stats_interval_ms * 2 + 1000,
     ))
     .await;
     let traffic = server::traffic_since(&server.kafka_traffic().await?, &traffic_before);
@@ -370,22 +351,31 @@ async fn drive(
     produced: Option<Arc<Produced>>,
     workers: &mut [Worker],
     name: &str,
-    mut go: Instant,
-    mut go_ns: u64,
 ) -> anyhow::Result<Measured> {
     let pb = bar(plan.records * u64::from(plan.subscribers), name);
+    // Every worker is up (a direct consumer has joined its group, its partitions paused):
+    // the measured interval starts now, for both arms alike.
+    for w in workers.iter_mut() {
+        tokio::select! {
+            r = w.wait_ready(Duration::from_secs(60)) => r?,
+            () = ctx.cancel.cancelled() => bail!("{name}: interrupted while starting"),
+        }
+    }
+    let baselines = workers
+        .iter()
+        .map(Worker::sample)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let go = Instant::now();
+    let go_ns = worker::now_ns();
+    for w in workers.iter_mut() {
+        w.go().await;
+    }
     let (produced, producer) = match produced {
         Some(p) => (p, None),
         None => {
-            // Steady: every consumer reads before the first record is produced.
-            for w in workers.iter_mut() {
-                w.wait_ready(Duration::from_secs(60)).await?;
-            }
             let Workload::Steady { rate, .. } = plan.workload else {
                 bail!("a backlog cell without its backlog");
             };
-            go = Instant::now();
-            go_ns = worker::now_ns();
             let (p, h) = produce(ctx, plan, topic, Some(rate), None).await?;
             (p, Some(h))
         }
@@ -432,7 +422,8 @@ async fn drive(
     pb.finish_and_clear();
     let samples = workers
         .iter()
-        .map(Worker::sample)
+        .zip(&baselines)
+        .map(|(w, before)| w.sample().map(|after| after.since(before)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let reports = workers
         .iter()

@@ -121,6 +121,14 @@ impl Worker {
         }
     }
 
+    /// Tells the worker to start reading.
+    pub async fn go(&mut self) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = stdin.write_all(b"go\n").await;
+            let _ = stdin.flush().await;
+        }
+    }
+
     /// Asks the worker to finish with what it has.
     pub async fn stop(&mut self) {
         if let Some(stdin) = self.stdin.as_mut() {

@@ -101,6 +101,7 @@ pub fn produce(
         .context("creating the producer")?;
     let mut value = vec![b'x'; load.size];
     let started = Instant::now();
+    let started_ns = now_ns();
     for seq in 0..load.count {
         if cancel.load(Ordering::Acquire) {
             break;
@@ -113,7 +114,13 @@ pub fn produce(
             }
         }
         let key = payload::key(seq);
-        payload::fill(&mut value, seq, now_ns());
+        // A paced record carries the time it was due, not the time it went: a producer
+        // that fell behind (the 2 cores are shared) is then latency too, not left out.
+        let stamp = match load.rate {
+            Some(rate) => started_ns + (seq as f64 * 1e9 / rate as f64) as u64,
+            None => now_ns(),
+        };
+        payload::fill(&mut value, seq, stamp);
         let mut record = BaseRecord::with_opaque_to(&load.topic, seq as usize)
             .key(key.as_bytes())
             .payload(value.as_slice());

@@ -68,6 +68,9 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
+            // Its own process group: a Ctrl-C meant for the benchmark must not stop it
+            // before the arm's figures are read.
+            .process_group(0)
             .kill_on_drop(true);
         let mut child = cmd.spawn().context("starting fanout-server")?;
         let pid = child.id().context("fanout-server exited at once")?;

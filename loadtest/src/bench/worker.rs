@@ -9,9 +9,13 @@
 //! set. A worker is done once it has every expected record, or when told to stop.
 //!
 //! Talking to the orchestrator, over stdin and stdout, one line each: the worker prints
-//! `ready` once it reads (assigned / stream open), then `result {json}` when done; a `stop`
-//! line on stdin makes it finish with what it has. It exits when stdin closes, after the
-//! orchestrator has read its `/proc` figures.
+//! `ready` once it can start (a direct consumer: its group joined and its partitions
+//! assigned, paused; a subscriber: its process up), waits for `go`, reads (the direct
+//! consumer resumes its partitions, the subscriber opens its stream), and prints
+//! `result {json}` when done; a `stop` line makes it finish with what it has. It exits when
+//! stdin closes, after the orchestrator has read its `/proc` figures. So neither arm's
+//! measured time includes process start, and the direct arm's excludes its group join
+//! (fanout's server joined its group before the arm began too).
 
 use std::io::{BufRead, Write};
 use std::sync::Arc;
@@ -206,12 +210,14 @@ pub fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// Lines from the orchestrator: `stop` sets `stop`; the end of stdin sets `closed`.
-fn watch_stdin(stop: Arc<AtomicBool>, closed: Arc<AtomicBool>) {
+/// Lines from the orchestrator: `go` sets `go`, `stop` sets `stop`; the end of stdin sets
+/// `closed` (and `stop`).
+fn watch_stdin(go: Arc<AtomicBool>, stop: Arc<AtomicBool>, closed: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         for line in stdin.lock().lines() {
             match line {
+                Ok(l) if l.trim() == "go" => go.store(true, Ordering::Release),
                 Ok(l) if l.trim() == "stop" => stop.store(true, Ordering::Release),
                 Ok(_) => {}
                 Err(_) => break,
@@ -256,10 +262,23 @@ fn finish(report: &Report, closed: &AtomicBool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits for `go` (or `stop`, or `timeout`); true once told to go.
+fn wait_for_go(go: &AtomicBool, stop: &AtomicBool, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !go.load(Ordering::Acquire) {
+        if stop.load(Ordering::Acquire) || Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let go = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let closed = Arc::new(AtomicBool::new(false));
-    watch_stdin(stop.clone(), closed.clone());
+    watch_stdin(go.clone(), stop.clone(), closed.clone());
     let report = match args.kind {
         Kind::Direct {
             bootstrap,
@@ -267,7 +286,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             group,
             kafka_options,
             common,
-        } => direct(&bootstrap, &topic, &group, &kafka_options, &common, &stop)?,
+        } => direct(
+            &bootstrap,
+            &topic,
+            &group,
+            &kafka_options,
+            &common,
+            &go,
+            &stop,
+        )?,
         Kind::Fanout {
             grpc,
             topic,
@@ -285,6 +312,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 &subscription,
                 credits,
                 &common,
+                &go,
                 &stop,
             ))?,
     };
@@ -295,11 +323,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The statistics of a direct consumer: its latest cumulative counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct StatsContext {
     latest: Mutex<KafkaTraffic>,
     reports: AtomicU64,
     assigned: AtomicBool,
+    /// Until the orchestrator says go, assigned partitions stay paused.
+    go: Arc<AtomicBool>,
 }
 
 impl ClientContext for StatsContext {
@@ -312,10 +342,15 @@ impl ClientContext for StatsContext {
 }
 
 impl ConsumerContext for StatsContext {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance
             && tpl.count() > 0
         {
+            if !self.go.load(Ordering::Acquire)
+                && let Err(e) = consumer.pause(tpl)
+            {
+                tracing::warn!(error = %e, "cannot pause the assigned partitions");
+            }
             self.assigned.store(true, Ordering::Release);
         }
     }
@@ -327,6 +362,7 @@ fn direct(
     group: &str,
     options: &[(String, String)],
     common: &Common,
+    go: &Arc<AtomicBool>,
     stop: &AtomicBool,
 ) -> anyhow::Result<Report> {
     let mut cfg = ClientConfig::new();
@@ -339,15 +375,28 @@ fn direct(
         cfg.set(k, v);
     }
     let consumer: BaseConsumer<StatsContext> = cfg
-        .create_with_context(StatsContext::default())
+        .create_with_context(StatsContext {
+            latest: Mutex::new(KafkaTraffic::default()),
+            reports: AtomicU64::new(0),
+            assigned: AtomicBool::new(false),
+            go: go.clone(),
+        })
         .context("creating the consumer")?;
     consumer.subscribe(&[topic]).context("subscribe")?;
     let mut tally = Tally::new(common.expect, common.latency_from)?;
     let deadline = Instant::now() + common.timeout;
     let mut said_ready = false;
+    let mut resumed = false;
     let mut error = None;
     let mut progress = Progress::default();
     while !tally.complete() {
+        if said_ready && !resumed && go.load(Ordering::Acquire) {
+            resumed = true;
+            let assignment = consumer.assignment().context("the assignment")?;
+            consumer
+                .resume(&assignment)
+                .context("resuming the partitions")?;
+        }
         progress.maybe_say(tally.unique());
         if stop.load(Ordering::Acquire) {
             error = Some("stopped before every record arrived".to_owned());
@@ -388,9 +437,20 @@ async fn fanout(
     subscription: &str,
     credits: u32,
     common: &Common,
-    stop: &AtomicBool,
+    go: &Arc<AtomicBool>,
+    stop: &Arc<AtomicBool>,
 ) -> anyhow::Result<Report> {
     let endpoints: Vec<String> = grpc.split(',').map(str::to_owned).collect();
+    // Ready as soon as the process runs; the stream opens on `go`.
+    say("ready");
+    let (g, s) = (Arc::clone(go), Arc::clone(stop));
+    let told = tokio::task::spawn_blocking(move || wait_for_go(&g, &s, Duration::from_secs(120)))
+        .await
+        .unwrap_or(false);
+    if !told {
+        return Ok(Tally::new(common.expect, common.latency_from)?
+            .report(None, Some("stopped before it was told to go".to_owned())));
+    }
     let mut sub = crate::multi::connect(
         &endpoints,
         topic,
@@ -399,7 +459,6 @@ async fn fanout(
         Duration::from_secs(30),
     )
     .await?;
-    say("ready");
     let mut tally = Tally::new(common.expect, common.latency_from)?;
     let deadline = tokio::time::Instant::now() + common.timeout;
     let mut error = None;
