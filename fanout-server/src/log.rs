@@ -381,6 +381,15 @@ impl PartitionLog {
             .all(|p| p.cursor().is_some_and(|c| c < start))
     }
 
+    /// Whether no reader reads the window: every one holds an offset below its start.
+    pub fn unread(&self) -> bool {
+        let start = self.start();
+        self.pins
+            .load()
+            .iter()
+            .all(|p| p.cursor().is_some_and(|c| c < start))
+    }
+
     /// The lowest offset any reader holds, if any holds one.
     pub fn lowest_pin(&self) -> Option<Offset> {
         self.pins.load().iter().filter_map(|p| p.cursor()).min()

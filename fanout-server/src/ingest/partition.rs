@@ -219,6 +219,11 @@ impl Reader {
                 Appended::Done => return None,
                 Appended::Cancelled => return Some(Exit::Done),
                 Appended::Interrupted(batch) => {
+                    // A rewind that keeps failing (Kafka unreachable) must not hold a
+                    // shutdown up.
+                    if cancel.is_cancelled() {
+                        return Some(Exit::Done);
+                    }
                     if let Some(offset) = self.rewind_to(writer).await {
                         return Some(Exit::Restart(offset));
                     }
@@ -302,6 +307,11 @@ impl Reader {
             // below it count: an earlier request may have moved it back far enough, and
             // the asker may have been evicted or gone meanwhile. Reading again for nobody
             // would only repeat (and throw away what Kafka prefetched).
+            // And only while nobody reads the window: a reader that came meanwhile would
+            // wait for what it has; the askers then catch up privately instead.
+            if !self.owned.log.unread() {
+                return None;
+            }
             let start = self.owned.log.start();
             requested = self.owned.log.lowest_pin().filter(|&p| p < start)?;
         }
