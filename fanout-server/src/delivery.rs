@@ -173,7 +173,7 @@ impl PartitionState {
         // that holds an unacked record would only make the window read everything again.
         if cursor < start
             && !self.shared.pin.is_evicted()
-            && self.shared.log.unread_by_others(&self.shared.pin)
+            && self.shared.log.unread_by_others(Some(&self.shared.pin))
         {
             // Nobody reads the shared window (every other subscription, if any, is behind
             // it too): it moves back instead, and one Kafka read serves every subscription

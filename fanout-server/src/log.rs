@@ -369,24 +369,15 @@ impl PartitionLog {
         self.notify_progress();
     }
 
-    /// Whether no reader but `mine` reads the window: every other one holds an offset below
-    /// its start (it is behind the window too). A reader holding nothing may be reading
-    /// it past a private window's head, so it counts as reading.
-    pub fn unread_by_others(&self, mine: &Arc<Pin>) -> bool {
+    /// Whether no reader (but `mine`, if given) reads the window: every other one holds an
+    /// offset below its start (it is behind the window too). A reader holding nothing may be
+    /// reading it past a private window's head, so it counts as reading.
+    pub fn unread_by_others(&self, mine: Option<&Arc<Pin>>) -> bool {
         let start = self.start();
         self.pins
             .load()
             .iter()
-            .filter(|p| !Arc::ptr_eq(p, mine))
-            .all(|p| p.cursor().is_some_and(|c| c < start))
-    }
-
-    /// Whether no reader reads the window: every one holds an offset below its start.
-    pub fn unread(&self) -> bool {
-        let start = self.start();
-        self.pins
-            .load()
-            .iter()
+            .filter(|p| mine.is_none_or(|m| !Arc::ptr_eq(p, m)))
             .all(|p| p.cursor().is_some_and(|c| c < start))
     }
 

@@ -24,7 +24,7 @@ mod lease;
 mod runtime;
 
 pub use lease::Lease;
-pub use runtime::{OwnedPartition, SubscriptionRuntime, TopicRuntime};
+pub use runtime::{OwnedPartition, Rewind, SubscriptionRuntime, TopicRuntime};
 
 /// Limits the shard applies to every partition and stream.
 #[derive(Debug, Clone, Copy)]

@@ -309,7 +309,7 @@ impl Reader {
             // would only repeat (and throw away what Kafka prefetched).
             // And only while nobody reads the window: a reader that came meanwhile would
             // wait for what it has; the askers then catch up privately instead.
-            if !self.owned.log.unread() {
+            if !self.owned.log.unread_by_others(None) {
                 return None;
             }
             let start = self.owned.log.start();

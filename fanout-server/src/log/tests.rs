@@ -312,17 +312,17 @@ fn a_reader_at_the_head_that_never_acks_is_evicted_too() {
 fn a_window_is_unread_while_every_pin_is_below_it() {
     let (log, mut w) = log_and_writer(10, 100 * R);
     w.append(batch(&[10, 11, 12])).unwrap();
-    assert!(log.unread(), "no pins at all");
+    assert!(log.unread_by_others(None), "no pins at all");
     let behind = log.pin(3);
     let other = log.pin(5);
-    assert!(log.unread(), "both behind the window");
-    assert!(log.unread_by_others(&behind));
+    assert!(log.unread_by_others(None), "both behind the window");
+    assert!(log.unread_by_others(Some(&behind)));
     let reading = log.pin(11);
-    assert!(!log.unread());
-    assert!(!log.unread_by_others(&behind));
+    assert!(!log.unread_by_others(None));
+    assert!(!log.unread_by_others(Some(&behind)));
     log.unpin(&reading);
     // A pin that holds nothing may be reading past a private window: it counts as reading.
     other.release();
-    assert!(!log.unread());
-    assert!(log.unread_by_others(&other));
+    assert!(!log.unread_by_others(None));
+    assert!(log.unread_by_others(Some(&other)));
 }

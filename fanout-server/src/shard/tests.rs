@@ -695,3 +695,33 @@ fn any_change_of_a_seek_applies_and_flushes_never_undo_one() {
     assert_eq!(shard.durable_cursors(&sa.spec()), BTreeMap::from([(0, 10)]));
     assert_eq!(shard.commit_positions(), vec![(t("orders"), 0, 10)]);
 }
+
+#[test]
+fn rewind_requests_merge_and_a_repositioning_is_never_lost() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, topic_entry("orders"));
+    let assigned = shard.assign(&t("orders"), 0, 0, 50);
+    let owned = &assigned.partition;
+    append(owned, 50..60);
+    // Nobody pins it: the window starts at its head.
+    assert_eq!(owned.log.start(), 60);
+    owned.request_move_back(60);
+    assert!(!owned.rewind_needed(), "the window covers 60 already");
+    owned.request_move_back(10);
+    assert!(owned.rewind_needed(), "10 is below the window");
+    owned.request_rewind(70);
+    assert_eq!(
+        owned.take_rewind(),
+        Some(Rewind {
+            offset: 10,
+            reposition: true
+        }),
+        "the lowest offset, and repositioning if any request was"
+    );
+    assert_eq!(owned.take_rewind(), None);
+    owned.request_rewind(60);
+    assert!(
+        owned.rewind_needed(),
+        "a repositioning needs the reader even inside the window"
+    );
+}

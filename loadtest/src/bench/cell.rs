@@ -63,13 +63,13 @@ fn bar(len: u64, label: &str) -> ProgressBar {
 }
 
 /// Produces `plan`'s records to `topic` (on a thread), with a progress bar.
-async fn produce(
+fn produce(
     ctx: &Ctx,
     plan: &Plan,
     topic: &str,
     rate: Option<u64>,
     pb: Option<ProgressBar>,
-) -> anyhow::Result<(Arc<Produced>, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+) -> (Arc<Produced>, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let load = Load {
         bootstrap: ctx.common.kafka_bootstrap.clone(),
         topic: topic.to_owned(),
@@ -99,7 +99,7 @@ async fn produce(
             }
         }
     });
-    Ok((produced, handle))
+    (produced, handle)
 }
 
 /// The first sequence number whose latency counts: a steady load's first `--warm-up`.
@@ -156,7 +156,7 @@ async fn run_cell_on(
         create_topic(ctx, &topic, plan.partitions).await?;
         topics.push(topic.clone());
         let pb = bar(plan.records, "produce");
-        let (produced, handle) = produce(ctx, plan, &topic, None, Some(pb.clone())).await?;
+        let (produced, handle) = produce(ctx, plan, &topic, None, Some(pb.clone()));
         let r = handle.await.context("producer thread")?;
         pb.finish_and_clear();
         r?;
@@ -210,6 +210,31 @@ async fn run_cell_on(
     Ok(cell)
 }
 
+/// Starts `plan.subscribers` workers of `kind` (`direct` or `fanout`) on `topic`, each in
+/// its own process group (a Ctrl-C meant for the benchmark must not end them), with the
+/// arguments `extra(i)` of worker `i` besides the ones every worker takes.
+fn spawn_workers(
+    ctx: &Ctx,
+    plan: &Plan,
+    topic: &str,
+    kind: &str,
+    extra: impl Fn(u32) -> Vec<String>,
+) -> anyhow::Result<Vec<Worker>> {
+    let log = ctx.logs.join("workers.log");
+    (0..plan.subscribers)
+        .map(|i| {
+            let mut cmd = child::command(&ctx.worker_bin, ctx.common.pin_arm.as_deref());
+            cmd.args(["bench-worker", kind])
+                .args(["--topic", topic])
+                .args(["--expect", &plan.records.to_string()])
+                .args(["--latency-from", &latency_from(ctx, plan).to_string()])
+                .args(extra(i))
+                .process_group(0);
+            Worker::spawn(format!("{kind}-{i}"), cmd, &log)
+        })
+        .collect()
+}
+
 /// Arm D. Returns the arm and the digest Kafka acknowledged to the producer.
 async fn run_direct(
     ctx: &Ctx,
@@ -218,22 +243,14 @@ async fn run_direct(
     produced: Option<Arc<Produced>>,
     id: &str,
 ) -> anyhow::Result<(Arm, u64)> {
-    let mut workers = Vec::new();
-    let log = ctx.logs.join("workers.log");
-    for i in 0..plan.subscribers {
-        let mut cmd = child::command(&ctx.worker_bin, ctx.common.pin_arm.as_deref());
-        cmd.args(["bench-worker", "direct"])
-            .args(["--bootstrap", &ctx.common.kafka_bootstrap])
-            .args(["--topic", topic])
-            .args(["--group", &format!("bench-{id}-direct-{i}")])
-            .args(["--expect", &plan.records.to_string()])
-            .args(["--latency-from", &latency_from(ctx, plan).to_string()]);
+    let mut workers = spawn_workers(ctx, plan, topic, "direct", |i| {
+        let mut args = vec!["--bootstrap".to_owned(), ctx.common.kafka_bootstrap.clone()];
+        args.extend(["--group".to_owned(), format!("bench-{id}-direct-{i}")]);
         for (k, v) in &ctx.direct_options {
-            cmd.arg("--kafka-option").arg(format!("{k}={v}"));
+            args.extend(["--kafka-option".to_owned(), format!("{k}={v}")]);
         }
-        cmd.process_group(0);
-        workers.push(Worker::spawn(format!("direct-{i}"), cmd, &log)?);
-    }
+        args
+    })?;
     let (reports, samples, digest, go_ns) =
         drive(ctx, plan, topic, produced, &mut workers, "direct").await?;
     let mut processes = Vec::new();
@@ -294,20 +311,16 @@ async fn run_fanout_on(
     }
     let server_before = procfs::sample(server.pid())?;
     let traffic_before = server.kafka_traffic().await?;
-    let mut workers = Vec::new();
-    let log = ctx.logs.join("workers.log");
-    for i in 0..plan.subscribers {
-        let mut cmd = child::command(&ctx.worker_bin, ctx.common.pin_arm.as_deref());
-        cmd.args(["bench-worker", "fanout"])
-            .args(["--grpc", &server.grpc])
-            .args(["--topic", topic])
-            .args(["--subscription", &format!("sub-{i}")])
-            .args(["--credits", &ctx.common.credits.to_string()])
-            .args(["--expect", &plan.records.to_string()])
-            .args(["--latency-from", &latency_from(ctx, plan).to_string()]);
-        cmd.process_group(0);
-        workers.push(Worker::spawn(format!("fanout-{i}"), cmd, &log)?);
-    }
+    let mut workers = spawn_workers(ctx, plan, topic, "fanout", |i| {
+        vec![
+            "--grpc".to_owned(),
+            server.grpc.clone(),
+            "--subscription".to_owned(),
+            format!("sub-{i}"),
+            "--credits".to_owned(),
+            ctx.common.credits.to_string(),
+        ]
+    })?;
     let (reports, samples, digest, go_ns) =
         drive(ctx, plan, topic, produced, &mut workers, "fanout").await?;
     // The server's librdkafka statistics up to the end: one more report of every client.
@@ -376,7 +389,7 @@ async fn drive(
             let Workload::Steady { rate, .. } = plan.workload else {
                 bail!("a backlog cell without its backlog");
             };
-            let (p, h) = produce(ctx, plan, topic, Some(rate), None).await?;
+            let (p, h) = produce(ctx, plan, topic, Some(rate), None);
             (p, Some(h))
         }
     };
