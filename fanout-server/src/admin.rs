@@ -8,6 +8,7 @@
 
 mod error;
 mod operate;
+mod schema;
 mod subscriptions;
 mod topics;
 

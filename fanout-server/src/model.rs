@@ -148,7 +148,7 @@ pub type Partition = i32;
 pub type Offset = i64;
 
 /// In what order a subscription's records reach its streams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryOrder {
     /// A partition is served by one stream at a time; first deliveries in offset order.
@@ -162,7 +162,7 @@ pub enum DeliveryOrder {
 }
 
 /// How a subscription's records are delivered (order) and delivered again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryPolicy {
     /// Order of deliveries.
@@ -176,7 +176,6 @@ pub struct DeliveryPolicy {
     pub max_attempts: u32,
     /// Where records out of attempts go (required with `max_attempts`).
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
     pub dead_letter_topic: Option<TopicName>,
     /// Most records a stream of the subscription may have in flight, whatever it asks for
     /// (0: the server's limit). Written only when set, so that entries without one stay
@@ -209,7 +208,7 @@ impl Default for DeliveryPolicy {
 }
 
 /// Where a new subscription starts reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StartPosition {
     /// The oldest record Kafka still holds.

@@ -63,9 +63,8 @@ pub struct SubscriptionSpec {
 }
 
 /// Per partition of a dead-letter topic, the next offset a redrive reads.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RedrivePosition {
-    #[schema(value_type = String)]
     pub dead_letter_topic: TopicName,
     #[serde(with = "partition_keys")]
     pub next: BTreeMap<Partition, Offset>,
@@ -108,7 +107,7 @@ fn is_false(b: &bool) -> bool {
 /// A subscription's partition moved to `offset` by the seek `generation` (unique per
 /// subscription and increasing: at least the previous one + 1 and at least the time of the
 /// request in milliseconds, so that a retry after a lost or stale write is a new seek).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionSeek {
     pub generation: u64,
     pub offset: Offset,

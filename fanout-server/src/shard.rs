@@ -204,7 +204,7 @@ impl CatchUpQueue {
 
 /// Records retention deleted before a subscription acked them, on one partition, since
 /// this shard started (shown by the admin API).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LossTotal {
     /// Records (offsets) lost.
     pub records: i64,

@@ -14,12 +14,13 @@ use super::{
     AdminState, ApiError, Body, PathParams, ask_kafka, existing, name_param, now_ms, registered,
     topic_param, write_access,
 };
+use super::schema::{self, LossTotal, PartitionSeek, RedrivePosition};
 use crate::model::{
     DEFAULT_ACK_TIMEOUT_MS, DeliveryOrder, DeliveryPolicy, Offset, Partition, StartOffsets,
     StartPosition, SubscriptionKey, TopicName,
 };
-use crate::registry::{Entry, Key, PartitionSeek, RedrivePosition, SubscriptionSpec};
-use crate::shard::{LossTotal, Shard};
+use crate::registry::{Entry, Key, SubscriptionSpec};
+use crate::shard::Shard;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -28,14 +29,14 @@ pub struct CreateSubscription {
     /// `earliest`, `latest` or `timestamp` (with `start_timestamp_ms`); absent: the topic's
     /// default start (`latest` unless registered otherwise).
     #[serde(default)]
-    start: Option<StartPosition>,
+    start: Option<schema::StartPosition>,
     /// With `start: timestamp`: the first record at or after this time (milliseconds since
     /// the Unix epoch) on each partition; the log end where there is none.
     #[serde(default)]
     start_timestamp_ms: Option<i64>,
     /// `partition` (the default), `key` or `none`.
     #[serde(default)]
-    ordering: DeliveryOrder,
+    ordering: schema::DeliveryOrder,
     /// Milliseconds a delivery may stay unacked before it is delivered again (default 30000).
     #[serde(default)]
     ack_timeout_ms: Option<u64>,
@@ -139,12 +140,12 @@ async fn check_dead_letter_topic(s: &AdminState, policy: &DeliveryPolicy) -> Res
 pub struct SubscriptionView {
     pub topic: String,
     pub name: String,
-    pub start: StartPosition,
+    pub start: schema::StartPosition,
     pub start_timestamp_ms: Option<i64>,
     pub start_offsets: BTreeMap<Partition, Offset>,
     pub created_at_ms: i64,
     /// Ordering, ack timeout, attempts and dead-letter topic.
-    pub delivery: DeliveryPolicy,
+    pub delivery: schema::DeliveryPolicy,
     /// Paused: nothing is delivered until resumed.
     pub paused: bool,
     /// Per partition, the last seek.
@@ -173,14 +174,14 @@ pub fn subscription_view(s: &Shard, spec: &SubscriptionSpec) -> SubscriptionView
     SubscriptionView {
         topic: spec.topic.to_string(),
         name: spec.name.to_string(),
-        start: spec.start,
+        start: spec.start.into(),
         start_timestamp_ms: spec.start_timestamp_ms,
         start_offsets: spec.start_offsets.0.clone(),
         created_at_ms: spec.created_at_ms,
-        delivery: spec.delivery.clone(),
+        delivery: (&spec.delivery).into(),
         paused: spec.paused,
-        seeks: spec.seeks.clone(),
-        redrive: spec.redrive.clone(),
+        seeks: schema::by_partition(&spec.seeks),
+        redrive: spec.redrive.as_ref().map(RedrivePosition::from),
         cursors: live
             .as_ref()
             .map(|(_, l)| l.cursors().into_iter().collect())
@@ -192,7 +193,11 @@ pub fn subscription_view(s: &Shard, spec: &SubscriptionSpec) -> SubscriptionView
             .as_ref()
             .map(|(_, l)| l.catching_up())
             .unwrap_or_default(),
-        lost: s.losses_of(&spec.key()),
+        lost: s
+            .losses_of(&spec.key())
+            .into_iter()
+            .map(|(p, l)| (p, LossTotal::from(l)))
+            .collect(),
     }
 }
 
@@ -259,7 +264,7 @@ pub async fn create_subscription(
     registered(&s.shard, &topic)?;
     let delivery = check_policy(
         &topic,
-        req.ordering,
+        req.ordering.into(),
         req.ack_timeout_ms.unwrap_or(DEFAULT_ACK_TIMEOUT_MS),
         req.max_attempts.unwrap_or(0),
         req.dead_letter_topic.as_deref(),
@@ -267,6 +272,7 @@ pub async fn create_subscription(
     )?;
     let start = req
         .start
+        .map(StartPosition::from)
         .or_else(|| {
             s.shard
                 .with_registry(|r| r.topic(&topic).and_then(|t| t.default_start))
@@ -382,7 +388,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 pub struct UpdateSubscription {
     /// Cannot change: accepted only if equal to the current ordering.
     #[serde(default)]
-    ordering: Option<DeliveryOrder>,
+    ordering: Option<schema::DeliveryOrder>,
     #[serde(default)]
     ack_timeout_ms: Option<u64>,
     #[serde(default)]
@@ -416,7 +422,7 @@ pub async fn update_subscription(
     let _guard = write_access(&s).await?;
     let spec = existing(&s.shard, &topic, &name)?;
     let old = &spec.delivery;
-    if let Some(o) = req.ordering
+    if let Some(o) = req.ordering.map(DeliveryOrder::from)
         && o != old.ordering
     {
         return Err(ApiError::unprocessable(

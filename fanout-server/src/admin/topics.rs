@@ -12,6 +12,7 @@ use super::{
     AdminState, ApiError, Body, PathParams, QueryParams, ask_kafka, now_ms, registered,
     topic_param, write_access,
 };
+use super::schema;
 use crate::model::{StartPosition, TopicName};
 use crate::registry::{Entry, Key, SubscriptionSpec, TopicSpec};
 use crate::shard::Shard;
@@ -23,7 +24,7 @@ pub struct RegisterTopic {
     /// Where new subscriptions of the topic start unless they say: `earliest` or `latest`
     /// (absent: `latest`).
     #[serde(default)]
-    default_start: Option<StartPosition>,
+    default_start: Option<schema::StartPosition>,
 }
 
 /// A registered topic.
@@ -32,7 +33,7 @@ pub struct TopicView {
     pub name: String,
     pub created_at_ms: i64,
     /// Where new subscriptions start unless they say.
-    pub default_start: StartPosition,
+    pub default_start: schema::StartPosition,
     pub subscriptions: Vec<String>,
 }
 
@@ -40,7 +41,7 @@ fn topic_view(s: &Shard, t: &TopicSpec) -> TopicView {
     TopicView {
         name: t.name.to_string(),
         created_at_ms: t.created_at_ms,
-        default_start: t.default_start.unwrap_or(StartPosition::Latest),
+        default_start: t.default_start.unwrap_or(StartPosition::Latest).into(),
         subscriptions: s.with_registry(|r| {
             r.subscriptions_of(&t.name)
                 .map(|s| s.name.to_string())
@@ -97,7 +98,8 @@ pub async fn register_topic(
     Body(req): Body<RegisterTopic>,
 ) -> Result<(StatusCode, Json<TopicView>), ApiError> {
     let name = TopicName::new(&req.name).map_err(|e| ApiError::invalid("name", e.to_string()))?;
-    if req.default_start == Some(StartPosition::Timestamp) {
+    let default_start = req.default_start.map(StartPosition::from);
+    if default_start == Some(StartPosition::Timestamp) {
         return Err(ApiError::invalid(
             "default_start",
             "a topic's default start is earliest or latest; a time is given per subscription",
@@ -122,7 +124,7 @@ pub async fn register_topic(
     let spec = TopicSpec {
         name: name.clone(),
         created_at_ms: now_ms(),
-        default_start: req.default_start,
+        default_start,
     };
     let entry = Entry::Topic(spec.clone());
     s.registry
