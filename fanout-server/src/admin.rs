@@ -37,6 +37,7 @@ pub use subscriptions::SubscriptionView;
 pub use topics::TopicView;
 
 use crate::kafka;
+use crate::membership::ShardInfo;
 use crate::model::{Offset, Partition, SubscriptionKey, SubscriptionName, TopicName};
 use crate::registry::{Key, SubscriptionSpec, TopicSpec};
 use crate::shard::Shard;
@@ -130,16 +131,6 @@ impl RegistryStore for RegistryWriter {
     ) -> BoxFuture<'a, Result<i64, StoreError>> {
         Box::pin(RegistryWriter::put(self, key, value))
     }
-}
-
-/// This shard, as `GET /v1/shards` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct ShardInfo {
-    /// The shard's name (the pod name on Kubernetes).
-    pub id: String,
-    /// Where subscribers reach its gRPC service.
-    pub grpc_address: String,
-    pub admin_address: String,
 }
 
 /// Shared state of the admin handlers.
@@ -659,7 +650,7 @@ async fn get_shard(State(s): State<AdminState>) -> Json<ShardView> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ShardEntry {
     #[serde(flatten)]
-    pub info: ShardInfo,
+    pub info: schema::ShardInfo,
     /// Owned partitions by topic.
     pub partitions: std::collections::BTreeMap<String, Vec<Partition>>,
 }
@@ -682,7 +673,7 @@ async fn list_shards(State(s): State<AdminState>) -> Result<Json<Vec<ShardEntry>
             Some((
                 info.id.clone(),
                 ShardEntry {
-                    info,
+                    info: (&info).into(),
                     partitions: m.assignment,
                 },
             ))
@@ -691,7 +682,7 @@ async fn list_shards(State(s): State<AdminState>) -> Result<Json<Vec<ShardEntry>
     shards
         .entry(s.info.id.clone())
         .or_insert_with(|| ShardEntry {
-            info: s.info.clone(),
+            info: (&s.info).into(),
             partitions: s
                 .shard
                 .topics()

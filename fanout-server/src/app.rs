@@ -12,7 +12,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, AdminState, ShardInfo};
+use crate::admin::{self, AdminState};
+use crate::membership::ShardInfo;
 use crate::config::{Config, ConfigError};
 use crate::deadletter::DeadLetters;
 use crate::delivery::TakeLimits;

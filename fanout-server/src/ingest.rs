@@ -488,7 +488,7 @@ impl Ingest {
         shard: Arc<Shard>,
         flusher: Arc<Flusher>,
         cursors: Arc<CursorTail>,
-        me: &crate::admin::ShardInfo,
+        me: &crate::membership::ShardInfo,
     ) -> Result<Self, StoreError> {
         let readers = TaskTracker::new();
         let (restarts, restart_requests) = mpsc::unbounded_channel();

@@ -10,8 +10,19 @@ use std::collections::BTreeMap;
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 
-use crate::admin::ShardInfo;
 use crate::model::Partition;
+
+/// A shard's identity: its name and where others reach it. Carried in its group consumer's
+/// client id, so that every shard of the cluster can list the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// The shard's name (the pod name on Kubernetes).
+    pub id: String,
+    /// Where subscribers reach its gRPC service.
+    pub grpc_address: String,
+    /// Where operators and tools reach its admin API.
+    pub admin_address: String,
+}
 
 /// Separates the fields of a shard's client id (not allowed in shard names).
 const SEP: char = '|';

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::membership;
 use crate::model::{self, Offset, Partition};
 use crate::registry;
 use crate::shard;
@@ -186,4 +187,24 @@ pub fn by_partition<'a, A: 'a, B: From<&'a A>>(
     m: impl IntoIterator<Item = (&'a Partition, &'a A)>,
 ) -> BTreeMap<Partition, B> {
     m.into_iter().map(|(p, v)| (*p, B::from(v))).collect()
+}
+
+/// This shard, as `GET /v1/shards` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ShardInfo {
+    /// The shard's name (the pod name on Kubernetes).
+    pub id: String,
+    /// Where subscribers reach its gRPC service.
+    pub grpc_address: String,
+    pub admin_address: String,
+}
+
+impl From<&membership::ShardInfo> for ShardInfo {
+    fn from(i: &membership::ShardInfo) -> Self {
+        Self {
+            id: i.id.clone(),
+            grpc_address: i.grpc_address.clone(),
+            admin_address: i.admin_address.clone(),
+        }
+    }
 }
