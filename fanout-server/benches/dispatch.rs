@@ -18,14 +18,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use fanout_proto::encoded::Body;
-use fanout_proto::v1 as pb;
-use fanout_server::delivery::Delivery;
-use fanout_server::delivery::{
+use fanout_core::delivery::Delivery;
+use fanout_core::delivery::{
     CatchUpLimits, Credits, OffsetRange, StreamId, SubscriptionDelivery, TakeLimits,
 };
-use fanout_server::log::{Batch, PartitionLog};
-use fanout_server::model::{Offset, TimestampKind, TopicName};
+use fanout_core::log::{Batch, PartitionLog};
+use fanout_core::model::{Offset, TimestampKind, TopicName};
+use fanout_proto::encoded::Body;
+use fanout_proto::v1 as pb;
 use fanout_server::wire;
 use prost::Message;
 

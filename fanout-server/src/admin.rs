@@ -38,11 +38,11 @@ pub use topics::TopicView;
 
 use crate::kafka;
 use crate::membership::ShardInfo;
-use crate::model::{Offset, Partition, SubscriptionKey, SubscriptionName, TopicName};
-use crate::registry::{Key, SubscriptionSpec, TopicSpec};
-use crate::shard::Shard;
 use crate::store::StoreError;
 use crate::store::registry::RegistryWriter;
+use fanout_core::model::{Offset, Partition, SubscriptionKey, SubscriptionName, TopicName};
+use fanout_core::registry::{Key, SubscriptionSpec, TopicSpec};
+use fanout_core::shard::Shard;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 << 10;

@@ -13,18 +13,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
-use crate::membership::ShardInfo;
 use crate::config::{Config, ConfigError};
 use crate::deadletter::DeadLetters;
-use crate::delivery::TakeLimits;
 use crate::grpc::{FanoutServer, FanoutService, StreamControl, StreamLimits};
 use crate::ingest::{self, Ingest};
 use crate::kafka;
-use crate::shard::{Shard, ShardLimits};
+use crate::membership::ShardInfo;
 use crate::store::cursors::{CursorTail, CursorWriter, Flusher};
 use crate::store::registry::RegistryWriter;
 use crate::store::{self, StoreError};
 use crate::telemetry;
+use fanout_core::delivery::TakeLimits;
+use fanout_core::shard::{Shard, ShardLimits};
 
 /// Largest gRPC message a subscriber may send (acks are ranges: this is plenty).
 const MAX_REQUEST_BYTES: usize = 4 << 20;

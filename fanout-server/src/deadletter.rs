@@ -18,9 +18,11 @@ use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::delivery::DeadLetter;
 use crate::kafka;
-use crate::model::{Offset, Partition, REDRIVE_FOR, SubscriptionKey, SubscriptionName, TopicName};
+use fanout_core::delivery::DeadLetter;
+use fanout_core::model::{
+    Offset, Partition, REDRIVE_FOR, SubscriptionKey, SubscriptionName, TopicName,
+};
 
 /// Header names added to a dead letter.
 pub mod headers {

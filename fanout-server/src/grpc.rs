@@ -18,11 +18,13 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::deadletter::DeadLetters;
-use crate::delivery::{AckError, Credits, DeadLetter, PartitionAckError, StreamId, TakeLimits};
-use crate::model::{NameError, SubscriptionName, TopicName};
-use crate::shard::{CatchUpJob, LookupError, Shard, SubscriptionRuntime, TopicRuntime};
 use crate::telemetry;
 use crate::wire::Frame;
+use fanout_core::delivery::{
+    AckError, Credits, DeadLetter, PartitionAckError, StreamId, TakeLimits,
+};
+use fanout_core::model::{NameError, SubscriptionName, TopicName};
+use fanout_core::shard::{CatchUpJob, LookupError, Shard, SubscriptionRuntime, TopicRuntime};
 
 pub use fanout_proto::encoded::fanout_server::FanoutServer;
 
@@ -504,7 +506,7 @@ fn bad_ack(what: &'static str, e: &PartitionAckError) -> SubscribeError {
 }
 
 fn check_range_count(
-    ranges: &[(i32, Vec<crate::delivery::OffsetRange>)],
+    ranges: &[(i32, Vec<fanout_core::delivery::OffsetRange>)],
     limit: usize,
 ) -> Result<(), SubscribeError> {
     let n: usize = ranges.iter().map(|(_, r)| r.len().max(1)).sum();

@@ -35,11 +35,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::kafka;
-use crate::model::{Offset, Partition, TopicName};
-use crate::shard::{Loss, OwnedPartition, Shard};
 use crate::store::StoreError;
 use crate::store::cursors::{CursorTail, Flusher};
 use crate::telemetry;
+use fanout_core::model::{Offset, Partition, TopicName};
+use fanout_core::shard::{Loss, OwnedPartition, Shard};
 
 /// The shard's group consumer.
 pub type IngestConsumer = StreamConsumer<IngestContext>;

@@ -14,7 +14,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
-use crate::model::{Offset, Partition};
+use fanout_core::model::{Offset, Partition};
 
 /// Timeout of metadata and watermark requests.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

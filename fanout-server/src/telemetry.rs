@@ -36,7 +36,7 @@ pub mod metrics {
     use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
     use metrics_util::MetricKindMask;
 
-    use crate::shard::Shard;
+    use fanout_core::shard::Shard;
 
     /// Records deleted by retention before a subscription acked them.
     pub const LOST_RECORDS: &str = "fanout_lost_records_total";

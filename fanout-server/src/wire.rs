@@ -23,8 +23,8 @@ use prost::encoding::{
     WireType, encode_key, encode_varint, encoded_len_varint, int32, int64, key_len,
 };
 
-use crate::delivery::Delivery;
-use crate::model::{Header, Offset, Partition, Record, TimestampKind, TopicName};
+use fanout_core::delivery::Delivery;
+use fanout_core::model::{Header, Offset, Partition, Record, TimestampKind, TopicName};
 
 /// Field numbers of `fanout.v1` messages written here.
 mod field {

@@ -12,8 +12,8 @@ use super::error::Problem;
 
 use super::subscriptions::{SubscriptionView, subscription_view, write};
 use super::{AdminState, ApiError, Body, PathParams, ask_kafka, existing, now_ms, write_access};
-use crate::model::{Offset, Partition, TopicName};
-use crate::registry::{PartitionSeek, SubscriptionSpec};
+use fanout_core::model::{Offset, Partition, TopicName};
+use fanout_core::registry::{PartitionSeek, SubscriptionSpec};
 
 /// One partition of a subscription on this shard.
 #[derive(Debug, Serialize, ToSchema)]
@@ -466,7 +466,7 @@ async fn redrive_once(
         );
     } else if out.next != from {
         let new = SubscriptionSpec {
-            redrive: Some(crate::registry::RedrivePosition {
+            redrive: Some(fanout_core::registry::RedrivePosition {
                 dead_letter_topic: dlq,
                 next: out.next.clone(),
             }),

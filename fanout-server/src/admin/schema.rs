@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::membership;
-use crate::model::{self, Offset, Partition};
-use crate::registry;
-use crate::shard;
+use fanout_core::model::{self, Offset, Partition};
+use fanout_core::registry;
+use fanout_core::shard;
 
 /// In what order a subscription's records reach its streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]

@@ -10,17 +10,17 @@ use utoipa::ToSchema;
 
 use super::error::Problem;
 
+use super::schema::{self, LossTotal, PartitionSeek, RedrivePosition};
 use super::{
     AdminState, ApiError, Body, PathParams, ask_kafka, existing, name_param, now_ms, registered,
     topic_param, write_access,
 };
-use super::schema::{self, LossTotal, PartitionSeek, RedrivePosition};
-use crate::model::{
+use fanout_core::model::{
     DEFAULT_ACK_TIMEOUT_MS, DeliveryOrder, DeliveryPolicy, Offset, Partition, StartOffsets,
     StartPosition, SubscriptionKey, TopicName,
 };
-use crate::registry::{Entry, Key, SubscriptionSpec};
-use crate::shard::Shard;
+use fanout_core::registry::{Entry, Key, SubscriptionSpec};
+use fanout_core::shard::Shard;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

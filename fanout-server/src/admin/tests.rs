@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::*;
-use crate::shard::ShardLimits;
+use fanout_core::shard::ShardLimits;
 
 const LIMITS: ShardLimits = ShardLimits::FOR_TESTS;
 

@@ -8,14 +8,14 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::Problem;
 
+use super::schema;
 use super::{
     AdminState, ApiError, Body, PathParams, QueryParams, ask_kafka, now_ms, registered,
     topic_param, write_access,
 };
-use super::schema;
-use crate::model::{StartPosition, TopicName};
-use crate::registry::{Entry, Key, SubscriptionSpec, TopicSpec};
-use crate::shard::Shard;
+use fanout_core::model::{StartPosition, TopicName};
+use fanout_core::registry::{Entry, Key, SubscriptionSpec, TopicSpec};
+use fanout_core::shard::Shard;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -3,8 +3,8 @@
 
 use fanout_proto::v1 as pb;
 
-use crate::delivery::OffsetRange;
-use crate::model::Partition;
+use fanout_core::delivery::OffsetRange;
+use fanout_core::model::Partition;
 
 /// Ranges of an ack or nack, in domain terms.
 pub fn ranges(partitions: Vec<pb::PartitionRanges>) -> Vec<(Partition, Vec<OffsetRange>)> {

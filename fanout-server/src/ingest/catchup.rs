@@ -23,10 +23,10 @@ use super::partition::to_record;
 use super::report_losses;
 use crate::config::Config;
 use crate::kafka;
-use crate::log::{Batch, LogWriter, held_bytes};
-use crate::model::Record;
-use crate::shard::{CatchUpJob, Shard};
 use crate::telemetry;
+use fanout_core::log::{Batch, LogWriter, held_bytes};
+use fanout_core::model::Record;
+use fanout_core::shard::{CatchUpJob, Shard};
 
 /// Longest a reader stays on one (subscription, partition) while others wait.
 const SLICE: Duration = Duration::from_millis(500);

@@ -17,11 +17,11 @@ use tracing::Instrument;
 
 use super::{IngestConsumer, IngestContext, report_losses};
 use crate::kafka;
-use crate::log::{Batch, LogWriter, held_bytes};
-use crate::model::{Offset, Record, TimestampKind};
-use crate::shard::{OwnedPartition, Shard, TopicRuntime};
 use crate::telemetry;
 use crate::wire;
+use fanout_core::log::{Batch, LogWriter, held_bytes};
+use fanout_core::model::{Offset, Record, TimestampKind};
+use fanout_core::shard::{OwnedPartition, Shard, TopicRuntime};
 
 /// Most records moved into the window in one batch.
 const MAX_BATCH: usize = 1000;

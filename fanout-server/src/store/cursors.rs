@@ -12,9 +12,9 @@ pub use writer::{CursorWriter, GroupMetadataSource};
 
 use serde::{Deserialize, Serialize};
 
-use crate::delivery::{MAX_STORED_RANGES, OffsetRange};
-use crate::model::{Offset, Partition, SubscriptionKey, SubscriptionName, TopicName};
-use crate::shard::StoredCursor;
+use fanout_core::delivery::{MAX_STORED_RANGES, OffsetRange};
+use fanout_core::model::{Offset, Partition, SubscriptionKey, SubscriptionName, TopicName};
+use fanout_core::shard::StoredCursor;
 
 /// Version written into every cursor value.
 pub const SCHEMA_VERSION: u32 = 1;

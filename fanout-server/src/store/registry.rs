@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 use super::StoreError;
 use crate::config::Config;
 use crate::kafka;
-use crate::registry::{Change, Key};
-use crate::shard::Shard;
 use crate::telemetry;
+use fanout_core::registry::{Change, Key};
+use fanout_core::shard::Shard;
 
 /// Opens a consumer on the registry topic, positioned at its beginning.
 pub fn open_reader(cfg: &Config) -> Result<kafka::Reader, StoreError> {

@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use prost::Message;
 
 use super::*;
-use crate::delivery::Delivery;
-use crate::log::{Batch, Chunk};
+use fanout_core::delivery::Delivery;
+use fanout_core::log::{Batch, Chunk};
 
 /// What the generated types make of a batch: the oracle for [`Frame`].
 fn plain(topic: &TopicName, deliveries: &[Delivery]) -> pb::SubscribeResponse {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fanout_client::{Discovery, Subscriber, SubscriberConfig};
-use fanout_server::model::{SubscriptionKey, SubscriptionName, TopicName};
-use fanout_server::shard::CursorUpdate;
+use fanout_core::model::{SubscriptionKey, SubscriptionName, TopicName};
+use fanout_core::shard::CursorUpdate;
 use fanout_server::store::cursors::CursorWriter;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -15,9 +15,9 @@ use tokio_util::task::TaskTracker;
 use super::{decode_key, decode_value};
 use crate::config::Config;
 use crate::kafka;
-use crate::model::{Offset, Partition};
-use crate::shard::Shard;
 use crate::store::StoreError;
+use fanout_core::model::{Offset, Partition};
+use fanout_core::shard::Shard;
 
 /// Follows the cursors topic for the life of the shard, keeping the shard's stored cursors
 /// of partitions it does not own current (every shard's flushes land there). At assign, the

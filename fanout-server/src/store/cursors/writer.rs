@@ -15,9 +15,9 @@ use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use super::{StoredCursor, encode_key, encode_value};
 use crate::config::Config;
 use crate::kafka;
-use crate::model::{Offset, Partition, TopicName};
-use crate::shard::CursorUpdate;
 use crate::store::StoreError;
+use fanout_core::model::{Offset, Partition, TopicName};
+use fanout_core::shard::CursorUpdate;
 
 /// The writer's role, in its `client.id` and the `client` label of its traffic.
 const ROLE: &str = "cursor-writer";

@@ -44,7 +44,7 @@ pub struct ShardLimits {
     pub lease_gap: std::time::Duration,
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "test-util"))]
 impl ShardLimits {
     /// Small windows and batches for tests (1 MiB per window, 100 records per batch).
     pub const FOR_TESTS: Self = Self {
@@ -836,7 +836,7 @@ impl Shard {
     }
 
     /// Stored cursors, as if read from Kafka (tests).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "test-util"))]
     pub fn load_stored(
         &self,
         cursors: impl IntoIterator<Item = ((SubscriptionKey, Partition), StoredCursor)>,
