@@ -32,6 +32,9 @@ use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use error::{ApiError, Problem};
+use fanout_core::model::{Offset, Partition, SubscriptionKey, SubscriptionName, TopicName};
+use fanout_core::registry::{Key, SubscriptionSpec, TopicSpec};
+use fanout_core::shard::Shard;
 pub use operate::{LagView, PartitionLag};
 pub use subscriptions::SubscriptionView;
 pub use topics::TopicView;
@@ -40,9 +43,6 @@ use crate::kafka;
 use crate::membership::ShardInfo;
 use crate::store::StoreError;
 use crate::store::registry::RegistryWriter;
-use fanout_core::model::{Offset, Partition, SubscriptionKey, SubscriptionName, TopicName};
-use fanout_core::registry::{Key, SubscriptionSpec, TopicSpec};
-use fanout_core::shard::Shard;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 << 10;

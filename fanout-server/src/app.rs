@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fanout_core::delivery::TakeLimits;
+use fanout_core::shard::{Shard, ShardLimits};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -23,8 +25,6 @@ use crate::store::cursors::{CursorTail, CursorWriter, Flusher};
 use crate::store::registry::RegistryWriter;
 use crate::store::{self, StoreError};
 use crate::telemetry;
-use fanout_core::delivery::TakeLimits;
-use fanout_core::shard::{Shard, ShardLimits};
 
 /// Largest gRPC message a subscriber may send (acks are ranges: this is plenty).
 const MAX_REQUEST_BYTES: usize = 4 << 20;

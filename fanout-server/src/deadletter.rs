@@ -6,8 +6,14 @@
 //! the publish (all in-sync replicas, idempotent producer).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fanout_core::delivery::DeadLetter;
+use fanout_core::model::{
+    Offset, Partition, REDRIVE_FOR, SubscriptionKey, SubscriptionName, TopicName,
+};
+use fanout_core::shard::SubscriptionRuntime;
 use futures::future::BoxFuture;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -18,11 +24,7 @@ use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::kafka;
-use fanout_core::delivery::DeadLetter;
-use fanout_core::model::{
-    Offset, Partition, REDRIVE_FOR, SubscriptionKey, SubscriptionName, TopicName,
-};
+use crate::{kafka, telemetry};
 
 /// Header names added to a dead letter.
 pub mod headers {
@@ -39,6 +41,62 @@ pub mod headers {
 
 /// How long one publish may take before it counts as failed (and is tried again).
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where records out of attempts go (Kafka, or a fake in the stream loop's component tests).
+pub trait DeadLetterSink: Send + Sync + std::fmt::Debug + 'static {
+    /// Publishes `letter` (a record of `subscription`, of its life `incarnation`) to `to`,
+    /// returning once Kafka acknowledged it.
+    fn publish<'a>(
+        &'a self,
+        to: &'a TopicName,
+        subscription: &'a SubscriptionKey,
+        incarnation: i64,
+        letter: &'a DeadLetter,
+    ) -> BoxFuture<'a, Result<(), KafkaError>>;
+}
+
+/// Publishes a record out of attempts to the subscription's dead-letter topic; on
+/// success it counts as acked, on failure it is tried again a little later.
+pub async fn send(
+    dead_letters: Arc<dyn DeadLetterSink>,
+    sub: Arc<SubscriptionRuntime>,
+    letter: DeadLetter,
+) {
+    let Some(r) = letter.chunk.records().first() else {
+        return;
+    };
+    let (partition, offset) = (letter.partition, r.offset);
+    let published = match &sub.spec().delivery.dead_letter_topic {
+        Some(to) => dead_letters
+            .publish(to, &sub.key(), sub.created_at_ms(), &letter)
+            .await
+            .map_err(|e| e.to_string()),
+        None => Err("the subscription has no dead-letter topic".to_owned()),
+    };
+    match published {
+        Ok(()) => {
+            tracing::warn!(
+                partition,
+                offset,
+                attempts = letter.attempts,
+                reason = letter.why.as_str(),
+                "record out of attempts sent to the dead-letter topic"
+            );
+            sub.dead_lettered(partition, offset);
+            let key = sub.key();
+            telemetry::metrics::dead_lettered(key.topic.as_str(), key.name.as_str());
+        }
+        Err(e) => {
+            tracing::error!(partition, offset, error = %e, "dead-letter publish failed; retrying in 1s");
+            sub.dead_letter_failed(
+                partition,
+                offset,
+                letter.attempts,
+                Instant::now() + Duration::from_secs(1),
+            );
+        }
+    }
+}
 
 /// The producer of dead letters, shared by every stream.
 pub struct DeadLetters {
@@ -116,6 +174,24 @@ impl DeadLetters {
             .await
             .map(|_| ())
             .map_err(|(e, _)| e)
+    }
+}
+
+impl DeadLetterSink for DeadLetters {
+    fn publish<'a>(
+        &'a self,
+        to: &'a TopicName,
+        subscription: &'a SubscriptionKey,
+        incarnation: i64,
+        letter: &'a DeadLetter,
+    ) -> BoxFuture<'a, Result<(), KafkaError>> {
+        Box::pin(DeadLetters::publish(
+            self,
+            to,
+            subscription,
+            incarnation,
+            letter,
+        ))
     }
 }
 

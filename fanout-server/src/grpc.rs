@@ -17,14 +17,13 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::deadletter::DeadLetters;
+use fanout_core::delivery::{AckError, Credits, PartitionAckError, StreamId, TakeLimits};
+use fanout_core::model::{NameError, SubscriptionName, TopicName};
+use fanout_core::shard::{LookupError, Shard, SubscriptionRuntime, TopicRuntime};
+
+use crate::deadletter::{self, DeadLetterSink};
 use crate::telemetry;
 use crate::wire::Frame;
-use fanout_core::delivery::{
-    AckError, Credits, DeadLetter, PartitionAckError, StreamId, TakeLimits,
-};
-use fanout_core::model::{NameError, SubscriptionName, TopicName};
-use fanout_core::shard::{CatchUpJob, LookupError, Shard, SubscriptionRuntime, TopicRuntime};
 
 pub use fanout_proto::encoded::fanout_server::FanoutServer;
 
@@ -67,7 +66,7 @@ struct Inner {
     /// Stream tasks, awaited on shutdown.
     tracker: TaskTracker,
     /// Where records out of attempts go.
-    dead_letters: Arc<DeadLetters>,
+    dead_letters: Arc<dyn DeadLetterSink>,
 }
 
 impl FanoutService {
@@ -76,7 +75,7 @@ impl FanoutService {
         limits: StreamLimits,
         control: StreamControl,
         tracker: TaskTracker,
-        dead_letters: Arc<DeadLetters>,
+        dead_letters: Arc<dyn DeadLetterSink>,
     ) -> Self {
         Self(Arc::new(Inner {
             shard,
@@ -338,51 +337,20 @@ impl StreamTask {
     /// the stream was reset; errs when the subscriber is gone.
     async fn deliver(&self) -> Result<bool, ()> {
         loop {
-            // A shard that was stopped may have lost its partitions without knowing yet:
-            // nothing goes out until the group confirms it (`Shard::wake_all` then).
-            if !self.inner.shard.lease().live(Instant::now()) {
-                return Ok(true);
-            }
-            let take = self
-                .sub
-                .take(self.id, Instant::now(), self.inner.limits.take);
+            let take = self.inner.shard.take(
+                &self.topic,
+                &self.sub,
+                self.id,
+                Instant::now(),
+                self.inner.limits.take,
+            );
             if take.reset {
                 return Ok(false);
-            }
-            for start in take.catch_up {
-                if let Some(offset) = start.rewind {
-                    tracing::info!(
-                        partition = start.partition,
-                        offset,
-                        from = start.log.start(),
-                        "subscription behind a shared window nobody reads: moving it back"
-                    );
-                    // Only the window that was behind, and only while it still is: another
-                    // subscription's request may have moved it already.
-                    if let Some(owned) = self.topic.partition(start.partition)
-                        && Arc::ptr_eq(&owned.log, &start.log)
-                        && offset < owned.log.start()
-                    {
-                        owned.request_move_back(offset);
-                    }
-                    continue;
-                }
-                tracing::info!(
-                    partition = start.partition,
-                    from = start.log.head(),
-                    "subscription behind the shared window: catching up from Kafka"
-                );
-                self.inner.shard.catch_up_queue().push(CatchUpJob {
-                    topic: self.topic.clone(),
-                    subscription: self.sub.clone(),
-                    partition: start.partition,
-                    log: start.log,
-                });
             }
             for letter in take.dead_letters {
                 // Published on a task of its own (awaited on shutdown with the streams): a
                 // slow dead-letter topic must not stop this stream sending and taking acks.
-                self.inner.tracker.spawn(dead_letter(
+                self.inner.tracker.spawn(deadletter::send(
                     self.inner.dead_letters.clone(),
                     self.sub.clone(),
                     letter,
@@ -452,49 +420,6 @@ impl StreamTask {
     }
 }
 
-/// Publishes a record out of attempts to the subscription's dead-letter topic; on
-/// success it counts as acked, on failure it is tried again a little later.
-async fn dead_letter(
-    dead_letters: Arc<DeadLetters>,
-    sub: Arc<SubscriptionRuntime>,
-    letter: DeadLetter,
-) {
-    let Some(r) = letter.chunk.records().first() else {
-        return;
-    };
-    let (partition, offset) = (letter.partition, r.offset);
-    let published = match &sub.spec().delivery.dead_letter_topic {
-        Some(to) => dead_letters
-            .publish(to, &sub.key(), sub.created_at_ms(), &letter)
-            .await
-            .map_err(|e| e.to_string()),
-        None => Err("the subscription has no dead-letter topic".to_owned()),
-    };
-    match published {
-        Ok(()) => {
-            tracing::warn!(
-                partition,
-                offset,
-                attempts = letter.attempts,
-                reason = letter.why.as_str(),
-                "record out of attempts sent to the dead-letter topic"
-            );
-            sub.dead_lettered(partition, offset);
-            let key = sub.key();
-            telemetry::metrics::dead_lettered(key.topic.as_str(), key.name.as_str());
-        }
-        Err(e) => {
-            tracing::error!(partition, offset, error = %e, "dead-letter publish failed; retrying in 1s");
-            sub.dead_letter_failed(
-                partition,
-                offset,
-                letter.attempts,
-                Instant::now() + Duration::from_secs(1),
-            );
-        }
-    }
-}
-
 fn bad_ack(what: &'static str, e: &PartitionAckError) -> SubscribeError {
     if e.error == AckError::StreamReset {
         return SubscribeError::Reset;
@@ -515,3 +440,6 @@ fn check_range_count(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -20,6 +20,8 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use fanout_core::model::{Offset, Partition, TopicName};
+use fanout_core::shard::{Loss, OwnedPartition, Shard};
 use futures::FutureExt;
 use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
@@ -38,8 +40,6 @@ use crate::kafka;
 use crate::store::StoreError;
 use crate::store::cursors::{CursorTail, Flusher};
 use crate::telemetry;
-use fanout_core::model::{Offset, Partition, TopicName};
-use fanout_core::shard::{Loss, OwnedPartition, Shard};
 
 /// The shard's group consumer.
 pub type IngestConsumer = StreamConsumer<IngestContext>;

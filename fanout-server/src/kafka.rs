@@ -5,6 +5,7 @@ pub mod stats;
 
 use std::time::Duration;
 
+use fanout_core::model::{Offset, Partition};
 use rdkafka::ClientConfig;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -14,7 +15,6 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
-use fanout_core::model::{Offset, Partition};
 
 /// Timeout of metadata and watermark requests.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -7,10 +7,9 @@
 
 use std::collections::BTreeMap;
 
+use fanout_core::model::Partition;
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-
-use fanout_core::model::Partition;
 
 /// A shard's identity: its name and where others reach it. Carried in its group consumer's
 /// client id, so that every shard of the cluster can list the others.

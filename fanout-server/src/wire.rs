@@ -18,13 +18,12 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use fanout_core::delivery::Delivery;
+use fanout_core::model::{Header, Offset, Partition, Record, TimestampKind, TopicName};
 use fanout_proto::encoded::Body;
 use prost::encoding::{
     WireType, encode_key, encode_varint, encoded_len_varint, int32, int64, key_len,
 };
-
-use fanout_core::delivery::Delivery;
-use fanout_core::model::{Header, Offset, Partition, Record, TimestampKind, TopicName};
 
 /// Field numbers of `fanout.v1` messages written here.
 mod field {

@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -6,7 +7,7 @@ use super::*;
 use crate::delivery::{Credits, OffsetRange};
 use crate::log::Batch;
 use crate::model::{Record, StartOffsets, StartPosition};
-use crate::registry::Entry;
+use crate::registry::{Change, Entry, TopicSpec};
 
 const LIMITS: ShardLimits = ShardLimits::FOR_TESTS;
 

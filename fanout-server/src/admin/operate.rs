@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::State;
+use fanout_core::model::{Offset, Partition, TopicName};
+use fanout_core::registry::{PartitionSeek, SubscriptionSpec};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -12,8 +14,6 @@ use super::error::Problem;
 
 use super::subscriptions::{SubscriptionView, subscription_view, write};
 use super::{AdminState, ApiError, Body, PathParams, ask_kafka, existing, now_ms, write_access};
-use fanout_core::model::{Offset, Partition, TopicName};
-use fanout_core::registry::{PartitionSeek, SubscriptionSpec};
 
 /// One partition of a subscription on this shard.
 #[derive(Debug, Serialize, ToSchema)]

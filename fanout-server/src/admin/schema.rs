@@ -8,13 +8,13 @@
 
 use std::collections::BTreeMap;
 
+use fanout_core::model::{self, Offset, Partition};
+use fanout_core::registry;
+use fanout_core::shard;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::membership;
-use fanout_core::model::{self, Offset, Partition};
-use fanout_core::registry;
-use fanout_core::shard;
 
 /// In what order a subscription's records reach its streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]

@@ -5,6 +5,12 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use fanout_core::model::{
+    DEFAULT_ACK_TIMEOUT_MS, DeliveryOrder, DeliveryPolicy, Offset, Partition, StartOffsets,
+    StartPosition, SubscriptionKey, TopicName,
+};
+use fanout_core::registry::{Entry, Key, SubscriptionSpec};
+use fanout_core::shard::Shard;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
@@ -15,12 +21,6 @@ use super::{
     AdminState, ApiError, Body, PathParams, ask_kafka, existing, name_param, now_ms, registered,
     topic_param, write_access,
 };
-use fanout_core::model::{
-    DEFAULT_ACK_TIMEOUT_MS, DeliveryOrder, DeliveryPolicy, Offset, Partition, StartOffsets,
-    StartPosition, SubscriptionKey, TopicName,
-};
-use fanout_core::registry::{Entry, Key, SubscriptionSpec};
-use fanout_core::shard::Shard;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering as AtomicOrdering};
 
 use axum::body::Body as HttpBody;
 use axum::http::{Method, Request as HttpRequest};
+use fanout_core::shard::ShardLimits;
 use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::*;
-use fanout_core::shard::ShardLimits;
 
 const LIMITS: ShardLimits = ShardLimits::FOR_TESTS;
 

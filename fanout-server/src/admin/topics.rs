@@ -3,6 +3,9 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use fanout_core::model::{StartPosition, TopicName};
+use fanout_core::registry::{Entry, Key, SubscriptionSpec, TopicSpec};
+use fanout_core::shard::Shard;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -13,9 +16,6 @@ use super::{
     AdminState, ApiError, Body, PathParams, QueryParams, ask_kafka, now_ms, registered,
     topic_param, write_access,
 };
-use fanout_core::model::{StartPosition, TopicName};
-use fanout_core::registry::{Entry, Key, SubscriptionSpec, TopicSpec};
-use fanout_core::shard::Shard;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

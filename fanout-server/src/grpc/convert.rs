@@ -1,10 +1,9 @@
 //! Conversions between the generated `fanout.v1` types and the domain (requests; responses
 //! carrying records are written by [`super::wire`]).
 
-use fanout_proto::v1 as pb;
-
 use fanout_core::delivery::OffsetRange;
 use fanout_core::model::Partition;
+use fanout_proto::v1 as pb;
 
 /// Ranges of an ack or nack, in domain terms.
 pub fn ranges(partitions: Vec<pb::PartitionRanges>) -> Vec<(Partition, Vec<OffsetRange>)> {

@@ -9,6 +9,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fanout_core::log::{Batch, LogWriter, held_bytes};
+use fanout_core::model::Record;
+use fanout_core::shard::{CatchUpJob, Shard};
 use futures::FutureExt;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
@@ -24,9 +27,6 @@ use super::report_losses;
 use crate::config::Config;
 use crate::kafka;
 use crate::telemetry;
-use fanout_core::log::{Batch, LogWriter, held_bytes};
-use fanout_core::model::Record;
-use fanout_core::shard::{CatchUpJob, Shard};
 
 /// Longest a reader stays on one (subscription, partition) while others wait.
 const SLICE: Duration = Duration::from_millis(500);

@@ -5,6 +5,9 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use fanout_core::log::{Batch, LogWriter, held_bytes};
+use fanout_core::model::{Offset, Record, TimestampKind};
+use fanout_core::shard::{OwnedPartition, Shard, TopicRuntime};
 use futures::FutureExt;
 use rdkafka::consumer::Consumer;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
@@ -19,9 +22,6 @@ use super::{IngestConsumer, IngestContext, report_losses};
 use crate::kafka;
 use crate::telemetry;
 use crate::wire;
-use fanout_core::log::{Batch, LogWriter, held_bytes};
-use fanout_core::model::{Offset, Record, TimestampKind};
-use fanout_core::shard::{OwnedPartition, Shard, TopicRuntime};
 
 /// Most records moved into the window in one batch.
 const MAX_BATCH: usize = 1000;

@@ -10,11 +10,10 @@ pub use flush::Flusher;
 pub use tail::CursorTail;
 pub use writer::{CursorWriter, GroupMetadataSource};
 
-use serde::{Deserialize, Serialize};
-
 use fanout_core::delivery::{MAX_STORED_RANGES, OffsetRange};
 use fanout_core::model::{Offset, Partition, SubscriptionKey, SubscriptionName, TopicName};
 use fanout_core::shard::StoredCursor;
+use serde::{Deserialize, Serialize};
 
 /// Version written into every cursor value.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fanout_core::registry::{Change, Key};
+use fanout_core::shard::Shard;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -20,8 +22,6 @@ use super::StoreError;
 use crate::config::Config;
 use crate::kafka;
 use crate::telemetry;
-use fanout_core::registry::{Change, Key};
-use fanout_core::shard::Shard;
 
 /// Opens a consumer on the registry topic, positioned at its beginning.
 pub fn open_reader(cfg: &Config) -> Result<kafka::Reader, StoreError> {

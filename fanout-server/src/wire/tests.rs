@@ -1,14 +1,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use fanout_core::delivery::Delivery;
+use fanout_core::log::{Batch, Chunk};
 use fanout_proto::encoded::Body;
 use fanout_proto::v1 as pb;
 use proptest::prelude::*;
 use prost::Message;
 
 use super::*;
-use fanout_core::delivery::Delivery;
-use fanout_core::log::{Batch, Chunk};
 
 /// What the generated types make of a batch: the oracle for [`Frame`].
 fn plain(topic: &TopicName, deliveries: &[Delivery]) -> pb::SubscribeResponse {

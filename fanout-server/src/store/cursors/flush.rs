@@ -4,10 +4,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use super::writer::{CursorWriter, GroupMetadataSource};
-use crate::store::StoreError;
 use fanout_core::model::{Offset, Partition, TopicName};
 use fanout_core::shard::Shard;
+
+use super::writer::{CursorWriter, GroupMetadataSource};
+use crate::store::StoreError;
 
 /// Writes moved cursors and the shard group's offsets to Kafka: periodically, on revoke and
 /// on shutdown. One flush at a time, so an older snapshot never lands after a newer one.

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fanout_core::model::{Offset, Partition};
+use fanout_core::shard::Shard;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -16,8 +18,6 @@ use super::{decode_key, decode_value};
 use crate::config::Config;
 use crate::kafka;
 use crate::store::StoreError;
-use fanout_core::model::{Offset, Partition};
-use fanout_core::shard::Shard;
 
 /// Follows the cursors topic for the life of the shard, keeping the shard's stored cursors
 /// of partitions it does not own current (every shard's flushes land there). At assign, the

@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use fanout_core::model::{Offset, Partition, TopicName};
+use fanout_core::shard::CursorUpdate;
 use futures::future::join_all;
 use parking_lot::Mutex;
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -16,8 +18,6 @@ use super::{StoredCursor, encode_key, encode_value};
 use crate::config::Config;
 use crate::kafka;
 use crate::store::StoreError;
-use fanout_core::model::{Offset, Partition, TopicName};
-use fanout_core::shard::CursorUpdate;
 
 /// The writer's role, in its `client.id` and the `client` label of its traffic.
 const ROLE: &str = "cursor-writer";
