@@ -394,6 +394,17 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+/// Serves the admin API on `listener` until `stop`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+}
+
 /// Refuses requests without the configured bearer token.
 async fn authenticate(State(s): State<AdminState>, req: Request, next: Next) -> Response {
     let Some(token) = &s.token else {

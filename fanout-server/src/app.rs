@@ -1,33 +1,35 @@
-//! The composition root: builds every part, owns every long-lived task, and runs the
-//! shutdown sequence (not ready → stop new deliveries → drain acks → close streams → flush
-//! cursors and commit → leave the group).
+//! The composition root: [`App::build`] makes every part from the configuration (each takes
+//! only its own settings) and checks what can be checked before anything runs;
+//! [`App::run`] starts the long-lived tasks, serves until told to stop, and shuts down in
+//! order (not ready → stop new deliveries → drain acks → close streams → flush cursors and
+//! commit → leave the group).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fanout_core::delivery::TakeLimits;
-use fanout_core::shard::{Shard, ShardLimits};
+use fanout_core::shard::Shard;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
-use crate::deadletter::DeadLetters;
-use crate::grpc::{FanoutServer, FanoutService, StreamControl, StreamLimits};
-use crate::ingest::{self, Ingest};
-use crate::kafka;
-use crate::membership::ShardInfo;
+use crate::deadletter::{DeadLetters, Redriver};
+use crate::grpc::{self, FanoutService, StreamControl, StreamLimits};
+use crate::ingest::{self, Ingest, IngestSettings};
+use crate::kafka::{self, KafkaSettings, MetadataClient};
+use crate::membership::{self, ShardInfo};
 use crate::store::cursors::{CursorTail, CursorWriter, Flusher};
 use crate::store::registry::RegistryWriter;
 use crate::store::{self, StoreError};
-use crate::telemetry;
+use crate::{lease, telemetry};
 
-/// Largest gRPC message a subscriber may send (acks are ranges: this is plenty).
-const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// How long the stored cursors and the registry may take to load at start.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The sockets the server answers on, bound by the caller (tests bind port 0).
 #[derive(Debug)]
@@ -69,269 +71,346 @@ pub enum AppError {
     Serve(&'static str, String),
 }
 
-fn shard_limits(cfg: &Config) -> ShardLimits {
-    ShardLimits {
-        partition_window_bytes: cfg.partition_window_bytes,
-        window_memory_bytes: cfg.window_memory_bytes,
-        catch_up_window_bytes: cfg.catch_up_window_bytes,
-        catch_up_memory_bytes: cfg.catch_up_memory_bytes,
-        take: TakeLimits {
-            batch_records: cfg.batch_records,
-            batch_bytes: cfg.batch_bytes,
-            max_unacked_span: cfg.max_unacked_span,
-        },
-        lease_gap: lease_gap(cfg),
-    }
-}
-
-/// A stop of the process longer than this may have cost the shard its partitions (Kafka
-/// moves them after the session timeout; heartbeats go every tenth of it): a third of the
-/// session timeout, at least 1 s.
-fn lease_gap(cfg: &Config) -> Duration {
-    (cfg.session_timeout / 3).max(Duration::from_secs(1))
-}
-
-/// The address others reach a listener at: the one configured, else the bound address
-/// unless it is a wildcard, else `$POD_IP` or the host name with the bound port.
-fn advertised(configured: Option<&String>, bound: Option<SocketAddr>) -> String {
-    if let Some(a) = configured.filter(|a| !a.trim().is_empty()) {
-        return a.trim().to_owned();
-    }
-    let Some(bound) = bound else {
-        return String::new();
-    };
-    if !bound.ip().is_unspecified() {
-        return bound.to_string();
-    }
-    let host = std::env::var("POD_IP")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
-        .unwrap_or_else(|| "localhost".to_owned());
-    format!("{host}:{}", bound.port())
-}
-
-fn stream_limits(cfg: &Config) -> StreamLimits {
-    StreamLimits {
-        max_credits: cfg.max_stream_credits,
-        default_bytes: cfg.default_stream_bytes,
-        take: shard_limits(cfg).take,
-        open_timeout: Duration::from_secs(10),
-        max_nack_delay: Duration::from_secs(24 * 3600),
-        max_ranges: 100_000,
-    }
-}
-
 /// Runs a shard until `shutdown` is cancelled, then shuts it down in order.
 pub async fn run(
     cfg: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
-    cfg.validate()?;
-    // Before anything that counts (the first assignment reports retention losses).
-    let metrics = telemetry::metrics::install();
-    let grpc_addr = listeners.grpc.local_addr().ok();
-    let admin_addr = listeners.admin.local_addr().ok();
-    tracing::info!(cluster = %cfg.cluster, kafka = %cfg.kafka_bootstrap, "fanout-server starting");
+    App::build(cfg, listeners).await?.run(shutdown).await
+}
 
-    let me = ShardInfo {
-        grpc_address: advertised(cfg.advertise_grpc.as_ref(), grpc_addr),
-        admin_address: advertised(cfg.advertise_admin.as_ref(), admin_addr),
-        id: String::new(),
-    };
-    let me = ShardInfo {
-        id: cfg.shard_name(&me.grpc_address),
-        ..me
-    };
-    crate::membership::check_shard_name(&me.id)
-        .map_err(|e| ConfigError(format!("{e} (set --shard-id)")))?;
-    for (flag, addr) in [
-        ("--advertise-grpc", &me.grpc_address),
-        ("--advertise-admin", &me.admin_address),
-    ] {
-        crate::membership::check_address(addr).map_err(|e| ConfigError(format!("{flag}: {e}")))?;
+/// Settings the running shard needs beyond its parts.
+#[derive(Debug)]
+struct RunSettings {
+    kafka: KafkaSettings,
+    ingest: IngestSettings,
+    catch_up_readers: usize,
+    cursor_flush_interval: std::time::Duration,
+    lease_gap: Duration,
+    drain_timeout: Duration,
+    stream_limits: StreamLimits,
+}
+
+/// A shard, built and not yet running.
+pub struct App {
+    settings: RunSettings,
+    listeners: Listeners,
+    /// This shard's name and addresses.
+    me: ShardInfo,
+    shard: Arc<Shard>,
+    /// Renders `/metrics`.
+    metrics: Option<PrometheusHandle>,
+    /// Writes moved cursors (and the shard group's offsets).
+    flusher: Arc<Flusher>,
+    /// Writes registry records for the admin API.
+    registry: Arc<RegistryWriter>,
+    /// The registry topic's reader, tailed for the shard's life.
+    registry_reader: kafka::Reader,
+    /// Publishes records out of attempts.
+    dead_letters: Arc<DeadLetters>,
+    /// Publishes dead letters back (admin redrive).
+    redriver: Arc<Redriver>,
+    /// The admin API's view of Kafka.
+    admin_kafka: Arc<MetadataClient>,
+    /// The admin API's bearer token (`None`: no authentication).
+    token: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("me", &self.me)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
-    refuse_a_taken_name(&cfg, &me).await?;
+}
 
-    // 1. Durable state: internal topics, stored cursors (followed for the shard's life), the
-    //    registry.
-    store::topics::ensure(&cfg).await?;
-    let shard = Arc::new(Shard::new(shard_limits(&cfg)));
-    let background = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    // The writer first: registering its transactional id aborts whatever a previous life of
-    // this shard left open, which reading the cursors to the end would otherwise wait for.
-    let cursor_writer = CursorWriter::new(&cfg, &me.id).await?;
-    let cursors = match CursorTail::start(
-        &cfg,
-        shard.clone(),
-        &tasks,
-        background.clone(),
-        Duration::from_secs(120),
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            background.cancel();
-            return Err(e.into());
-        }
-    };
-    let (loaded_tx, mut loaded) = watch::channel(false);
-    tasks.spawn(store::registry::tail(
-        store::registry::open_reader(&cfg)?,
-        shard.clone(),
-        loaded_tx,
-        background.clone(),
-    ));
-    let load_timeout = Duration::from_secs(120);
-    tokio::select! {
-        r = tokio::time::timeout(load_timeout, loaded.wait_for(|l| *l)) => {
-            if !matches!(r, Ok(Ok(_))) {
-                background.cancel();
-                return Err(StoreError::Timeout { what: "loading the registry".into(), after: load_timeout }.into());
-            }
-        }
-        _ = shutdown.cancelled() => {
-            background.cancel();
-            return Ok(());
-        }
-    }
-    let writer = Arc::new(RegistryWriter::new(&cfg, shard.clone())?);
-    let flusher = Arc::new(Flusher::new(shard.clone(), cursor_writer));
-
-    // 2. Reading Kafka and committing.
-    let cursor_ends = cursors.ends_client();
-    let ingest = Ingest::start(&cfg, shard.clone(), flusher.clone(), cursors, &me)?;
-    ingest::catchup::start(
-        &cfg,
-        &shard,
-        cfg.catch_up_readers,
-        &tasks,
-        background.clone(),
-    )
-    .map_err(StoreError::kafka("catch-up reader"))?;
-    let (fatal_tx, mut fatal) = tokio::sync::mpsc::channel::<String>(1);
-    tasks.spawn(flush_loop(
-        flusher.clone(),
-        cfg.cursor_flush_interval,
-        background.clone(),
-        fatal_tx,
-    ));
-    tasks.spawn(renew_lease(
-        shard.clone(),
-        lease_gap(&cfg),
-        background.clone(),
-    ));
-
-    // 3. The front doors.
-    let control = StreamControl::default();
-    let streams = TaskTracker::new();
-    let service = FanoutService::new(
-        shard.clone(),
-        stream_limits(&cfg),
-        control.clone(),
-        streams.clone(),
-        Arc::new(DeadLetters::new(&cfg).map_err(StoreError::kafka("dead-letter producer"))?),
-    );
-    let grpc_stop = CancellationToken::new();
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(20)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .max_concurrent_streams(Some(1024))
-            .tcp_nodelay(true)
-            .add_service(FanoutServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listeners.grpc),
-                grpc_stop.clone().cancelled_owned(),
+impl App {
+    /// Makes every part: checks the configuration, the shard's name (no other live shard
+    /// may have it), the internal topics (created if missing), and creates the Kafka
+    /// clients. Nothing runs yet.
+    pub async fn build(cfg: Config, listeners: Listeners) -> Result<Self, AppError> {
+        cfg.validate()?;
+        // Before anything that counts (the first assignment reports retention losses).
+        let metrics = telemetry::metrics::install();
+        let me = cfg.identity(
+            listeners.grpc.local_addr().ok(),
+            listeners.admin.local_addr().ok(),
+        )?;
+        tracing::info!(cluster = %cfg.cluster, kafka = %cfg.kafka_bootstrap, "fanout-server starting");
+        let kafka = cfg.kafka();
+        let admin_kafka =
+            Arc::new(kafka::metadata_client(&kafka).map_err(StoreError::kafka("metadata client"))?);
+        membership::refuse_a_taken_name(
+            admin_kafka.clone(),
+            &cfg.cluster,
+            &me,
+            cfg.session_timeout + Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| match e {
+            membership::NameError::Taken { .. } => AppError::Config(ConfigError(e.to_string())),
+            membership::NameError::Thread(why) => StoreError::Thread("membership", why).into(),
+        })?;
+        store::topics::ensure(&kafka, cfg.replication()).await?;
+        let shard = Arc::new(Shard::new(cfg.shard_limits()));
+        // Registering the writer's transactional id aborts whatever a previous life of this
+        // shard left open, which reading the cursors to the end would otherwise wait for: it
+        // exists before the cursors are read (in `run`).
+        let cursor_writer = CursorWriter::new(&kafka, &me.id).await?;
+        Ok(Self {
+            flusher: Arc::new(Flusher::new(shard.clone(), cursor_writer)),
+            registry: Arc::new(RegistryWriter::new(&kafka, shard.clone())?),
+            registry_reader: store::registry::open_reader(&kafka)?,
+            dead_letters: Arc::new(
+                DeadLetters::new(&kafka).map_err(StoreError::kafka("dead-letter producer"))?,
             ),
-    );
-    let (ready_tx, ready_rx) = watch::channel(false);
-    let admin_kafka =
-        Arc::new(kafka::metadata_client(&cfg).map_err(StoreError::kafka("metadata client"))?);
-    // The long-lived clients nothing polls: their statistics are served here.
-    tasks.spawn(kafka::stats::serve_unpolled(
-        vec![admin_kafka.clone(), cursor_ends],
-        background.clone(),
-    ));
-    let admin_state = AdminState {
-        shard: shard.clone(),
-        registry: writer,
-        write_lock: Arc::new(tokio::sync::Mutex::new(())),
-        kafka: admin_kafka,
-        ready: ready_rx,
-        metrics,
-        info: me.clone(),
-        cluster: Arc::from(cfg.cluster.as_str()),
-        token: cfg.admin_token()?.map(Arc::from),
-        kafka_seen: Arc::default(),
-        redrive_lock: Arc::default(),
-        redrive: Arc::new(
-            crate::deadletter::Redriver::new(&cfg)
-                .map_err(StoreError::kafka("dead-letter redrive producer"))?,
-        ),
-    };
-    let admin_stop = CancellationToken::new();
-    let admin = tokio::spawn(
-        axum::serve(listeners.admin, admin::router(admin_state))
-            .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
-            .into_future(),
-    );
-    ready_tx.send_replace(true);
-    tracing::info!(grpc = ?grpc_addr, admin = ?admin_addr, "fanout-server ready");
+            redriver: Arc::new(
+                Redriver::new(&kafka).map_err(StoreError::kafka("dead-letter redrive producer"))?,
+            ),
+            token: cfg.admin_token()?.map(Arc::from),
+            settings: RunSettings {
+                ingest: cfg.ingest(),
+                catch_up_readers: cfg.catch_up_readers,
+                cursor_flush_interval: cfg.cursor_flush_interval,
+                lease_gap: cfg.lease_gap(),
+                drain_timeout: cfg.drain_timeout,
+                stream_limits: cfg.stream_limits(),
+                kafka,
+            },
+            admin_kafka,
+            listeners,
+            me,
+            shard,
+            metrics,
+        })
+    }
 
-    // 4. Run until told to stop (or a front door fails).
-    let mut grpc = grpc;
-    let mut admin = admin;
-    let failure = tokio::select! {
-        _ = shutdown.cancelled() => None,
-        r = &mut grpc => Some(AppError::Serve("gRPC", format!("{r:?}"))),
-        r = &mut admin => Some(AppError::Serve("admin", format!("{r:?}"))),
-        Some(why) = fatal.recv() => Some(AppError::Store(StoreError::Fenced(why))),
-    };
+    /// Loads the stored cursors and the registry, starts reading Kafka and the front
+    /// doors, serves until `shutdown` (or a front door fails, or the cursor writer is
+    /// fenced), then shuts down in order.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
+        let background = CancellationToken::new();
+        // Every task of the shard stops if this returns early.
+        let stop_background = background.clone().drop_guard();
+        let tasks = TaskTracker::new();
+        let Some(mut running) = self.start(&background, &tasks, &shutdown).await? else {
+            return Ok(());
+        };
+        let failure = running.serve(&shutdown).await;
+        running.stop(stop_background, tasks).await;
+        failure.map_or(Ok(()), Err)
+    }
 
-    // 5. Shut down in order.
-    tracing::info!("shutting down: draining streams");
-    ready_tx.send_replace(false);
-    control.drain.cancel();
-    let left = drain(&shard, cfg.drain_timeout).await;
-    if left > 0 {
-        tracing::warn!(
-            unacked = left,
-            "records still unacked at the drain deadline; they will be delivered again"
+    /// Starts everything; `None` if `shutdown` came while the registry was loading.
+    async fn start(
+        self,
+        background: &CancellationToken,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Running>, AppError> {
+        let Self {
+            settings,
+            listeners,
+            me,
+            shard,
+            metrics,
+            flusher,
+            registry,
+            registry_reader,
+            dead_letters,
+            redriver,
+            admin_kafka,
+            token,
+        } = self;
+        let grpc_addr = listeners.grpc.local_addr().ok();
+        let admin_addr = listeners.admin.local_addr().ok();
+
+        // 1. Durable state: stored cursors (followed for the shard's life), the registry.
+        let cursors = CursorTail::start(
+            &settings.kafka,
+            shard.clone(),
+            tasks,
+            background.clone(),
+            LOAD_TIMEOUT,
+        )
+        .await?;
+        let (loaded_tx, mut loaded) = watch::channel(false);
+        tasks.spawn(store::registry::tail(
+            registry_reader,
+            shard.clone(),
+            loaded_tx,
+            background.clone(),
+        ));
+        tokio::select! {
+            r = tokio::time::timeout(LOAD_TIMEOUT, loaded.wait_for(|l| *l)) => {
+                if !matches!(r, Ok(Ok(_))) {
+                    return Err(StoreError::Timeout { what: "loading the registry".into(), after: LOAD_TIMEOUT }.into());
+                }
+            }
+            _ = shutdown.cancelled() => return Ok(None),
+        }
+
+        // 2. Reading Kafka and committing.
+        let cursor_ends = cursors.ends_client();
+        let ingest = Ingest::start(
+            &settings.ingest,
+            shard.clone(),
+            flusher.clone(),
+            cursors,
+            &me,
+        )?;
+        ingest::catchup::start(
+            &settings.kafka,
+            &shard,
+            settings.catch_up_readers,
+            tasks,
+            background.clone(),
+        )
+        .map_err(StoreError::kafka("catch-up reader"))?;
+        let (fatal_tx, fatal) = mpsc::channel::<String>(1);
+        tasks.spawn(flusher.clone().run(
+            settings.cursor_flush_interval,
+            background.clone(),
+            fatal_tx,
+        ));
+        tasks.spawn(lease::renew(
+            shard.clone(),
+            settings.lease_gap,
+            background.clone(),
+        ));
+        // The long-lived clients nothing polls: their statistics are served here.
+        tasks.spawn(kafka::stats::serve_unpolled(
+            vec![admin_kafka.clone(), cursor_ends],
+            background.clone(),
+        ));
+
+        // 3. The front doors.
+        let control = StreamControl::default();
+        let streams = TaskTracker::new();
+        let service = FanoutService::new(
+            shard.clone(),
+            settings.stream_limits,
+            control.clone(),
+            streams.clone(),
+            dead_letters,
         );
+        let grpc_stop = CancellationToken::new();
+        let grpc = tokio::spawn(grpc::serve(listeners.grpc, service, grpc_stop.clone()));
+        let (ready_tx, ready_rx) = watch::channel(false);
+        let admin_state = AdminState {
+            shard: shard.clone(),
+            registry,
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            kafka: admin_kafka,
+            ready: ready_rx,
+            metrics,
+            info: me,
+            cluster: Arc::from(settings.kafka.cluster.as_str()),
+            token,
+            kafka_seen: Arc::default(),
+            redrive_lock: Arc::default(),
+            redrive: redriver,
+        };
+        let admin_stop = CancellationToken::new();
+        let admin = tokio::spawn(admin::serve(
+            listeners.admin,
+            admin_state,
+            admin_stop.clone(),
+        ));
+        ready_tx.send_replace(true);
+        tracing::info!(grpc = ?grpc_addr, admin = ?admin_addr, "fanout-server ready");
+        Ok(Some(Running {
+            shard,
+            flusher,
+            ingest,
+            control,
+            streams,
+            grpc,
+            grpc_stop,
+            admin,
+            admin_stop,
+            ready: ready_tx,
+            fatal,
+            drain_timeout: settings.drain_timeout,
+        }))
     }
-    control.close.cancel();
-    grpc_stop.cancel();
-    if tokio::time::timeout(Duration::from_secs(5), &mut grpc)
-        .await
-        .is_err()
-    {
-        tracing::warn!("gRPC server did not stop within 5s");
-        grpc.abort();
+}
+
+/// A shard that serves.
+struct Running {
+    shard: Arc<Shard>,
+    flusher: Arc<Flusher>,
+    ingest: Ingest,
+    /// Drains and closes the streams.
+    control: StreamControl,
+    /// The stream tasks.
+    streams: TaskTracker,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    grpc_stop: CancellationToken,
+    admin: JoinHandle<std::io::Result<()>>,
+    admin_stop: CancellationToken,
+    /// Readiness, as `/readyz` reports it.
+    ready: watch::Sender<bool>,
+    /// Says why the cursor writer was fenced.
+    fatal: mpsc::Receiver<String>,
+    drain_timeout: Duration,
+}
+
+impl Running {
+    /// Serves until `shutdown`, or a front door fails, or the cursor writer is fenced.
+    async fn serve(&mut self, shutdown: &CancellationToken) -> Option<AppError> {
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            r = &mut self.grpc => Some(AppError::Serve("gRPC", format!("{r:?}"))),
+            r = &mut self.admin => Some(AppError::Serve("admin", format!("{r:?}"))),
+            Some(why) = self.fatal.recv() => Some(AppError::Store(StoreError::Fenced(why))),
+        }
     }
-    streams.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), streams.wait()).await;
-    match tokio::time::timeout(Duration::from_secs(20), flusher.flush(None)).await {
-        Ok(Ok(n)) => tracing::info!(cursors = n, "final cursors written"),
-        Ok(Err(e)) => tracing::error!(error = %e, "final cursor flush failed"),
-        Err(_) => tracing::error!("final cursor flush did not finish within 20 s"),
+
+    /// Not ready → stop new deliveries → drain acks → close streams → flush cursors and
+    /// commit → leave the group → stop the background tasks and the admin API.
+    async fn stop(mut self, background: DropGuard, tasks: TaskTracker) {
+        tracing::info!("shutting down: draining streams");
+        self.ready.send_replace(false);
+        self.control.drain.cancel();
+        let left = drain(&self.shard, self.drain_timeout).await;
+        if left > 0 {
+            tracing::warn!(
+                unacked = left,
+                "records still unacked at the drain deadline; they will be delivered again"
+            );
+        }
+        self.control.close.cancel();
+        self.grpc_stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.grpc)
+            .await
+            .is_err()
+        {
+            tracing::warn!("gRPC server did not stop within 5s");
+            self.grpc.abort();
+        }
+        self.streams.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.streams.wait()).await;
+        match tokio::time::timeout(Duration::from_secs(20), self.flusher.flush(None)).await {
+            Ok(Ok(n)) => tracing::info!(cursors = n, "final cursors written"),
+            Ok(Err(e)) => tracing::error!(error = %e, "final cursor flush failed"),
+            Err(_) => tracing::error!("final cursor flush did not finish within 20 s"),
+        }
+        self.ingest.stop(Duration::from_secs(60)).await;
+        drop(background);
+        tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await;
+        self.admin_stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.admin)
+            .await
+            .is_err()
+        {
+            self.admin.abort();
+        }
+        tracing::info!("fanout-server stopped");
     }
-    ingest.stop(Duration::from_secs(60)).await;
-    background.cancel();
-    tasks.close();
-    let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await;
-    admin_stop.cancel();
-    if tokio::time::timeout(Duration::from_secs(5), &mut admin)
-        .await
-        .is_err()
-    {
-        admin.abort();
-    }
-    tracing::info!("fanout-server stopped");
-    failure.map_or(Ok(()), Err)
 }
 
 /// Waits until nothing is in flight on a live stream or the deadline passes; returns what
@@ -349,96 +428,5 @@ async fn drain(shard: &Shard, timeout: Duration) -> usize {
             return in_flight;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Refuses to start under the name of another live shard of the cluster (two shards with
-/// one name would fence each other's cursor writes). A member with this name and other
-/// addresses may be an earlier life of this shard whose session has not expired yet: it is
-/// waited for, up to the session timeout.
-async fn refuse_a_taken_name(cfg: &Config, me: &ShardInfo) -> Result<(), AppError> {
-    let client =
-        Arc::new(kafka::metadata_client(cfg).map_err(StoreError::kafka("metadata client"))?);
-    let deadline = Instant::now() + cfg.session_timeout + Duration::from_secs(5);
-    loop {
-        let (c, group) = (client.clone(), cfg.group_id());
-        let members =
-            tokio::task::spawn_blocking(move || crate::membership::members(c.as_ref(), &group))
-                .await
-                .map_err(|e| StoreError::Thread("membership", e.to_string()))?;
-        let other = match members {
-            Ok(members) => members
-                .iter()
-                .filter_map(|m| crate::membership::parse_client_id(&cfg.cluster, &m.client_id))
-                .find(|s| s.id == me.id && s.grpc_address != me.grpc_address),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list the shard group; not checking the shard name");
-                None
-            }
-        };
-        let Some(other) = other else {
-            return Ok(());
-        };
-        if Instant::now() >= deadline {
-            return Err(ConfigError(format!(
-                "another shard of cluster {:?} is named {:?} (gRPC at {}); give every shard its own --shard-id",
-                cfg.cluster, me.id, other.grpc_address
-            ))
-            .into());
-        }
-        tracing::warn!(shard = %me.id, other = %other.grpc_address, "a shard of this name is still in the group; waiting for its session to end");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// Every interval: write moved cursors and changed group offsets (one transaction). A
-/// fenced writer ends the shard: it can never store a cursor again.
-async fn flush_loop(
-    flusher: Arc<Flusher>,
-    every: Duration,
-    cancel: CancellationToken,
-    fatal: tokio::sync::mpsc::Sender<String>,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let started = Instant::now();
-        match flusher.flush(None).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(cursors = n, elapsed = ?started.elapsed(), "cursors flushed"),
-            Err(StoreError::Fenced(why)) => {
-                tracing::error!(%why, "the cursor writer was fenced; this shard stops");
-                let _ = fatal.send(why).await;
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cursor flush failed; retrying next interval");
-            }
-        }
-    }
-}
-
-/// Renews the shard's lease a few times per gap; a gap (the process was stopped) suspends
-/// deliveries and cursor writes until the flusher confirms the shard is still a group member.
-async fn renew_lease(shard: Arc<Shard>, gap: Duration, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval((gap / 8).max(Duration::from_millis(50)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    shard.lease().start(std::time::Instant::now());
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        if let Some(away) = shard.lease().renew(std::time::Instant::now()) {
-            telemetry::metrics::lease_suspended();
-            tracing::warn!(
-                ?away,
-                "this process was stopped longer than the lease allows; deliveries and cursor writes are suspended until the shard group confirms this shard still owns its partitions"
-            );
-        }
     }
 }

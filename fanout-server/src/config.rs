@@ -5,6 +5,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use fanout_core::delivery::TakeLimits;
+use fanout_core::shard::ShardLimits;
+
+use crate::grpc::StreamLimits;
+use crate::ingest::IngestSettings;
+use crate::kafka::KafkaSettings;
+use crate::membership::{self, ShardInfo};
+use crate::store::topics::Replication;
 
 /// fanout-server: consume each registered Kafka topic once, push it to every subscription.
 #[derive(Debug, Clone, Parser)]
@@ -323,34 +331,124 @@ impl Config {
         Ok(())
     }
 
-    /// The shards' consumer group.
-    pub fn group_id(&self) -> String {
-        self.cluster.clone()
+    /// What every Kafka client is configured from.
+    pub fn kafka(&self) -> KafkaSettings {
+        KafkaSettings {
+            bootstrap: self.kafka_bootstrap.clone(),
+            cluster: self.cluster.clone(),
+            options: self.kafka_options.clone(),
+        }
     }
 
-    pub fn registry_topic(&self) -> String {
-        format!("__{}_registry", self.cluster)
+    /// How the internal topics are replicated when fanout creates them.
+    pub fn replication(&self) -> Replication {
+        Replication {
+            factor: self.internal_replication_factor,
+            min_insync_replicas: self.internal_min_insync_replicas,
+        }
     }
 
-    pub fn cursors_topic(&self) -> String {
-        format!("__{}_cursors", self.cluster)
+    /// Limits of the shard's windows and deliveries.
+    pub fn shard_limits(&self) -> ShardLimits {
+        ShardLimits {
+            partition_window_bytes: self.partition_window_bytes,
+            window_memory_bytes: self.window_memory_bytes,
+            catch_up_window_bytes: self.catch_up_window_bytes,
+            catch_up_memory_bytes: self.catch_up_memory_bytes,
+            take: self.take_limits(),
+            lease_gap: self.lease_gap(),
+        }
+    }
+
+    fn take_limits(&self) -> TakeLimits {
+        TakeLimits {
+            batch_records: self.batch_records,
+            batch_bytes: self.batch_bytes,
+            max_unacked_span: self.max_unacked_span,
+        }
+    }
+
+    /// A stop of the process longer than this may have cost the shard its partitions (Kafka
+    /// moves them after the session timeout; heartbeats go every tenth of it): a third of
+    /// the session timeout, at least 1 s.
+    pub fn lease_gap(&self) -> Duration {
+        (self.session_timeout / 3).max(Duration::from_secs(1))
+    }
+
+    /// Limits applied to every `Subscribe` stream.
+    pub fn stream_limits(&self) -> StreamLimits {
+        StreamLimits {
+            max_credits: self.max_stream_credits,
+            default_bytes: self.default_stream_bytes,
+            take: self.take_limits(),
+            open_timeout: Duration::from_secs(10),
+            max_nack_delay: Duration::from_secs(24 * 3600),
+            max_ranges: 100_000,
+        }
+    }
+
+    /// What the ingest is configured from.
+    pub fn ingest(&self) -> IngestSettings {
+        IngestSettings {
+            kafka: self.kafka(),
+            session_timeout: self.session_timeout,
+            assign_barrier_timeout: self.assign_barrier_timeout,
+            drain_timeout: self.drain_timeout,
+        }
+    }
+
+    /// This shard's name and advertised addresses, given where its listeners are bound.
+    pub fn identity(
+        &self,
+        grpc: Option<SocketAddr>,
+        admin: Option<SocketAddr>,
+    ) -> Result<ShardInfo, ConfigError> {
+        let grpc_address = advertised(self.advertise_grpc.as_ref(), grpc);
+        let me = ShardInfo {
+            id: self.shard_name(&grpc_address),
+            admin_address: advertised(self.advertise_admin.as_ref(), admin),
+            grpc_address,
+        };
+        membership::check_shard_name(&me.id)
+            .map_err(|e| ConfigError(format!("{e} (set --shard-id)")))?;
+        for (flag, addr) in [
+            ("--advertise-grpc", &me.grpc_address),
+            ("--advertise-admin", &me.admin_address),
+        ] {
+            membership::check_address(addr).map_err(|e| ConfigError(format!("{flag}: {e}")))?;
+        }
+        Ok(me)
     }
 
     /// This shard's name: `--shard-id`, else `$HOSTNAME` (the pod name on Kubernetes), else
     /// `fallback` (the gRPC address).
-    pub fn shard_name(&self, fallback: &str) -> String {
+    fn shard_name(&self, fallback: &str) -> String {
         self.shard_id
             .clone()
             .filter(|s| !s.trim().is_empty())
             .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
             .unwrap_or_else(|| fallback.to_owned())
     }
+}
 
-    /// The transactional id of this shard's cursor writer: one per shard name, so a shard
-    /// restarted under its name aborts what its previous life left open at once.
-    pub fn cursor_transactional_id(&self, shard: &str) -> String {
-        format!("{}-cursors-{shard}", self.cluster)
+/// The address others reach a listener at: the one configured, else the bound address
+/// unless it is a wildcard, else `$POD_IP` or the host name with the bound port.
+fn advertised(configured: Option<&String>, bound: Option<SocketAddr>) -> String {
+    if let Some(a) = configured.filter(|a| !a.trim().is_empty()) {
+        return a.trim().to_owned();
     }
+    let Some(bound) = bound else {
+        return String::new();
+    };
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let host = std::env::var("POD_IP")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}", bound.port())
 }
 
 #[cfg(test)]
@@ -361,9 +459,9 @@ mod tests {
     fn defaults_are_valid_and_name_the_internal_topics() {
         let c = Config::for_bootstrap("127.0.0.1:9092", "fanout");
         c.validate().unwrap();
-        assert_eq!(c.registry_topic(), "__fanout_registry");
-        assert_eq!(c.cursors_topic(), "__fanout_cursors");
-        assert_eq!(c.group_id(), "fanout");
+        assert_eq!(c.kafka().registry_topic(), "__fanout_registry");
+        assert_eq!(c.kafka().cursors_topic(), "__fanout_cursors");
+        assert_eq!(c.kafka().group_id(), "fanout");
     }
 
     #[test]

@@ -23,8 +23,8 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::{kafka, telemetry};
+use crate::kafka::{self, KafkaSettings};
+use crate::telemetry;
 
 /// Header names added to a dead letter.
 pub mod headers {
@@ -110,7 +110,7 @@ impl std::fmt::Debug for DeadLetters {
 }
 
 impl DeadLetters {
-    pub fn new(cfg: &Config) -> Result<Self, KafkaError> {
+    pub fn new(cfg: &KafkaSettings) -> Result<Self, KafkaError> {
         Ok(Self {
             producer: kafka::producer(cfg, "dead-letters")?,
         })
@@ -263,7 +263,7 @@ const REDRIVE_MAX_BYTES: usize = 64 << 20;
 /// could fall behind the topic's retention at once). At least once: a failure after some
 /// publishes leaves the position where it was, and a retry publishes those again.
 pub struct Redriver {
-    cfg: Config,
+    cfg: KafkaSettings,
     producer: FutureProducer<kafka::StatsContext>,
 }
 
@@ -285,7 +285,7 @@ fn last_header(m: &BorrowedMessage<'_>, name: &str) -> Option<String> {
 }
 
 impl Redriver {
-    pub fn new(cfg: &Config) -> Result<Self, KafkaError> {
+    pub fn new(cfg: &KafkaSettings) -> Result<Self, KafkaError> {
         Ok(Self {
             cfg: cfg.clone(),
             producer: kafka::producer(cfg, "redrive")?,
@@ -294,7 +294,7 @@ impl Redriver {
 
     /// Reads the dead letters of the request (blocking).
     fn read(
-        cfg: &Config,
+        cfg: &KafkaSettings,
         req: &RedriveRequest,
     ) -> Result<(Vec<Letter>, RedriveOutcome), RedriveError> {
         let consumer: BaseConsumer<kafka::StatsContext> = kafka::reader(cfg, "redrive")

@@ -10,8 +10,9 @@ use fanout_proto::encoded::fanout_server::Fanout;
 use fanout_proto::encoded::{Body as _, EncodedResponse};
 use fanout_proto::v1 as pb;
 use fanout_proto::v1::subscribe_request::Kind;
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
@@ -26,6 +27,26 @@ use crate::telemetry;
 use crate::wire::Frame;
 
 pub use fanout_proto::encoded::fanout_server::FanoutServer;
+
+/// Largest gRPC message a subscriber may send (acks are ranges: this is plenty).
+const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// Serves `service` on `listener` until `stop`. HTTP/2 keepalives find half-open
+/// connections (a subscriber gone without a FIN) within 30 s.
+pub async fn serve(
+    listener: TcpListener,
+    service: FanoutService,
+    stop: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(1024))
+        .tcp_nodelay(true)
+        .add_service(FanoutServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+        .await
+}
 
 /// Limits applied to every stream.
 #[derive(Debug, Clone, Copy)]

@@ -35,10 +35,9 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
-use crate::kafka;
+use crate::kafka::{self, KafkaSettings};
 use crate::store::StoreError;
-use crate::store::cursors::{CursorTail, Flusher};
+use crate::store::cursors::{CursorTail, Flusher, Membership};
 use crate::telemetry;
 
 /// The shard's group consumer.
@@ -471,6 +470,18 @@ fn watermarks_with_retry(
     (0, 0)
 }
 
+/// What the ingest is configured from.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub kafka: KafkaSettings,
+    /// The shard group's session timeout.
+    pub session_timeout: Duration,
+    /// How long an assignment waits to have read the cursors written before it.
+    pub assign_barrier_timeout: Duration,
+    /// How long a revoke waits for the acks of what is in flight.
+    pub drain_timeout: Duration,
+}
+
 /// The running ingest.
 #[derive(Debug)]
 pub struct Ingest {
@@ -484,7 +495,7 @@ impl Ingest {
     /// Creates the group consumer and starts the driver thread. Must run inside the
     /// application runtime.
     pub fn start(
-        cfg: &Config,
+        settings: &IngestSettings,
         shard: Arc<Shard>,
         flusher: Arc<Flusher>,
         cursors: Arc<CursorTail>,
@@ -496,8 +507,8 @@ impl Ingest {
             shard: shard.clone(),
             flusher: flusher.clone(),
             cursors,
-            barrier_timeout: cfg.assign_barrier_timeout,
-            drain_timeout: cfg.drain_timeout,
+            barrier_timeout: settings.assign_barrier_timeout,
+            drain_timeout: settings.drain_timeout,
             app: Handle::current(),
             readers: readers.clone(),
             consumer: OnceLock::new(),
@@ -507,8 +518,9 @@ impl Ingest {
             restarts,
             stats: kafka::stats::ClientStats::new("ingest"),
         };
+        let cfg = &settings.kafka;
+        let session_ms = settings.session_timeout.as_millis();
         let mut settings = kafka::base(cfg, "ingest");
-        let session_ms = cfg.session_timeout.as_millis();
         settings
             .set("session.timeout.ms", session_ms.to_string())
             .set(
@@ -535,7 +547,9 @@ impl Ingest {
         let consumer = Arc::new(consumer);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         let group = Arc::downgrade(&consumer);
-        flusher.set_group(Arc::new(move || group.upgrade()?.group_metadata()));
+        flusher.set_group(Arc::new(move || {
+            group.upgrade()?.group_metadata().map(Membership::of)
+        }));
         let stop = CancellationToken::new();
         let driver_stop = stop.clone();
         let wanted = shard.wanted_topics();

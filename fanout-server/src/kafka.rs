@@ -14,16 +14,62 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::Config;
+/// What every Kafka client of a shard is configured from: where Kafka is, the cluster the
+/// shard belongs to (it names client ids, the shard group and the internal topics), and the
+/// operator's pass-through options.
+#[derive(Clone)]
+pub struct KafkaSettings {
+    /// Bootstrap servers (host:port, comma-separated).
+    pub bootstrap: String,
+    /// The cluster's name.
+    pub cluster: String,
+    /// librdkafka settings for every client (checked by `Config::validate`).
+    pub options: Vec<(String, String)>,
+}
+
+/// Option values stay out of logs: some are secrets (`sasl.password`, keys).
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSettings")
+            .field("bootstrap", &self.bootstrap)
+            .field("cluster", &self.cluster)
+            .field(
+                "options",
+                &self.options.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl KafkaSettings {
+    /// The shards' consumer group.
+    pub fn group_id(&self) -> String {
+        self.cluster.clone()
+    }
+
+    pub fn registry_topic(&self) -> String {
+        format!("__{}_registry", self.cluster)
+    }
+
+    pub fn cursors_topic(&self) -> String {
+        format!("__{}_cursors", self.cluster)
+    }
+
+    /// The transactional id of a shard's cursor writer: one per shard name, so a shard
+    /// restarted under its name aborts what its previous life left open at once.
+    pub fn cursor_transactional_id(&self, shard: &str) -> String {
+        format!("{}-cursors-{shard}", self.cluster)
+    }
+}
 
 /// Timeout of metadata and watermark requests.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings shared by every client: bootstrap, client id, statistics, and the operator's
 /// pass-through options (which may not touch what fanout manages; see `Config::validate`).
-pub fn base(cfg: &Config, role: &str) -> ClientConfig {
+pub fn base(cfg: &KafkaSettings, role: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.kafka_bootstrap)
+    c.set("bootstrap.servers", &cfg.bootstrap)
         .set("client.id", format!("fanout-{}-{role}", cfg.cluster))
         // Traffic counters (`fanout_kafka_*_total`); the operator may change the interval,
         // or turn them off with 0.
@@ -34,15 +80,15 @@ pub fn base(cfg: &Config, role: &str) -> ClientConfig {
 
 /// Applies the operator's pass-through options again, after a client's own defaults, so
 /// they win over those (tuning such as `queued.max.messages.kbytes`).
-pub fn operator_options(cfg: &Config, c: &mut ClientConfig) {
-    for (k, v) in &cfg.kafka_options {
+pub fn operator_options(cfg: &KafkaSettings, c: &mut ClientConfig) {
+    for (k, v) in &cfg.options {
         c.set(k, v);
     }
 }
 
 /// A producer for fanout's own records: idempotent, acknowledged by all in-sync replicas.
 pub fn producer(
-    cfg: &Config,
+    cfg: &KafkaSettings,
     role: &'static str,
 ) -> Result<FutureProducer<StatsContext>, KafkaError> {
     let mut c = base(cfg, role);
@@ -62,7 +108,11 @@ pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Settings of a transactional producer: cursor records and the shard group's offsets are
 /// written in one transaction, so a shard that lost its partitions (a zombie) cannot write
 /// either.
-pub fn transactional_settings(cfg: &Config, role: &str, transactional_id: &str) -> ClientConfig {
+pub fn transactional_settings(
+    cfg: &KafkaSettings,
+    role: &str,
+    transactional_id: &str,
+) -> ClientConfig {
     let mut c = base(cfg, role);
     let timeout_ms = TRANSACTION_TIMEOUT.as_millis().to_string();
     c.set("linger.ms", "2");
@@ -145,7 +195,7 @@ pub type Reader = StreamConsumer<ReaderContext>;
 /// Settings of a consumer that reads an internal topic from start to end. It assigns its
 /// partitions itself and never joins or commits to its group (librdkafka wants a group id
 /// for `assign` all the same).
-pub fn reader(cfg: &Config, role: &str) -> ClientConfig {
+pub fn reader(cfg: &KafkaSettings, role: &str) -> ClientConfig {
     let mut c = base(cfg, role);
     c.set("group.id", format!("{}-{role}-reader", cfg.group_id()))
         .set("enable.auto.commit", "false")
@@ -158,14 +208,14 @@ pub fn reader(cfg: &Config, role: &str) -> ClientConfig {
 
 /// An admin client, for the internal topics at start. Without statistics: rdkafka never
 /// serves an admin client's main queue, where they would pile up.
-pub fn admin(cfg: &Config) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+pub fn admin(cfg: &KafkaSettings) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
     base(cfg, "admin")
         .set("statistics.interval.ms", "0")
         .create()
 }
 
 /// A consumer used only for metadata and watermark queries.
-pub fn metadata_client(cfg: &Config) -> Result<MetadataClient, KafkaError> {
+pub fn metadata_client(cfg: &KafkaSettings) -> Result<MetadataClient, KafkaError> {
     base(cfg, "metadata")
         .set("enable.auto.commit", "false")
         .create_with_context(StatsContext::new("metadata"))
@@ -173,7 +223,7 @@ pub fn metadata_client(cfg: &Config) -> Result<MetadataClient, KafkaError> {
 
 /// A client whose watermark requests answer the high watermark itself, past records of
 /// transactions still open (a read_committed client is answered the last stable offset).
-pub fn end_client(cfg: &Config) -> Result<MetadataClient, KafkaError> {
+pub fn end_client(cfg: &KafkaSettings) -> Result<MetadataClient, KafkaError> {
     base(cfg, "ends")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_uncommitted")

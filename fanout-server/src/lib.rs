@@ -11,6 +11,7 @@ pub mod deadletter;
 pub mod grpc;
 pub mod ingest;
 pub mod kafka;
+pub mod lease;
 pub mod membership;
 pub mod store;
 pub mod telemetry;

@@ -6,10 +6,14 @@
 //! its own, and a shard that died drops out of the list when Kafka drops it from the group.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fanout_core::model::Partition;
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+
+use crate::kafka::MetadataClient;
 
 /// A shard's identity: its name and where others reach it. Carried in its group consumer's
 /// client id, so that every shard of the cluster can list the others.
@@ -77,6 +81,63 @@ fn check_field(what: &str, value: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Why a shard may not start under its name.
+#[derive(Debug, thiserror::Error)]
+pub enum NameError {
+    #[error(
+        "another shard of cluster {cluster:?} is named {name:?} (gRPC at {other}); give every shard its own --shard-id"
+    )]
+    Taken {
+        cluster: String,
+        name: String,
+        other: String,
+    },
+    #[error("the membership check failed: {0}")]
+    Thread(String),
+}
+
+/// Refuses to start under the name of another live shard of the cluster (two shards with
+/// one name would fence each other's cursor writes). A member with this name and other
+/// addresses may be an earlier life of this shard whose session has not expired yet: it is
+/// waited for, up to `wait` (the session timeout and a little more). If Kafka cannot list
+/// the group, the name is not checked.
+pub async fn refuse_a_taken_name(
+    client: Arc<MetadataClient>,
+    cluster: &str,
+    me: &ShardInfo,
+    wait: Duration,
+) -> Result<(), NameError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let (c, group) = (client.clone(), cluster.to_owned());
+        let members = tokio::task::spawn_blocking(move || members(c.as_ref(), &group))
+            .await
+            .map_err(|e| NameError::Thread(e.to_string()))?;
+        let other = match members {
+            Ok(members) => members
+                .iter()
+                .filter_map(|m| parse_client_id(cluster, &m.client_id))
+                .find(|s| s.id == me.id && s.grpc_address != me.grpc_address),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the shard group; not checking the shard name");
+                None
+            }
+        };
+        let Some(other) = other else {
+            return Ok(());
+        };
+        if Instant::now() >= deadline {
+            return Err(NameError::Taken {
+                cluster: cluster.to_owned(),
+                name: me.id.clone(),
+                other: other.grpc_address,
+            });
+        }
+        tracing::warn!(shard = %me.id, other = %other.grpc_address, "a shard of this name is still in the group; waiting for its session to end");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// A member of the shard group as Kafka describes it.

@@ -101,15 +101,12 @@ fn subscription(delivery: DeliveryPolicy) -> Entry {
 impl Fixture {
     async fn start(delivery: DeliveryPolicy) -> Self {
         let shard = Arc::new(Shard::new(ShardLimits::FOR_TESTS));
-        shard.lease().start(Instant::now());
-        // The lease lapses after 3 s without a renewal (FOR_TESTS).
-        let renewing = shard.clone();
-        tokio::spawn(async move {
-            loop {
-                renewing.lease().renew(Instant::now());
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
+        // As the shard renews it (the lease lapses after 3 s without a renewal here).
+        tokio::spawn(crate::lease::renew(
+            shard.clone(),
+            ShardLimits::FOR_TESTS.lease_gap,
+            CancellationToken::new(),
+        ));
         register(
             &shard,
             0,

@@ -24,8 +24,7 @@ use tracing::Instrument;
 
 use super::partition::to_record;
 use super::report_losses;
-use crate::config::Config;
-use crate::kafka;
+use crate::kafka::{self, KafkaSettings};
 use crate::telemetry;
 
 /// Longest a reader stays on one (subscription, partition) while others wait.
@@ -42,7 +41,7 @@ const ROLE: &str = "catch-up";
 /// Starts `readers` catch-up readers on `tracker`, serving the shard's catch-up queue until
 /// `cancel`.
 pub fn start(
-    cfg: &Config,
+    cfg: &KafkaSettings,
     shard: &Arc<Shard>,
     readers: usize,
     tracker: &TaskTracker,

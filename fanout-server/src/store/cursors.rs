@@ -8,7 +8,7 @@ mod writer;
 
 pub use flush::Flusher;
 pub use tail::CursorTail;
-pub use writer::{CursorWriter, GroupMetadataSource};
+pub use writer::{CursorStore, CursorWriter, Membership, MembershipSource};
 
 use fanout_core::delivery::{MAX_STORED_RANGES, OffsetRange};
 use fanout_core::model::{Offset, Partition, SubscriptionKey, SubscriptionName, TopicName};

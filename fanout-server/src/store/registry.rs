@@ -19,12 +19,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::StoreError;
-use crate::config::Config;
-use crate::kafka;
+use crate::kafka::{self, KafkaSettings};
 use crate::telemetry;
 
 /// Opens a consumer on the registry topic, positioned at its beginning.
-pub fn open_reader(cfg: &Config) -> Result<kafka::Reader, StoreError> {
+pub fn open_reader(cfg: &KafkaSettings) -> Result<kafka::Reader, StoreError> {
     let role = "registry";
     let consumer: kafka::Reader = kafka::reader(cfg, role)
         .create_with_context(kafka::ReaderContext::new(role))
@@ -136,7 +135,7 @@ impl std::fmt::Debug for RegistryWriter {
 }
 
 impl RegistryWriter {
-    pub fn new(cfg: &Config, shard: Arc<Shard>) -> Result<Self, StoreError> {
+    pub fn new(cfg: &KafkaSettings, shard: Arc<Shard>) -> Result<Self, StoreError> {
         Ok(Self {
             producer: kafka::producer(cfg, "registry-writer")
                 .map_err(StoreError::kafka("creating the registry producer"))?,

@@ -12,8 +12,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::StoreError;
-use crate::config::Config;
-use crate::kafka;
+use crate::kafka::{self, KafkaSettings};
 
 /// What an internal topic must look like.
 #[derive(Debug, Clone)]
@@ -27,31 +26,38 @@ pub struct Expected {
     pub min_insync_replicas: i32,
 }
 
+/// How the internal topics are replicated.
+#[derive(Debug, Clone, Copy)]
+pub struct Replication {
+    pub factor: i32,
+    pub min_insync_replicas: i32,
+}
+
 /// The internal topics of a cluster.
-pub fn expected(cfg: &Config) -> Vec<Expected> {
+pub fn expected(cfg: &KafkaSettings, replication: Replication) -> Vec<Expected> {
     vec![
         Expected {
             name: cfg.registry_topic(),
             partitions: Some(1),
             create_partitions: 1,
-            replication_factor: cfg.internal_replication_factor,
-            min_insync_replicas: cfg.internal_min_insync_replicas,
+            replication_factor: replication.factor,
+            min_insync_replicas: replication.min_insync_replicas,
         },
         Expected {
             name: cfg.cursors_topic(),
             partitions: None,
             create_partitions: 1,
-            replication_factor: cfg.internal_replication_factor,
-            min_insync_replicas: cfg.internal_min_insync_replicas,
+            replication_factor: replication.factor,
+            min_insync_replicas: replication.min_insync_replicas,
         },
     ]
 }
 
 /// Creates the internal topics that are missing and checks every one of them.
-pub async fn ensure(cfg: &Config) -> Result<(), StoreError> {
+pub async fn ensure(cfg: &KafkaSettings, replication: Replication) -> Result<(), StoreError> {
     let admin = kafka::admin(cfg).map_err(StoreError::kafka("creating the admin client"))?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for want in expected(cfg) {
+    for want in expected(cfg, replication) {
         let min_isr = want.min_insync_replicas.to_string();
         let new = NewTopic::new(
             &want.name,
@@ -92,7 +98,7 @@ pub async fn ensure(cfg: &Config) -> Result<(), StoreError> {
 }
 
 async fn check(
-    cfg: &Config,
+    cfg: &KafkaSettings,
     admin: &AdminClient<DefaultClientContext>,
     want: &Expected,
 ) -> Result<(), StoreError> {

@@ -275,9 +275,11 @@ async fn a_cursor_transaction_of_an_old_group_generation_is_refused() {
     let topic = name("fenced");
     create_topic(&topic, 1).await;
     let cfg = config(&cluster);
-    fanout_server::store::topics::ensure(&cfg).await.unwrap();
-    let writer = CursorWriter::new(&cfg, "shard-z").await.unwrap();
-    let group = cfg.group_id();
+    fanout_server::store::topics::ensure(&cfg.kafka(), cfg.replication())
+        .await
+        .unwrap();
+    let writer = CursorWriter::new(&cfg.kafka(), "shard-z").await.unwrap();
+    let group = cfg.kafka().group_id();
 
     // A member of the shard group, and its metadata in the first generation.
     let (g, t) = (group.clone(), topic.clone());

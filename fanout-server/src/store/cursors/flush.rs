@@ -2,12 +2,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fanout_core::model::{Offset, Partition, TopicName};
 use fanout_core::shard::Shard;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use super::writer::{CursorWriter, GroupMetadataSource};
+use super::writer::{CursorStore, MembershipSource};
 use crate::store::StoreError;
 
 /// Writes moved cursors and the shard group's offsets to Kafka: periodically, on revoke and
@@ -16,11 +18,11 @@ pub struct Flusher {
     /// Source of cursors.
     shard: Arc<Shard>,
     /// Where they go.
-    writer: CursorWriter,
+    writer: Box<dyn CursorStore>,
     /// Serializes flushes; holds the offsets last committed.
     lock: tokio::sync::Mutex<HashMap<(TopicName, Partition), Offset>>,
-    /// The ingest consumer's group metadata (set once it exists).
-    group: OnceLock<GroupMetadataSource>,
+    /// The shard's group membership (set once the ingest consumer exists).
+    group: OnceLock<MembershipSource>,
 }
 
 impl std::fmt::Debug for Flusher {
@@ -32,17 +34,17 @@ impl std::fmt::Debug for Flusher {
 }
 
 impl Flusher {
-    pub fn new(shard: Arc<Shard>, writer: CursorWriter) -> Self {
+    pub fn new(shard: Arc<Shard>, writer: impl CursorStore) -> Self {
         Self {
             shard,
-            writer,
+            writer: Box::new(writer),
             lock: tokio::sync::Mutex::new(HashMap::new()),
             group: OnceLock::new(),
         }
     }
 
-    /// Where the group metadata of this shard's group member comes from.
-    pub fn set_group(&self, source: GroupMetadataSource) {
+    /// Where the membership of this shard's group member comes from.
+    pub fn set_group(&self, source: MembershipSource) {
         let _ = self.group.set(source);
     }
 
@@ -91,9 +93,9 @@ impl Flusher {
             return Ok(0);
         }
         // Before the ingest exists (or once it is gone), nothing is owned.
-        if group.is_none() {
+        let Some(group) = group else {
             return Ok(0);
-        }
+        };
         // Every transaction carries the offsets of the partitions whose cursors it writes
         // (changed or not): Kafka checks the shard's membership only when offsets are sent.
         // A cursor of a partition no longer owned is not written.
@@ -142,6 +144,40 @@ impl Flusher {
         Ok(updates.len())
     }
 
+    /// Every `every`, writes moved cursors and changed group offsets (one transaction),
+    /// until `cancel`. A fenced writer ends the loop and says why on `fatal`: it can never
+    /// store a cursor again, and the shard stops.
+    pub async fn run(
+        self: Arc<Self>,
+        every: Duration,
+        cancel: CancellationToken,
+        fatal: mpsc::Sender<String>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let started = Instant::now();
+            match self.flush(None).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::debug!(cursors = n, elapsed = ?started.elapsed(), "cursors flushed")
+                }
+                Err(StoreError::Fenced(why)) => {
+                    tracing::error!(%why, "the cursor writer was fenced; this shard stops");
+                    let _ = fatal.send(why).await;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cursor flush failed; retrying next interval");
+                }
+            }
+        }
+    }
+
     fn lift(&self, started: Instant) {
         if self.shard.lease().confirm(started) {
             tracing::info!(
@@ -151,3 +187,6 @@ impl Flusher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -15,8 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{decode_key, decode_value};
-use crate::config::Config;
-use crate::kafka;
+use crate::kafka::{self, KafkaSettings};
 use crate::store::StoreError;
 
 /// Follows the cursors topic for the life of the shard, keeping the shard's stored cursors
@@ -45,7 +44,7 @@ impl CursorTail {
     /// Starts following the cursors topic from its beginning and returns once everything
     /// written so far is applied (or fails after `load_timeout`).
     pub async fn start(
-        cfg: &Config,
+        cfg: &KafkaSettings,
         shard: Arc<Shard>,
         tasks: &TaskTracker,
         cancel: CancellationToken,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fanout_core::model::{Offset, Partition, TopicName};
 use fanout_core::shard::CursorUpdate;
-use futures::future::join_all;
+use futures::future::{BoxFuture, join_all};
 use parking_lot::Mutex;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -15,8 +15,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 
 use super::{StoredCursor, encode_key, encode_value};
-use crate::config::Config;
-use crate::kafka;
+use crate::kafka::{self, KafkaSettings};
 use crate::store::StoreError;
 
 /// The writer's role, in its `client.id` and the `client` label of its traffic.
@@ -25,8 +24,69 @@ const ROLE: &str = "cursor-writer";
 /// The transactional producer.
 type TxnProducer = FutureProducer<kafka::StatsContext>;
 
-/// Source of this shard's group metadata (the ingest consumer's), for fencing. Blocking.
-pub type GroupMetadataSource = Arc<dyn Fn() -> Option<ConsumerGroupMetadata> + Send + Sync>;
+/// The shard's membership of its group at one moment (its generation): a cursor
+/// transaction carries it, and Kafka refuses the offsets of a member whose generation is
+/// gone, so a zombie's cursors never become visible (KIP-447).
+pub struct Membership(Option<ConsumerGroupMetadata>);
+
+impl Membership {
+    /// The group consumer's metadata, as of now.
+    pub fn of(metadata: ConsumerGroupMetadata) -> Self {
+        Self(Some(metadata))
+    }
+
+    /// A membership no broker checks, for cursor stores that do not fence (tests). The
+    /// Kafka store refuses to commit offsets with it.
+    pub fn unchecked() -> Self {
+        Self(None)
+    }
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Membership"
+        } else {
+            "Membership(unchecked)"
+        })
+    }
+}
+
+/// Source of this shard's membership (the ingest consumer's group metadata), for fencing;
+/// `None` while there is no group member. Blocking.
+pub type MembershipSource = Arc<dyn Fn() -> Option<Membership> + Send + Sync>;
+
+/// Where cursors and the shard group's offsets are written: Kafka ([`CursorWriter`]), or a
+/// fake in the flusher's component tests.
+pub trait CursorStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Writes `updates` and commits `offsets` as `membership`, atomically; `still_valid` is
+    /// asked last, before the commit: if it says no, nothing is written.
+    fn write<'a>(
+        &'a self,
+        updates: &'a [CursorUpdate],
+        offsets: &'a [(TopicName, Partition, Offset)],
+        membership: Membership,
+        still_valid: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+impl CursorStore for CursorWriter {
+    fn write<'a>(
+        &'a self,
+        updates: &'a [CursorUpdate],
+        offsets: &'a [(TopicName, Partition, Offset)],
+        membership: Membership,
+        still_valid: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(CursorWriter::write(
+            self,
+            updates,
+            offsets,
+            membership.0,
+            still_valid,
+        ))
+    }
+}
 
 /// Writes cursor records, together with the shard group's offsets, in Kafka transactions.
 ///
@@ -142,7 +202,7 @@ async fn blocking<T: Send + 'static>(
 impl CursorWriter {
     /// Creates the producer and registers its transactional id with Kafka, which aborts
     /// whatever an earlier life of this shard left open.
-    pub async fn new(cfg: &Config, shard_name: &str) -> Result<Self, StoreError> {
+    pub async fn new(cfg: &KafkaSettings, shard_name: &str) -> Result<Self, StoreError> {
         let settings =
             kafka::transactional_settings(cfg, ROLE, &cfg.cursor_transactional_id(shard_name));
         let producer = Self::start(&settings)
