@@ -5,9 +5,8 @@
 use std::fmt::Write as _;
 
 use serde_json::Value;
-use utoipa::OpenApi as _;
 
-use super::ApiDoc;
+use super::{ROLE_EXTENSION, document, routes};
 
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
@@ -50,7 +49,7 @@ fn one_line(s: &str) -> String {
 
 /// The Markdown of the whole API.
 pub fn render() -> String {
-    let doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let doc = serde_json::to_value(document(&routes::all())).unwrap_or_default();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -60,7 +59,11 @@ pub fn render() -> String {
          Requests need `Authorization: Bearer <token>` unless the server runs with \
          `--admin-no-auth`; `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and `/docs` \
          need none. Errors are `application/problem+json` documents ([`Problem`](#problem)) \
-         with a stable `code` and, when one field is at fault, `field`.\n",
+         with a stable `code` and, when one field is at fault, `field`.\n\n\
+         Each endpoint names the role it requires (`x-fanout-role` in the document): \
+         `viewer` reads, `operator` also operates subscriptions (seek, pause, resume, \
+         redrive), `admin` also changes topics and subscriptions; `open` needs no token. \
+         Roles are declared, not checked yet: the admin token may call every endpoint.\n",
         one_line(doc["info"]["description"].as_str().unwrap_or(""))
     );
     let _ = writeln!(out, "## Endpoints\n");
@@ -85,6 +88,9 @@ pub fn render() -> String {
             .join(" ");
         if !summary.is_empty() {
             let _ = writeln!(out, "{summary}\n");
+        }
+        if let Some(role) = op.get(ROLE_EXTENSION).and_then(Value::as_str) {
+            let _ = writeln!(out, "Role: `{role}`\n");
         }
         if let Some(params) = op.get("parameters").and_then(Value::as_array) {
             let _ = writeln!(out, "| parameter | in | type | |\n|---|---|---|---|");

@@ -9,11 +9,25 @@ use fanout_core::model::{Offset, Partition, TopicName};
 use fanout_core::registry::{PartitionSeek, SubscriptionSpec};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use super::error::Problem;
+use super::routes::{Access, Route};
 
 use super::subscriptions::{SubscriptionView, subscription_view, write};
 use super::{AdminState, ApiError, Body, PathParams, ask_kafka, existing, now_ms, write_access};
+
+/// The routes that operate subscriptions (and the lag they are operated by).
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::new(Access::Viewer, routes!(all_lag)),
+        Route::new(Access::Viewer, routes!(subscription_lag)),
+        Route::new(Access::Operator, routes!(seek)),
+        Route::new(Access::Operator, routes!(pause)),
+        Route::new(Access::Operator, routes!(resume)),
+        Route::new(Access::Operator, routes!(redrive)),
+    ]
+}
 
 /// One partition of a subscription on this shard.
 #[derive(Debug, Serialize, ToSchema)]

@@ -13,14 +13,27 @@ use fanout_core::registry::{Entry, Key, SubscriptionSpec};
 use fanout_core::shard::Shard;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use super::error::Problem;
+use super::routes::{Access, Route};
 
 use super::schema::{self, LossTotal, PartitionSeek, RedrivePosition};
 use super::{
     AdminState, ApiError, Body, PathParams, ask_kafka, existing, name_param, now_ms, registered,
     topic_param, write_access,
 };
+
+/// The subscription routes.
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::new(Access::Viewer, routes!(list_subscriptions)),
+        Route::new(Access::Admin, routes!(create_subscription)),
+        Route::new(Access::Viewer, routes!(get_subscription)),
+        Route::new(Access::Admin, routes!(update_subscription)),
+        Route::new(Access::Admin, routes!(delete_subscription)),
+    ]
+}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -8,14 +8,26 @@ use fanout_core::registry::{Entry, Key, SubscriptionSpec, TopicSpec};
 use fanout_core::shard::Shard;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use super::error::Problem;
+use super::routes::{Access, Route};
 
 use super::schema;
 use super::{
     AdminState, ApiError, Body, PathParams, QueryParams, ask_kafka, now_ms, registered,
     topic_param, write_access,
 };
+
+/// The topic routes.
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::new(Access::Viewer, routes!(list_topics)),
+        Route::new(Access::Admin, routes!(register_topic)),
+        Route::new(Access::Viewer, routes!(get_topic)),
+        Route::new(Access::Admin, routes!(unregister_topic)),
+    ]
+}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
