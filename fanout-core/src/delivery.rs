@@ -9,17 +9,21 @@
 //! subscription's streams; a stream gives up a partition it holds beyond its fair share once
 //! nothing of that partition is in flight on it.
 
-mod window;
+mod ack_window;
+mod budget;
+mod partition;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::log::{Chunk, LogLimits, MemoryPool, PartitionLog, Pin};
-use crate::model::{DeliveryOrder, DeliveryPolicy, Offset, Partition, REDRIVE_FOR, Record};
+use crate::log::{Chunk, MemoryPool, PartitionLog};
+use crate::model::{DeliveryOrder, DeliveryPolicy, Offset, Partition};
+use budget::Budget;
+use partition::{PartitionState, TakeContext};
 
-pub use window::{AckWindow, Due, MAX_STORED_RANGES, OffsetRange, Redelivery, Released};
+pub use ack_window::{AckWindow, Due, MAX_STORED_RANGES, OffsetRange, Redelivery, Released};
 
 /// Identifies one live stream within a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -81,203 +85,12 @@ impl StreamState {
     }
 }
 
-/// Where a subscription's records of one partition come from.
-#[derive(Debug)]
-struct Source {
-    log: Arc<PartitionLog>,
-    /// This subscription's hold on `log`.
-    pin: Arc<Pin>,
-}
-
-#[derive(Debug)]
-struct PartitionState {
-    /// Which partition this is (catch-up work names it).
-    partition: Partition,
-    /// The partition's shared window, read by every subscription near its head.
-    shared: Source,
-    /// While this subscription is too far behind for the shared window: its private window,
-    /// filled from Kafka by a catch-up reader, until it reaches the shared window again.
-    catch_up: Option<Source>,
-    /// Ack tracking of this subscription on this partition.
-    window: AckWindow,
-    /// The stream this partition is bound to (ordering=partition).
-    bound: Option<StreamId>,
-    /// The shared window was asked to move back to this offset for us (nobody read it),
-    /// when it started at the second one: asked again only once the window moved.
-    rewind_asked: Option<(Offset, Offset)>,
-}
-
-impl PartitionState {
-    fn new(
-        partition: Partition,
-        log: Arc<PartitionLog>,
-        cursor: Offset,
-        acked: &[OffsetRange],
-    ) -> Self {
-        let pin = log.pin(cursor);
-        Self {
-            partition,
-            shared: Source { log, pin },
-            catch_up: None,
-            window: AckWindow::restore(cursor, acked),
-            bound: None,
-            rewind_asked: None,
-        }
-    }
-
-    /// Gives up both windows (the partition is no longer tracked).
-    fn drop_sources(&mut self) {
-        // Done once: a second call (explicit, then on drop) finds nothing to release.
-        self.shared.log.unpin(&self.shared.pin);
-        self.end_catch_up();
-    }
-
-    fn end_catch_up(&mut self) {
-        if let Some(c) = self.catch_up.take() {
-            c.log.close();
-            c.log.unpin(&c.pin);
-        }
-    }
-
-    /// Moves to the catch-up path at the cursor (evicted from the shared window, or the
-    /// window no longer holds what is needed), or back to the shared window once everything
-    /// still needed is in it.
-    fn settle(&mut self, limits: &CatchUpLimits, started: &mut Vec<CatchUpStart>) {
-        let cursor = self.window.cursor();
-        match &self.catch_up {
-            None if self.shared.pin.is_evicted() => self.start_catch_up(limits, started),
-            // Holding nothing on the shared window (a catch-up ended without streams).
-            None if self.shared.pin.cursor().is_none() => {
-                self.shared.pin.hold(cursor);
-                if cursor < self.shared.log.start() {
-                    self.start_catch_up(limits, started);
-                }
-            }
-            Some(_) if cursor >= self.shared.log.start() => {
-                self.shared.pin.hold(cursor);
-                // The writer may have trimmed past the cursor meanwhile: then stay out.
-                if cursor >= self.shared.log.start() {
-                    self.end_catch_up();
-                } else {
-                    self.shared.pin.release();
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn start_catch_up(&mut self, limits: &CatchUpLimits, started: &mut Vec<CatchUpStart>) {
-        let cursor = self.window.cursor();
-        let start = self.shared.log.start();
-        // Not for an evicted subscription: the others waited at the head for it, and one
-        // that holds an unacked record would only make the window read everything again.
-        if cursor < start
-            && !self.shared.pin.is_evicted()
-            && self.shared.log.unread_by_others(Some(&self.shared.pin))
-        {
-            // Nobody reads the shared window (every other subscription, if any, is behind
-            // it too): it moves back instead, and one Kafka read serves every subscription
-            // behind it, where private windows would read the same records once each.
-            self.end_catch_up();
-            self.shared.pin.hold(cursor);
-            // Asked once per position of the window (a reset or a trim since asks again).
-            if self.rewind_asked != Some((cursor, start)) {
-                self.rewind_asked = Some((cursor, start));
-                started.push(CatchUpStart {
-                    partition: self.partition,
-                    log: self.shared.log.clone(),
-                    rewind: Some(cursor),
-                });
-            }
-            return;
-        }
-        self.rewind_asked = None;
-        self.end_catch_up();
-        self.shared.pin.release();
-        let log = PartitionLog::with_pool(
-            cursor,
-            LogLimits::bytes(limits.window_bytes),
-            limits.pool.clone(),
-        );
-        let pin = log.pin(cursor);
-        started.push(CatchUpStart {
-            partition: self.partition,
-            log: log.clone(),
-            rewind: None,
-        });
-        self.catch_up = Some(Source { log, pin });
-    }
-
-    /// Records from `from` on: from the shared window, or from the private one while
-    /// catching up (and from the shared one past the private head). `None` while they are
-    /// not available yet; a catch-up may have been started for them.
-    fn read(
-        &mut self,
-        from: Offset,
-        max_records: usize,
-        max_bytes: usize,
-        limits: &CatchUpLimits,
-        started: &mut Vec<CatchUpStart>,
-    ) -> Option<Vec<Chunk>> {
-        let Some(c) = &self.catch_up else {
-            let chunks = self.shared.log.read(from, max_records, max_bytes);
-            if chunks.is_none() {
-                self.start_catch_up(limits, started);
-            }
-            return chunks;
-        };
-        match c.log.read(from, max_records, max_bytes) {
-            Some(chunks) if !chunks.is_empty() => Some(chunks),
-            Some(_) if from >= c.log.head() => {
-                // Past what the catch-up reader has fetched: the shared window may hold it.
-                self.shared
-                    .log
-                    .read(from, max_records, max_bytes)
-                    .filter(|chunks| !chunks.is_empty())
-            }
-            Some(_) => None,
-            None => {
-                // Below the private window: only a restart of the catch-up fetches it.
-                self.start_catch_up(limits, started);
-                None
-            }
-        }
-    }
-
-    /// The record at `offset` alone, if it can be read now.
-    fn read_one(
-        &mut self,
-        offset: Offset,
-        limits: &CatchUpLimits,
-        started: &mut Vec<CatchUpStart>,
-    ) -> Option<Chunk> {
-        self.read(offset, 1, usize::MAX, limits, started)?
-            .into_iter()
-            .next()
-            .filter(|c| c.records()[0].offset == offset)
-    }
-
-    /// The cursor moved: the windows may let go of what lies below it.
-    fn cursor_moved(&self) {
-        let cursor = self.window.cursor();
-        let source = self.catch_up.as_ref().unwrap_or(&self.shared);
-        source.pin.advance(cursor);
-        source.log.notify_progress();
-    }
-}
-
-impl Drop for PartitionState {
-    fn drop(&mut self) {
-        self.drop_sources();
-    }
-}
-
-/// Sizes of the private windows of subscriptions on the catch-up path.
+/// Sizes of the catch-up windows (one per subscription and partition on the catch-up path).
 #[derive(Debug, Clone)]
 pub struct CatchUpLimits {
-    /// Byte budget of one (subscription, partition)'s private window.
+    /// Byte budget of one (subscription, partition)'s catch-up window.
     pub window_bytes: usize,
-    /// Budget of all private windows of the shard together.
+    /// Budget of all catch-up windows of the shard together.
     pub pool: Arc<MemoryPool>,
 }
 
@@ -291,13 +104,13 @@ impl Default for CatchUpLimits {
 }
 
 /// A (subscription, partition) behind the shared window. Either it moved to the catch-up
-/// path (`rewind` is `None`): its private window must be filled from Kafka, from the
+/// path (`rewind` is `None`): its catch-up window must be filled from Kafka, from the
 /// window's head on, by a catch-up reader; or nobody reads the shared window, which must
 /// move back to `rewind` (the partition's reader does that).
 #[derive(Debug, Clone)]
 pub struct CatchUpStart {
     pub partition: Partition,
-    /// The private window, closed when the subscription no longer needs it; the shared
+    /// The catch-up window, closed when the subscription no longer needs it; the shared
     /// window when `rewind` is set.
     pub log: Arc<PartitionLog>,
     /// Move the shared window back to this offset instead of catching up.
@@ -315,15 +128,6 @@ pub struct DeadLetter {
     pub attempts: u32,
     /// Why the last one failed.
     pub why: Redelivery,
-}
-
-/// Is `record` a dead letter redriven for another subscription than `name`?
-fn addressed_elsewhere(record: &Record, name: Option<&str>) -> bool {
-    !record.headers.is_empty()
-        && record
-            .headers
-            .iter()
-            .any(|h| h.key == REDRIVE_FOR && h.value.as_deref() != name.map(str::as_bytes))
 }
 
 /// A partition of a subscription, as the admin API shows it.
@@ -352,7 +156,7 @@ pub struct Delivery {
 pub struct Take {
     /// Records to send now, each already counted in flight.
     pub deliveries: Vec<Delivery>,
-    /// Partitions that moved to the catch-up path: their private windows need a reader.
+    /// Partitions that moved to the catch-up path: their catch-up windows need a reader.
     pub catch_up: Vec<CatchUpStart>,
     /// Records out of attempts: publish them to the dead-letter topic, then report back.
     pub dead_letters: Vec<DeadLetter>,
@@ -383,7 +187,7 @@ pub struct TakeLimits {
 /// Delivery state of one subscription on this shard.
 #[derive(Debug, Default)]
 pub struct SubscriptionDelivery {
-    /// Sizes of private windows on the catch-up path.
+    /// Sizes of catch-up windows on the catch-up path.
     catch_up: CatchUpLimits,
     /// Order of deliveries (which streams serve which partitions, whether keys wait for
     /// each other), ack timeout and attempts.
@@ -424,7 +228,7 @@ impl SubscriptionDelivery {
             let old = std::time::Duration::from_millis(self.policy.ack_timeout_ms);
             let new = std::time::Duration::from_millis(policy.ack_timeout_ms);
             for p in self.partitions.values_mut() {
-                p.window.retime(old, new);
+                p.ack_window.retime(old, new);
             }
         }
         self.policy = DeliveryPolicy {
@@ -441,7 +245,7 @@ impl SubscriptionDelivery {
     /// Gives back what timed out on any stream, freeing those streams' credits.
     fn expire(&mut self, now: Instant) {
         for p in self.partitions.values_mut() {
-            for (s, released) in p.window.expire(now) {
+            for (s, released) in p.ack_window.expire(now) {
                 if let Some(st) = self.streams.get_mut(&s) {
                     st.release(released);
                 }
@@ -452,9 +256,9 @@ impl SubscriptionDelivery {
     /// The record at `offset` is in the dead-letter topic: it counts as acked.
     pub fn dead_lettered(&mut self, partition: Partition, offset: Offset) {
         if let Some(p) = self.partitions.get_mut(&partition) {
-            let before = p.window.cursor();
-            p.window.dead_lettered(offset);
-            if p.window.cursor() != before {
+            let before = p.ack_window.cursor();
+            p.ack_window.dead_lettered(offset);
+            if p.ack_window.cursor() != before {
                 p.cursor_moved();
             }
         }
@@ -469,7 +273,7 @@ impl SubscriptionDelivery {
         retry_at: Instant,
     ) {
         if let Some(p) = self.partitions.get_mut(&partition) {
-            p.window
+            p.ack_window
                 .dead_letter_failed(offset, attempts.saturating_add(1), retry_at);
         }
     }
@@ -504,9 +308,9 @@ impl SubscriptionDelivery {
             return;
         };
         for (&s, st) in self.streams.iter_mut() {
-            st.release(p.window.release_stream(s, now));
+            st.release(p.ack_window.release_stream(s, now));
         }
-        // Dropping `p` lets go of its windows (pins, private window).
+        // Dropping `p` lets go of its windows (pins, catch-up window).
     }
 
     /// The subscription is gone: lets go of every window it held.
@@ -523,14 +327,16 @@ impl SubscriptionDelivery {
         cursor: Offset,
     ) {
         if let Some(p) = self.partitions.get(&partition) {
-            self.reset.extend(p.window.streams_in_flight());
+            self.reset.extend(p.ack_window.streams_in_flight());
         }
         self.add_partition(partition, log, cursor);
     }
 
     /// Cursor of every owned partition.
     pub fn cursors(&self) -> impl Iterator<Item = (Partition, Offset)> + '_ {
-        self.partitions.iter().map(|(&p, s)| (p, s.window.cursor()))
+        self.partitions
+            .iter()
+            .map(|(&p, s)| (p, s.ack_window.cursor()))
     }
 
     /// Cursor and acked ranges above it (at most [`MAX_STORED_RANGES`]) of every owned
@@ -541,28 +347,30 @@ impl SubscriptionDelivery {
         self.partitions.iter().map(|(&p, s)| {
             (
                 p,
-                s.window.cursor(),
-                s.window.acked_ranges(MAX_STORED_RANGES),
+                s.ack_window.cursor(),
+                s.ack_window.acked_ranges(MAX_STORED_RANGES),
             )
         })
     }
 
     pub fn cursor(&self, partition: Partition) -> Option<Offset> {
-        self.partitions.get(&partition).map(|p| p.window.cursor())
+        self.partitions
+            .get(&partition)
+            .map(|p| p.ack_window.cursor())
     }
 
     /// Is a held record's key free, so that it can be delivered (`ordering=key`)?
     pub fn has_free_held(&self) -> bool {
         self.partitions
             .values()
-            .any(|p| p.window.first_free_held().is_some())
+            .any(|p| p.ack_window.first_free_held().is_some())
     }
 
     /// Partitions served by the catch-up path (too far behind for the shared window).
     pub fn catching_up(&self) -> Vec<Partition> {
         self.partitions
             .iter()
-            .filter(|(_, p)| p.catch_up.is_some())
+            .filter(|(_, p)| p.catch_up_window.is_some())
             .map(|(&p, _)| p)
             .collect()
     }
@@ -573,11 +381,11 @@ impl SubscriptionDelivery {
             .iter()
             .map(|(&partition, p)| PartitionStats {
                 partition,
-                cursor: p.window.cursor(),
-                in_flight: p.window.in_flight(),
-                unacked: p.window.unacked(),
-                oldest_deadline: p.window.oldest_deadline(),
-                catching_up: p.catch_up.is_some(),
+                cursor: p.ack_window.cursor(),
+                in_flight: p.ack_window.in_flight(),
+                unacked: p.ack_window.unacked(),
+                oldest_deadline: p.ack_window.oldest_deadline(),
+                catching_up: p.catch_up_window.is_some(),
             })
             .collect()
     }
@@ -589,12 +397,18 @@ impl SubscriptionDelivery {
 
     /// Records delivered and not yet acked, over all partitions.
     pub fn unacked(&self) -> usize {
-        self.partitions.values().map(|p| p.window.unacked()).sum()
+        self.partitions
+            .values()
+            .map(|p| p.ack_window.unacked())
+            .sum()
     }
 
     /// Records in flight on live streams, over all partitions.
     pub fn in_flight(&self) -> usize {
-        self.partitions.values().map(|p| p.window.in_flight()).sum()
+        self.partitions
+            .values()
+            .map(|p| p.ack_window.in_flight())
+            .sum()
     }
 
     pub fn stream_count(&self) -> usize {
@@ -624,7 +438,7 @@ impl SubscriptionDelivery {
     pub fn close_stream(&mut self, stream: StreamId, now: Instant) -> usize {
         let mut given_back = 0;
         for p in self.partitions.values_mut() {
-            given_back += p.window.release_stream(stream, now).records;
+            given_back += p.ack_window.release_stream(stream, now).records;
             if p.bound == Some(stream) {
                 p.bound = None;
             }
@@ -632,11 +446,11 @@ impl SubscriptionDelivery {
         self.streams.remove(&stream);
         self.reset.remove(&stream);
         if self.streams.is_empty() {
-            // Nobody reads: private windows would only hold memory and a catch-up reader,
+            // Nobody reads: catch-up windows would only hold memory and a catch-up reader,
             // and the subscription waits at no window's head.
             for p in self.partitions.values_mut() {
                 p.end_catch_up();
-                p.shared.pin.reach(p.window.cursor());
+                p.shared_window.pin.reach(p.ack_window.cursor());
             }
         }
         given_back
@@ -647,7 +461,8 @@ impl SubscriptionDelivery {
     }
 
     /// Takes the next records for `stream` within its credits and `limits`: on each of its
-    /// partitions, records due for redelivery first, then first deliveries in offset order.
+    /// partitions, records due for redelivery first, then held records whose key became
+    /// free, then first deliveries in offset order.
     pub fn take(&mut self, stream: StreamId, now: Instant, limits: TakeLimits) -> Take {
         let mut take = Take::default();
         if !self.streams.contains_key(&stream) {
@@ -661,10 +476,7 @@ impl SubscriptionDelivery {
             return take;
         }
         self.expire(now);
-        let deadline = Some(now + std::time::Duration::from_millis(self.policy.ack_timeout_ms));
-        let max_attempts = self.policy.max_attempts;
         let ordering = self.policy.ordering;
-        let name = self.name.clone();
         // Rebind even without credits: a drained partition must move on regardless.
         let (draining, released) = if ordering == DeliveryOrder::Partition {
             self.rebind(stream)
@@ -678,12 +490,21 @@ impl SubscriptionDelivery {
             return take;
         };
         let mut budget = Budget::new(st, &limits);
-        let limits_cu = &self.catch_up;
+        let cx = TakeContext {
+            stream,
+            now,
+            deadline: Some(now + std::time::Duration::from_millis(self.policy.ack_timeout_ms)),
+            max_attempts: self.policy.max_attempts,
+            ordering,
+            name: self.name.as_deref(),
+            limits,
+            catch_up: &self.catch_up,
+        };
         // Even without credits: an evicted subscription starts catching up (and stops
         // being counted on the shared window) at once.
         for p in self.partitions.values_mut() {
-            if serves(p) && !p.shared.log.is_closed() {
-                p.settle(limits_cu, &mut take.catch_up);
+            if serves(p) && !p.shared_window.log.is_closed() {
+                p.settle(cx.catch_up, &mut take.catch_up);
             }
         }
         if budget.exhausted() {
@@ -708,148 +529,18 @@ impl SubscriptionDelivery {
             let Some(p) = self.partitions.get_mut(&partition) else {
                 continue;
             };
-            if !serves(p) || draining.contains(&partition) || p.shared.log.is_closed() {
+            if !serves(p) || draining.contains(&partition) || p.shared_window.log.is_closed() {
                 continue;
             }
-            // Redeliveries first, in offset order.
-            while let Some(due) = p.window.first_due(now).filter(|_| !budget.exhausted()) {
-                // Not there yet: it is being fetched again from Kafka.
-                let Some(chunk) = p.read_one(due.offset, limits_cu, &mut take.catch_up) else {
-                    break;
-                };
-                if max_attempts > 0 && due.attempt > max_attempts {
-                    if p.window.start_dead_letter(due.offset) {
-                        take.dead_letters.push(DeadLetter {
-                            partition,
-                            chunk,
-                            attempts: due.attempt - 1,
-                            why: due.why,
-                        });
-                    }
-                    continue;
-                }
-                if !budget.admit(chunk.records()[0].size()) {
-                    break;
-                }
-                p.window.deliver_again(due.offset, stream, deadline);
-                take.deliveries.push(Delivery {
-                    chunk,
-                    attempt: due.attempt,
-                });
-            }
-            // Held records whose key became free (ordering=key), in offset order.
-            while let Some(offset) = p.window.first_free_held().filter(|_| !budget.exhausted()) {
-                let Some(chunk) = p.read_one(offset, limits_cu, &mut take.catch_up) else {
-                    break;
-                };
-                if !budget.admit(chunk.records()[0].size()) {
-                    break;
-                }
-                p.window.deliver_held(offset, stream, deadline);
-                take.deliveries.push(Delivery { chunk, attempt: 1 });
-            }
-            // First deliveries, bounded by the unacked span. Records skipped as done (acked
-            // before a restart, redriven for another subscription) take no budget: read on
-            // past them, or a long run of them would leave this take empty with more to do.
-            let mut still_skipping = false;
-            for _pass in 0..64 {
-                still_skipping = false;
-                let span_left = limits.max_unacked_span - p.window.unacked_span();
-                if budget.exhausted() || span_left <= 0 {
-                    break;
-                }
-                let delivered_before = take.deliveries.len();
-                let next_before = p.window.next();
-                let want = budget
-                    .records_left
-                    .min(usize::try_from(span_left).unwrap_or(usize::MAX));
-                let next = p.window.next();
-                let chunks = p
-                    .read(
-                        next,
-                        want,
-                        budget.batch_bytes_left,
-                        limits_cu,
-                        &mut take.catch_up,
-                    )
-                    .unwrap_or_default();
-                let mut moved = false;
-                'chunks: for chunk in chunks {
-                    // Runs of delivered records; a held record (its key busy) ends a run.
-                    let mut run_start = 0;
-                    let mut stop = false;
-                    let mut end = 0;
-                    for (i, record) in chunk.records().iter().enumerate() {
-                        if record.offset - p.window.cursor() >= limits.max_unacked_span {
-                            stop = true;
-                            break;
-                        }
-                        if p.window.pre_acked(record.offset)
-                            || addressed_elsewhere(record, name.as_deref())
-                        {
-                            // Acked before a restart, or redriven for another
-                            // subscription: done, not delivered.
-                            if i > run_start && end > run_start {
-                                take.deliveries.push(Delivery {
-                                    chunk: chunk.slice(run_start..end),
-                                    attempt: 1,
-                                });
-                            }
-                            p.window.skip_acked(record.offset, record.size());
-                            moved = true;
-                            run_start = i + 1;
-                            end = i + 1;
-                            continue;
-                        }
-                        let key = (ordering == DeliveryOrder::Key)
-                            .then(|| key_hash(record))
-                            .flatten();
-                        if p.window.key_busy(key) {
-                            if end > run_start {
-                                take.deliveries.push(Delivery {
-                                    chunk: chunk.slice(run_start..i),
-                                    attempt: 1,
-                                });
-                            }
-                            p.window.hold(record.offset, record.size(), key);
-                            run_start = i + 1;
-                            end = i + 1;
-                            continue;
-                        }
-                        if !budget.admit(record.size()) {
-                            stop = true;
-                            break;
-                        }
-                        p.window
-                            .deliver_first(record.offset, record.size(), key, stream, deadline);
-                        end = i + 1;
-                    }
-                    if end > run_start {
-                        take.deliveries.push(Delivery {
-                            chunk: chunk.slice(run_start..end),
-                            attempt: 1,
-                        });
-                    }
-                    if stop {
-                        break 'chunks;
-                    }
-                }
-                if moved {
-                    p.cursor_moved();
-                }
-                still_skipping =
-                    take.deliveries.len() == delivered_before && p.window.next() > next_before;
-                if !still_skipping {
-                    break;
-                }
-            }
-            if still_skipping {
+            p.take_due(&cx, &mut budget, &mut take);
+            p.take_held(&cx, &mut budget, &mut take);
+            if p.take_first(&cx, &mut budget, &mut take) {
                 // More to skip than one take reads: the streams look again at once.
                 take.released = true;
             }
             // Tell the shared window's writer how far this subscription has come.
-            if p.catch_up.is_none() {
-                p.shared.pin.reach(p.window.next());
+            if p.catch_up_window.is_none() {
+                p.shared_window.pin.reach(p.ack_window.next());
             }
             last_served = Some(partition);
         }
@@ -873,8 +564,8 @@ impl SubscriptionDelivery {
             .filter(|p| p.bound.is_none() || p.bound == Some(stream))
             .flat_map(|p| {
                 [
-                    p.window.next_due_at(now),
-                    p.window.next_deadline().filter(|&d| d > now),
+                    p.ack_window.next_due_at(now),
+                    p.ack_window.next_deadline().filter(|&d| d > now),
                 ]
             })
             .flatten()
@@ -893,9 +584,9 @@ impl SubscriptionDelivery {
         let mut released = Released::default();
         for (partition, rs) in ranges {
             if let Some(p) = self.partitions.get_mut(partition) {
-                let before = p.window.cursor();
-                released += p.window.ack(stream, rs);
-                if p.window.cursor() != before {
+                let before = p.ack_window.cursor();
+                released += p.ack_window.ack(stream, rs);
+                if p.ack_window.cursor() != before {
                     p.cursor_moved();
                 }
             }
@@ -917,7 +608,7 @@ impl SubscriptionDelivery {
         let mut released = Released::default();
         for (partition, rs) in ranges {
             if let Some(p) = self.partitions.get_mut(partition) {
-                released += p.window.nack(stream, rs, not_before);
+                released += p.ack_window.nack(stream, rs, not_before);
             }
         }
         if let Some(st) = self.streams.get_mut(&stream) {
@@ -949,7 +640,7 @@ impl SubscriptionDelivery {
             }
             seen.push(*partition);
             if let Some(p) = self.partitions.get(partition) {
-                p.window
+                p.ack_window
                     .check_in_flight(stream, rs)
                     .map_err(|error| PartitionAckError {
                         partition: *partition,
@@ -980,7 +671,7 @@ impl SubscriptionDelivery {
             }
             if p.bound == Some(stream) {
                 held -= 1;
-                if p.window.in_flight() == 0 {
+                if p.ack_window.in_flight() == 0 {
                     p.bound = None;
                     released = true;
                 } else {
@@ -998,76 +689,6 @@ impl SubscriptionDelivery {
             }
         }
         (draining, released)
-    }
-}
-
-/// The hash a record's key is ordered by (`ordering=key`); records without a key are not
-/// ordered.
-fn key_hash(record: &Record) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let key = record.key.as_ref()?;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    Some(h.finish())
-}
-
-/// What one `take` may still hand to a stream.
-struct Budget {
-    /// Records: the stream's free credits, capped by the batch size.
-    records_left: usize,
-    /// The stream's free byte credits.
-    bytes_left: usize,
-    /// Bytes left in this batch.
-    batch_bytes_left: usize,
-    taken_records: usize,
-    taken_bytes: usize,
-    /// Nothing in flight: the first record may exceed the byte credits, so a record larger
-    /// than the credits still moves.
-    idle: bool,
-}
-
-impl Budget {
-    fn new(st: &StreamState, limits: &TakeLimits) -> Self {
-        let idle = st.in_flight_records == 0;
-        let bytes_left = st.credits.max_bytes.saturating_sub(st.in_flight_bytes);
-        let mut records_left = st
-            .credits
-            .max_records
-            .saturating_sub(st.in_flight_records)
-            .min(limits.batch_records);
-        if bytes_left == 0 && !idle {
-            records_left = 0;
-        }
-        Self {
-            records_left,
-            bytes_left,
-            batch_bytes_left: limits.batch_bytes,
-            taken_records: 0,
-            taken_bytes: 0,
-            idle,
-        }
-    }
-
-    fn exhausted(&self) -> bool {
-        self.records_left == 0
-    }
-
-    /// Counts a record of `size` if it fits; once one does not, the budget is spent (records
-    /// go out in order, none is skipped for a smaller one behind it).
-    fn admit(&mut self, size: usize) -> bool {
-        let first = self.taken_records == 0;
-        let batch_ok = first || size <= self.batch_bytes_left;
-        let credit_ok = size <= self.bytes_left || (self.idle && first);
-        if self.exhausted() || !batch_ok || !credit_ok {
-            self.records_left = 0;
-            return false;
-        }
-        self.records_left -= 1;
-        self.taken_records += 1;
-        self.taken_bytes += size;
-        self.bytes_left = self.bytes_left.saturating_sub(size);
-        self.batch_bytes_left = self.batch_bytes_left.saturating_sub(size);
-        true
     }
 }
 

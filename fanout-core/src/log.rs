@@ -1,4 +1,12 @@
-//! The per-partition window of records shared by every subscription of a topic.
+//! A window of a partition's records: [`PartitionLog`].
+//!
+//! fanout keeps three kinds of window; this module is the first two.
+//! - The **shared window** of an owned partition: the records every subscription near the
+//!   head reads, filled by the partition's reader (`--partition-window-bytes`).
+//! - A **catch-up window**: the same structure, private to one subscription too far behind
+//!   the shared window, filled by a catch-up reader (`--catch-up-window-bytes`).
+//! - The **ack window** (`delivery::AckWindow`) holds no records: it tracks, per
+//!   subscription and partition, what was delivered and not acked yet.
 //!
 //! One writer (the partition's ingest task, holding the only [`LogWriter`]) appends
 //! immutable batches; many readers (the streams of every subscription) find them by offset
@@ -194,7 +202,7 @@ impl MemoryPool {
         })
     }
 
-    /// A pool without a limit (tests, private windows counted elsewhere).
+    /// A pool without a limit (tests, catch-up windows counted elsewhere).
     pub fn unlimited() -> Arc<Self> {
         Self::new(usize::MAX)
     }
@@ -371,7 +379,7 @@ impl PartitionLog {
 
     /// Whether no reader (but `mine`, if given) reads the window: every other one holds an
     /// offset below its start (it is behind the window too). A reader holding nothing may be
-    /// reading it past a private window's head, so it counts as reading.
+    /// reading it past a catch-up window's head, so it counts as reading.
     pub fn unread_by_others(&self, mine: Option<&Arc<Pin>>) -> bool {
         let start = self.start();
         self.pins

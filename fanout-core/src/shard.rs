@@ -37,9 +37,9 @@ pub struct ShardLimits {
     pub partition_window_bytes: usize,
     /// Byte budget of all shared windows of the shard together.
     pub window_memory_bytes: usize,
-    /// Byte budget of one (subscription, partition)'s private window on the catch-up path.
+    /// Byte budget of one (subscription, partition)'s catch-up window.
     pub catch_up_window_bytes: usize,
-    /// Byte budget of all private windows of the shard together.
+    /// Byte budget of all catch-up windows of the shard together.
     pub catch_up_memory_bytes: usize,
     /// Batch and span limits of deliveries.
     pub take: TakeLimits,
@@ -197,7 +197,7 @@ pub struct Shard {
     group_joined: std::sync::atomic::AtomicBool,
     /// Budget of all shared windows.
     window_pool: Arc<MemoryPool>,
-    /// Sizes of private windows on the catch-up path.
+    /// Sizes of catch-up windows on the catch-up path.
     catch_up: CatchUpLimits,
     /// Catch-up work for the catch-up readers.
     catch_up_queue: CatchUpQueue,

@@ -59,7 +59,7 @@ pub struct Config {
     #[arg(long, env = "FANOUT_WINDOW_MEMORY_BYTES", default_value_t = 512 << 20)]
     pub window_memory_bytes: usize,
 
-    /// Byte budget of the private window of one (subscription, partition) on the catch-up
+    /// Byte budget of the catch-up window of one (subscription, partition) on the catch-up
     /// path (a subscription too far behind for the shared window, served from Kafka).
     #[arg(long, env = "FANOUT_CATCH_UP_WINDOW_BYTES", default_value_t = 4 << 20)]
     pub catch_up_window_bytes: usize,

@@ -154,12 +154,12 @@ pub mod metrics {
         describe_gauge!(
             "fanout_catch_up_bytes",
             Unit::Bytes,
-            "Bytes held by the private windows of the catch-up path."
+            "Bytes held by the catch-up windows of the catch-up path."
         );
         describe_gauge!(
             "fanout_catch_up_budget_bytes",
             Unit::Bytes,
-            "Budget of the private windows of the catch-up path."
+            "Budget of the catch-up windows of the catch-up path."
         );
         describe_gauge!(
             "fanout_owned_partitions",

@@ -348,14 +348,14 @@ fn a_cursor_below_the_window_catches_up_then_rejoins() {
     assert!(d.take(S1, now, LIMITS).catch_up.is_empty());
     // The subscription no longer holds the shared window back.
     assert_eq!(shared.lowest_pin(), Some(5));
-    // The catch-up reader fills the private window (3 is a gap).
+    // The catch-up reader fills the catch-up window (3 is a gap).
     append(&private, 0, &[2, 4]);
     let t = d.take(S1, now, LIMITS);
     assert_eq!(offsets(&t), vec![(0, 2, 1), (0, 4, 1)]);
     // Past the private head, the shared window serves: no hole between them.
     let t = d.take(S1, now, LIMITS);
     assert_eq!(offsets(&t), vec![(0, 5, 1), (0, 6, 1)]);
-    // Acked up to the shared window: it rejoins and the private window is closed.
+    // Acked up to the shared window: it rejoins and the catch-up window is closed.
     d.ack(S1, &[(0, vec![range(2, 6)])]).unwrap();
     d.take(S1, now, LIMITS);
     assert!(private.is_closed());
@@ -382,7 +382,7 @@ fn a_cursor_below_a_window_nobody_reads_moves_the_window_back() {
     );
     assert!(
         Arc::ptr_eq(&t.catch_up[0].log, &shared),
-        "no private window"
+        "no catch-up window"
     );
     assert!(d.catching_up().is_empty());
     // It holds the window from its cursor meanwhile, and asks once.

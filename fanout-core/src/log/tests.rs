@@ -321,7 +321,7 @@ fn a_window_is_unread_while_every_pin_is_below_it() {
     assert!(!log.unread_by_others(None));
     assert!(!log.unread_by_others(Some(&behind)));
     log.unpin(&reading);
-    // A pin that holds nothing may be reading past a private window: it counts as reading.
+    // A pin that holds nothing may be reading past a catch-up window: it counts as reading.
     other.release();
     assert!(!log.unread_by_others(None));
     assert!(log.unread_by_others(Some(&other)));

@@ -12,14 +12,14 @@ use crate::log::PartitionLog;
 use crate::model::Partition;
 
 /// A (subscription, partition) that left the shared window: a catch-up reader fills its
-/// private window from Kafka until the subscription no longer needs it (the window is
+/// catch-up window from Kafka until the subscription no longer needs it (the window is
 /// closed then).
 #[derive(Debug, Clone)]
 pub struct CatchUpJob {
     pub topic: Arc<TopicRuntime>,
     pub subscription: Arc<SubscriptionRuntime>,
     pub partition: Partition,
-    /// The private window, filled from its head on.
+    /// The catch-up window, filled from its head on.
     pub log: Arc<PartitionLog>,
 }
 

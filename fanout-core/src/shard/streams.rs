@@ -1,5 +1,5 @@
 //! What a stream takes, and the work a take starts: a subscription behind the shared window
-//! either gets a catch-up job (its private window is filled from Kafka) or, when nobody
+//! either gets a catch-up job (its catch-up window is filled from Kafka) or, when nobody
 //! reads that window, asks the partition's reader to move it back (ADR 0009).
 
 use std::sync::Arc;

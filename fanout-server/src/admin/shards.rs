@@ -28,7 +28,7 @@ pub struct ShardView {
     /// Bytes held by the shared windows of all owned partitions.
     pub window_bytes: usize,
     pub window_budget_bytes: usize,
-    /// Bytes held by the private windows of subscriptions on the catch-up path.
+    /// Bytes held by the catch-up windows of subscriptions behind the shared windows.
     pub catch_up_bytes: usize,
     pub catch_up_budget_bytes: usize,
 }

@@ -1,9 +1,9 @@
 //! The catch-up path: a few pooled Kafka consumers that serve every subscription too far
 //! behind for a partition's shared window. Each reader takes one (subscription, partition)
-//! at a time, assigns it at the head of its private window, fills the window, and moves on
+//! at a time, assigns it at the head of its catch-up window, fills the window, and moves on
 //! to the next one when the window is full or its time slice is over while others wait. A
 //! lagging subscription never gets a Kafka client of its own, and memory stays within the
-//! private windows' budgets.
+//! catch-up windows' budgets.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -29,7 +29,7 @@ use crate::telemetry;
 
 /// Longest a reader stays on one (subscription, partition) while others wait.
 const SLICE: Duration = Duration::from_millis(500);
-/// Most records appended to a private window at once.
+/// Most records appended to a catch-up window at once.
 const MAX_BATCH: usize = 1000;
 /// Prefetch of one catch-up consumer (librdkafka `queued.max.messages.kbytes`, and the
 /// most fetched per partition per request): what moving to another job may throw away.
@@ -188,7 +188,7 @@ impl CatchUpReader {
         served
     }
 
-    /// Reads into the private window until the job is finished, or its slice is over
+    /// Reads into the catch-up window until the job is finished, or its slice is over
     /// while others wait.
     async fn fill(
         &self,
@@ -301,7 +301,7 @@ impl CatchUpReader {
                 RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
             ) => {
                 // Retention deleted records this subscription still needed: report the loss
-                // and move it to the log start (its private window is replaced then).
+                // and move it to the log start (its catch-up window is replaced then).
                 let low = self
                     .consumer
                     .fetch_watermarks(

@@ -1,4 +1,5 @@
-//! Ack tracking of one subscription on one partition.
+//! The ack window: ack tracking of one subscription on one partition. It holds no records
+//! (those are in the shared window or the subscription's catch-up window, see `log`).
 //!
 //! The window remembers every record delivered at least once and not yet below the cursor:
 //! whether it is in flight (on which stream, which attempt), waiting to be delivered again,
