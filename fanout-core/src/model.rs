@@ -161,9 +161,12 @@ pub enum DeliveryOrder {
     None,
 }
 
+/// Fields of a stored record that this build does not know (written by a newer one), kept as
+/// they were read so that a read-modify-write by this build does not erase them.
+pub type UnknownFields = serde_json::Map<String, serde_json::Value>;
+
 /// How a subscription's records are delivered (order) and delivered again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DeliveryPolicy {
     /// Order of deliveries.
     #[serde(default)]
@@ -182,6 +185,9 @@ pub struct DeliveryPolicy {
     /// readable by builds that predate it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub max_in_flight_records: u32,
+    /// Fields of a newer build, kept.
+    #[serde(flatten, default)]
+    pub unknown: UnknownFields,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -203,6 +209,7 @@ impl Default for DeliveryPolicy {
             max_attempts: 0,
             dead_letter_topic: None,
             max_in_flight_records: 0,
+            unknown: UnknownFields::new(),
         }
     }
 }

@@ -13,10 +13,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     DeliveryPolicy, NameError, Offset, Partition, StartOffsets, StartPosition, SubscriptionKey,
-    SubscriptionName, TopicName,
+    SubscriptionName, TopicName, UnknownFields,
 };
 
 /// Version written into every registry value; readers skip newer versions they cannot read.
+/// Fields added within a version are optional, and a build that does not know them keeps
+/// them through its writes (each record type's `unknown`): a rolling upgrade never erases
+/// what the newer shards wrote.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// A registered topic.
@@ -28,6 +31,9 @@ pub struct TopicSpec {
     /// Where its new subscriptions start unless they say (`earliest` or `latest`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_start: Option<StartPosition>,
+    /// Fields of a newer build, kept.
+    #[serde(flatten, default)]
+    pub unknown: UnknownFields,
 }
 
 /// A subscription and where it starts.
@@ -60,6 +66,9 @@ pub struct SubscriptionSpec {
     /// How far its dead-letter topic was redriven into it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redrive: Option<RedrivePosition>,
+    /// Fields of a newer build, kept.
+    #[serde(flatten, default)]
+    pub unknown: UnknownFields,
 }
 
 /// Per partition of a dead-letter topic, the next offset a redrive reads.
@@ -68,6 +77,9 @@ pub struct RedrivePosition {
     pub dead_letter_topic: TopicName,
     #[serde(with = "partition_keys")]
     pub next: BTreeMap<Partition, Offset>,
+    /// Fields of a newer build, kept.
+    #[serde(flatten, default)]
+    pub unknown: UnknownFields,
 }
 
 /// Maps keyed by partition, as JSON objects (keys are strings there).
@@ -107,12 +119,15 @@ fn is_false(b: &bool) -> bool {
 /// A subscription's partition moved to `offset` by the seek `generation` (unique per
 /// subscription and increasing: at least the previous one + 1 and at least the time of the
 /// request in milliseconds, so that a retry after a lost or stale write is a new seek).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionSeek {
     pub generation: u64,
     pub offset: Offset,
     /// When the seek was asked for, milliseconds since the Unix epoch.
     pub at_ms: i64,
+    /// Fields of a newer build, kept (a new seek of the partition replaces them).
+    #[serde(flatten, default)]
+    pub unknown: UnknownFields,
 }
 
 impl SubscriptionSpec {
@@ -147,6 +162,8 @@ impl SubscriptionSpec {
 /// One registry entry, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+// Short-lived (one record encoded or decoded at a time): a box would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Entry {
     Topic(TopicSpec),
     Subscription(SubscriptionSpec),
@@ -233,6 +250,8 @@ fn lossy(raw: &[u8]) -> String {
 
 /// What applying a record changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Short-lived (one per record applied): a box would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Change {
     TopicAdded(TopicSpec),
     TopicRemoved(TopicName),

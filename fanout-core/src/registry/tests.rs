@@ -5,6 +5,7 @@ fn topic(name: &str) -> Entry {
         name: TopicName::new(name).unwrap(),
         created_at_ms: 1,
         default_start: None,
+        unknown: Default::default(),
     })
 }
 
@@ -20,6 +21,7 @@ fn sub(t: &str, n: &str) -> Entry {
         paused: false,
         seeks: Default::default(),
         redrive: None,
+        unknown: Default::default(),
     })
 }
 
@@ -115,6 +117,11 @@ fn stored_format_is_stable() {
             "delivery": {"ordering": "partition", "ack_timeout_ms": 30000, "max_attempts": 0, "dead_letter_topic": null}
         })
     );
+    // Byte for byte, in field order, as before fields of newer builds were kept.
+    assert_eq!(
+        String::from_utf8(sub("orders", "billing").encode()).unwrap(),
+        r#"{"version":1,"kind":"subscription","topic":"orders","name":"billing","start":"latest","start_offsets":{"0":10,"1":12},"created_at_ms":2,"delivery":{"ordering":"partition","ack_timeout_ms":30000,"max_attempts":0,"dead_letter_topic":null}}"#
+    );
     // Entries written before the delivery policy existed read with its defaults.
     let mut r = Registry::default();
     let old = br#"{"version":1,"kind":"subscription","topic":"orders","name":"billing","start":"latest","start_offsets":{"0":10,"1":12},"created_at_ms":2}"#;
@@ -126,6 +133,42 @@ fn stored_format_is_stable() {
     assert_eq!(
         r.subscription(&key).unwrap().delivery,
         DeliveryPolicy::default()
+    );
+}
+
+#[test]
+fn fields_this_build_does_not_know_are_kept_through_a_read_and_a_write() {
+    let newer = br#"{"version":1,"kind":"subscription","topic":"orders","name":"billing","start":"latest","start_offsets":{"0":10},"created_at_ms":2,"sharing":{"group":"g"},"delivery":{"ordering":"key","ack_timeout_ms":1000,"max_attempts":0,"dead_letter_topic":null,"priority":3},"seeks":{"0":{"generation":4,"offset":11,"at_ms":4,"by":"x"}},"redrive":{"dead_letter_topic":"orders.dlq","next":{"0":1},"batch":7}}"#;
+    let mut r = Registry::default();
+    r.apply(b"subscription:orders:billing", Some(newer))
+        .unwrap();
+    let key = SubscriptionKey {
+        topic: TopicName::new("orders").unwrap(),
+        name: SubscriptionName::new("billing").unwrap(),
+    };
+    let spec = r.subscription(&key).unwrap().clone();
+    assert_eq!(spec.delivery.ack_timeout_ms, 1000);
+    assert_eq!(spec.seeks[&0].offset, 11);
+    let written: serde_json::Value = serde_json::from_slice(
+        &Entry::Subscription(SubscriptionSpec {
+            paused: true,
+            ..spec
+        })
+        .encode(),
+    )
+    .unwrap();
+    let mut want: serde_json::Value = serde_json::from_slice(newer).unwrap();
+    want["paused"] = serde_json::json!(true);
+    assert_eq!(written, want);
+    // A topic's too.
+    let newer_topic =
+        br#"{"version":1,"kind":"topic","name":"orders","created_at_ms":1,"retention_hint":"7d"}"#;
+    r.apply(b"topic:orders", Some(newer_topic)).unwrap();
+    let t = r.topic(&TopicName::new("orders").unwrap()).unwrap().clone();
+    let written: serde_json::Value = serde_json::from_slice(&Entry::Topic(t).encode()).unwrap();
+    assert_eq!(
+        written,
+        serde_json::from_slice::<serde_json::Value>(newer_topic).unwrap()
     );
 }
 
@@ -145,6 +188,7 @@ fn updates_and_replacements_are_told_apart_and_seeks_round_trip() {
             generation: 1,
             offset: 40,
             at_ms: 5,
+            unknown: Default::default(),
         },
     );
     assert_eq!(

@@ -37,6 +37,7 @@ fn topic_entry(name: &str) -> Entry {
         name: t(name),
         created_at_ms: 0,
         default_start: None,
+        unknown: Default::default(),
     })
 }
 
@@ -52,6 +53,7 @@ fn sub_entry(topic: &str, name: &str, starts: &[(Partition, Offset)]) -> Entry {
         paused: false,
         seeks: Default::default(),
         redrive: None,
+        unknown: Default::default(),
     })
 }
 
@@ -518,6 +520,7 @@ fn seek(spec: &SubscriptionSpec, generation: u64, to: &[(Partition, Offset)]) ->
                 generation,
                 offset,
                 at_ms: 0,
+                unknown: Default::default(),
             },
         );
     }

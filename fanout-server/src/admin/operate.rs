@@ -371,6 +371,7 @@ pub async fn seek(
                 generation,
                 offset,
                 at_ms,
+                unknown: Default::default(),
             },
         );
     }
@@ -479,10 +480,18 @@ async fn redrive_once(
             "subscription changed during a redrive; position not saved"
         );
     } else if out.next != from {
+        // Fields of a newer build on the position stay with it (same dead-letter topic).
+        let unknown = now
+            .redrive
+            .as_ref()
+            .filter(|r| r.dead_letter_topic == dlq)
+            .map(|r| r.unknown.clone())
+            .unwrap_or_default();
         let new = SubscriptionSpec {
             redrive: Some(fanout_core::registry::RedrivePosition {
                 dead_letter_topic: dlq,
                 next: out.next.clone(),
+                unknown,
             }),
             ..now
         };

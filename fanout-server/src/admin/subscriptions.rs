@@ -127,6 +127,7 @@ fn check_policy(
             max_attempts,
             dead_letter_topic,
             max_in_flight_records,
+            unknown: Default::default(),
         }),
     }
 }
@@ -375,6 +376,7 @@ pub async fn create_subscription(
         paused: false,
         seeks: BTreeMap::new(),
         redrive: None,
+        unknown: Default::default(),
     };
     let entry = Entry::Subscription(spec.clone());
     debug_assert_eq!(entry.key(), Key::Subscription(key));
@@ -463,6 +465,11 @@ pub async fn update_subscription(
         req.max_in_flight_records
             .unwrap_or(old.max_in_flight_records),
     )?;
+    // What a newer build stored in the policy stays.
+    let delivery = DeliveryPolicy {
+        unknown: old.unknown.clone(),
+        ..delivery
+    };
     if delivery == *old {
         return Ok(Json(subscription_view(&s.shard, &spec)));
     }

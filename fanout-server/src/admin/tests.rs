@@ -24,10 +24,11 @@ use crate::store::StoreError;
 
 const LIMITS: ShardLimits = ShardLimits::FOR_TESTS;
 
-/// Applies registry writes straight to the shard.
+/// Applies registry writes straight to the shard, and keeps the last value written.
 struct Applied {
     shard: Arc<Shard>,
     next: AtomicI64,
+    last: parking_lot::Mutex<Option<Vec<u8>>>,
 }
 
 impl RegistryStore for Applied {
@@ -45,6 +46,7 @@ impl RegistryStore for Applied {
             self.shard
                 .apply_registry(offset, key.encode().as_bytes(), value.as_deref())
                 .expect("the admin API writes readable records");
+            *self.last.lock() = value;
             Ok(offset)
         })
     }
@@ -149,6 +151,7 @@ impl crate::deadletter::Redrive for FakeRedrive {
 struct Api {
     router: Router,
     shard: Arc<Shard>,
+    store: Arc<Applied>,
     kafka: Arc<Table>,
     kafka_seen: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
     redrive: Arc<FakeRedrive>,
@@ -174,12 +177,14 @@ fn api_with_token(token: Option<&str>) -> Api {
     let (_ready_tx, ready) = watch::channel(true);
     let kafka_seen: Arc<parking_lot::Mutex<Option<std::time::Instant>>> = Arc::default();
     let redrive = Arc::new(FakeRedrive::default());
+    let store = Arc::new(Applied {
+        shard: shard.clone(),
+        next: AtomicI64::new(0),
+        last: parking_lot::Mutex::new(None),
+    });
     let state = AdminState {
         shard: shard.clone(),
-        registry: Arc::new(Applied {
-            shard: shard.clone(),
-            next: AtomicI64::new(0),
-        }),
+        registry: store.clone(),
         write_lock: Arc::new(Mutex::new(())),
         kafka: kafka.clone(),
         ready,
@@ -198,6 +203,7 @@ fn api_with_token(token: Option<&str>) -> Api {
     Api {
         router: router(state),
         shard,
+        store,
         kafka,
         kafka_seen,
         redrive,
@@ -1230,4 +1236,72 @@ async fn starts_default_per_topic_resolve_by_time_and_credits_have_a_ceiling() {
         .await;
     // 0 (the server's limit) is not written.
     assert_eq!(r.body["delivery"]["max_in_flight_records"], Value::Null);
+}
+
+/// A shard of a newer build wrote fields this build does not know, at the top of a
+/// subscription's record and inside its policy, seeks and redrive position. Every write of
+/// this build (pause, a change of settings, resume, a seek of another partition) keeps them,
+/// and the API does not show them.
+#[tokio::test]
+async fn fields_of_a_newer_build_survive_this_builds_writes() {
+    let api = api();
+    api.setup().await;
+    let sub = "/v1/topics/orders/subscriptions/billing";
+    let r = api
+        .post(&format!("{sub}/seek"), json!({"offsets": {"1": 20}}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let key = SubscriptionKey {
+        topic: TopicName::new("orders").unwrap(),
+        name: SubscriptionName::new("billing").unwrap(),
+    };
+    let spec = api
+        .shard
+        .with_registry(|r| r.subscription(&key).cloned())
+        .unwrap();
+    let mut record: Value =
+        serde_json::from_slice(&fanout_core::registry::Entry::Subscription(spec).encode()).unwrap();
+    assert_eq!(record["version"], 1);
+    record["sharing"] = json!({"group": "payments", "weight": 3});
+    record["delivery"]["priority"] = json!("high");
+    record["seeks"]["1"]["by"] = json!("on-call");
+    record["redrive"] = json!({"dead_letter_topic": "orders.dlq", "next": {"0": 4}, "batch": 7});
+    let offset = api.store.next.fetch_add(1, AtomicOrdering::SeqCst);
+    api.shard
+        .apply_registry(
+            offset,
+            Key::Subscription(key.clone()).encode().as_bytes(),
+            Some(&serde_json::to_vec(&record).unwrap()),
+        )
+        .unwrap();
+    let kept = |what: &str| {
+        let written: Value =
+            serde_json::from_slice(api.store.last.lock().as_deref().expect("a write")).unwrap();
+        assert_eq!(written["sharing"], record["sharing"], "{what}: {written}");
+        assert_eq!(written["delivery"]["priority"], "high", "{what}: {written}");
+        assert_eq!(written["seeks"]["1"]["by"], "on-call", "{what}: {written}");
+        assert_eq!(written["redrive"]["batch"], 7, "{what}: {written}");
+        written
+    };
+    let r = api.post(&format!("{sub}/pause"), json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(kept("pause")["paused"], true);
+    let r = api
+        .json(Method::PATCH, sub, json!({"ack_timeout_ms": 5000}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(kept("settings")["delivery"]["ack_timeout_ms"], 5000);
+    let r = api.post(&format!("{sub}/resume"), json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    kept("resume");
+    let r = api
+        .post(&format!("{sub}/seek"), json!({"offsets": {"0": 3}}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(kept("seek")["seeks"]["0"]["offset"], 3);
+    // The API shows what this build knows.
+    let view = api.get(sub).await.body;
+    assert!(view.get("sharing").is_none(), "{view}");
+    assert!(view["delivery"].get("priority").is_none(), "{view}");
+    assert!(view["seeks"]["1"].get("by").is_none(), "{view}");
 }

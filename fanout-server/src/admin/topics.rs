@@ -137,6 +137,7 @@ pub async fn register_topic(
         name: name.clone(),
         created_at_ms: now_ms(),
         default_start,
+        unknown: Default::default(),
     };
     let entry = Entry::Topic(spec.clone());
     s.registry

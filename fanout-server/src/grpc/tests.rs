@@ -95,6 +95,7 @@ fn subscription(delivery: DeliveryPolicy) -> Entry {
         paused: false,
         seeks: BTreeMap::new(),
         redrive: None,
+        unknown: Default::default(),
     })
 }
 
@@ -114,6 +115,7 @@ impl Fixture {
                 name: t("orders"),
                 created_at_ms: 1,
                 default_start: None,
+                unknown: Default::default(),
             }),
         );
         register(&shard, 1, &subscription(delivery));

@@ -90,6 +90,7 @@ fn fixture_with(limits: ShardLimits) -> Fixture {
             name: t("orders"),
             created_at_ms: 1,
             default_start: None,
+            unknown: Default::default(),
         }),
     );
     register(
@@ -106,6 +107,7 @@ fn fixture_with(limits: ShardLimits) -> Fixture {
             paused: false,
             seeks: BTreeMap::new(),
             redrive: None,
+            unknown: Default::default(),
         }),
     );
     for p in [0, 1] {
