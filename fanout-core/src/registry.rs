@@ -130,6 +130,13 @@ pub struct PartitionSeek {
     pub unknown: UnknownFields,
 }
 
+impl PartitionSeek {
+    /// The same seek (generation and offset), whatever else either carries.
+    pub fn same_seek(&self, other: &PartitionSeek) -> bool {
+        (self.generation, self.offset) == (other.generation, other.offset)
+    }
+}
+
 impl SubscriptionSpec {
     pub fn key(&self) -> SubscriptionKey {
         SubscriptionKey {

@@ -21,7 +21,7 @@ use crate::config::{Config, ConfigError};
 use crate::deadletter::{DeadLetters, Redriver};
 use crate::grpc::{self, FanoutService, StreamControl, StreamLimits};
 use crate::ingest::{self, Ingest, IngestSettings};
-use crate::kafka::{self, KafkaSettings, MetadataClient};
+use crate::kafka::{self, KafkaSettings};
 use crate::membership::{self, ShardInfo};
 use crate::store::cursors::{CursorTail, CursorWriter, Flusher};
 use crate::store::registry::RegistryWriter;
@@ -105,14 +105,10 @@ pub struct App {
     flusher: Arc<Flusher>,
     /// Writes registry records for the admin API.
     registry: Arc<RegistryWriter>,
-    /// The registry topic's reader, tailed for the shard's life.
-    registry_reader: kafka::Reader,
     /// Publishes records out of attempts.
     dead_letters: Arc<DeadLetters>,
     /// Publishes dead letters back (admin redrive).
     redriver: Arc<Redriver>,
-    /// The admin API's view of Kafka.
-    admin_kafka: Arc<MetadataClient>,
     /// The admin API's bearer token (`None`: no authentication).
     token: Option<Arc<str>>,
 }
@@ -140,10 +136,8 @@ impl App {
         )?;
         tracing::info!(cluster = %cfg.cluster, kafka = %cfg.kafka_bootstrap, "fanout-server starting");
         let kafka = cfg.kafka();
-        let admin_kafka =
-            Arc::new(kafka::metadata_client(&kafka).map_err(StoreError::kafka("metadata client"))?);
         membership::refuse_a_taken_name(
-            admin_kafka.clone(),
+            Arc::new(kafka::metadata_client(&kafka).map_err(StoreError::kafka("metadata client"))?),
             &cfg.cluster,
             &me,
             cfg.session_timeout + Duration::from_secs(5),
@@ -162,7 +156,6 @@ impl App {
         Ok(Self {
             flusher: Arc::new(Flusher::new(shard.clone(), cursor_writer)),
             registry: Arc::new(RegistryWriter::new(&kafka, shard.clone())?),
-            registry_reader: store::registry::open_reader(&kafka)?,
             dead_letters: Arc::new(
                 DeadLetters::new(&kafka).map_err(StoreError::kafka("dead-letter producer"))?,
             ),
@@ -179,7 +172,6 @@ impl App {
                 stream_limits: cfg.stream_limits(),
                 kafka,
             },
-            admin_kafka,
             listeners,
             me,
             shard,
@@ -218,10 +210,8 @@ impl App {
             metrics,
             flusher,
             registry,
-            registry_reader,
             dead_letters,
             redriver,
-            admin_kafka,
             token,
         } = self;
         let grpc_addr = listeners.grpc.local_addr().ok();
@@ -238,7 +228,7 @@ impl App {
         .await?;
         let (loaded_tx, mut loaded) = watch::channel(false);
         tasks.spawn(store::registry::tail(
-            registry_reader,
+            store::registry::open_reader(&settings.kafka)?,
             shard.clone(),
             loaded_tx,
             background.clone(),
@@ -280,7 +270,12 @@ impl App {
             settings.lease_gap,
             background.clone(),
         ));
-        // The long-lived clients nothing polls: their statistics are served here.
+        // The admin API's view of Kafka, and the long-lived clients nothing polls: their
+        // statistics are served here.
+        let admin_kafka = Arc::new(
+            kafka::metadata_client(&settings.kafka)
+                .map_err(StoreError::kafka("metadata client"))?,
+        );
         tasks.spawn(kafka::stats::serve_unpolled(
             vec![admin_kafka.clone(), cursor_ends],
             background.clone(),

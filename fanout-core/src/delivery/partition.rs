@@ -146,8 +146,8 @@ impl PartitionState {
         self.catch_up_window = Some(Pinned { log, pin });
     }
 
-    /// Records from `from` on: from the shared window, or from the private one while
-    /// catching up (and from the shared one past the private head). `None` while they are
+    /// Records from `from` on: from the shared window, or from the catch-up window while
+    /// catching up (and from the shared one past the catch-up window's head). `None` while they are
     /// not available yet; a catch-up may have been started for them.
     pub(super) fn read(
         &mut self,

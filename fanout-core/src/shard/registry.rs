@@ -187,7 +187,9 @@ impl Shard {
         let resets: Vec<(Partition, Arc<PartitionLog>, Offset)> = new
             .seeks
             .iter()
-            .filter(|(p, s)| old.seeks.get(p) != Some(*s))
+            // A seek is its generation and offset: fields of a newer build on it are no
+            // new seek.
+            .filter(|(p, s)| old.seeks.get(p).is_none_or(|o| !o.same_seek(s)))
             .filter_map(|(p, s)| partitions.get(p).map(|o| (*p, o.log.clone(), s.offset)))
             .collect();
         {

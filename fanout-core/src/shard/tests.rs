@@ -593,6 +593,51 @@ fn a_seek_moves_a_live_cursor_resets_its_streams_and_outlives_older_stored_curso
     assert_eq!(restarted.assign(&t("orders"), 0, 0, 100).start, 45);
 }
 
+/// A newer build rewrote the entry with a field of its own on a seek: the seek is the same
+/// (generation, offset), so nothing is reset and no cursor moves back.
+#[test]
+fn a_seek_that_only_gained_fields_of_a_newer_build_is_not_applied_again() {
+    let shard = Shard::new(LIMITS);
+    register(&shard, 0, topic_entry("orders"));
+    let Entry::Subscription(spec) = sub_entry("orders", "a", &[(0, 0)]) else {
+        unreachable!()
+    };
+    register(&shard, 1, Entry::Subscription(spec.clone()));
+    let assigned = shard.assign(&t("orders"), 0, 0, 100);
+    append(&assigned.partition, 0..50);
+    register(&shard, 2, seek(&spec, 1, &[(0, 10)]));
+    let (_, sa) = shard.subscription(&t("orders"), &spec.name).unwrap();
+    let s = shard.new_stream_id();
+    sa.open_stream(s, credits(10));
+    assert_eq!(sa.take(s, Instant::now(), LIMITS.take).records(), 10);
+    sa.ack(
+        s,
+        &[(
+            0,
+            vec![OffsetRange {
+                first: 10,
+                last: 14,
+            }],
+        )],
+    )
+    .unwrap();
+    assert_eq!(sa.cursors(), vec![(0, 15)]);
+    let mut newer = (*sa.spec()).clone();
+    if let Some(seek) = newer.seeks.get_mut(&0) {
+        seek.unknown.insert("by".into(), "on-call".into());
+    }
+    let change = register(&shard, 3, Entry::Subscription(newer));
+    assert!(matches!(change, Some(Change::SubscriptionUpdated { .. })));
+    assert_eq!(
+        sa.cursors(),
+        vec![(0, 15)],
+        "the seek was not applied again"
+    );
+    let take = sa.take(s, Instant::now(), LIMITS.take);
+    assert!(!take.reset, "the stream was not reset");
+    assert_eq!(sa.in_flight(), 10, "five still in flight, five more taken");
+}
+
 #[test]
 fn a_seek_back_below_the_window_replays_through_the_catch_up_path() {
     let shard = Shard::new(LIMITS);
