@@ -86,7 +86,7 @@ struct RunSettings {
     kafka: KafkaSettings,
     ingest: IngestSettings,
     catch_up_readers: usize,
-    cursor_flush_interval: std::time::Duration,
+    cursor_flush_interval: Duration,
     lease_gap: Duration,
     drain_timeout: Duration,
     stream_limits: StreamLimits,
@@ -123,9 +123,10 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    /// Makes every part: checks the configuration, the shard's name (no other live shard
-    /// may have it), the internal topics (created if missing), and creates the Kafka
-    /// clients. Nothing runs yet.
+    /// Checks the configuration, the shard's name (no other live shard may have it) and the
+    /// internal topics (created if missing), and makes the parts that read nothing: the
+    /// shard's state, the cursor writer and its flusher, the producers of registry records,
+    /// dead letters and redrives. Nothing runs yet; the readers are made by [`App::run`].
     pub async fn build(cfg: Config, listeners: Listeners) -> Result<Self, AppError> {
         cfg.validate()?;
         // Before anything that counts (the first assignment reports retention losses).
