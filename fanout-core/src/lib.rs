@@ -18,3 +18,6 @@ pub mod log;
 pub mod model;
 pub mod registry;
 pub mod shard;
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;

@@ -3,13 +3,12 @@
 //! log), served on 127.0.0.1 port 0, driven by the generated client. Dead letters go to a
 //! fake sink.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use fanout_core::log::{Batch, LogWriter};
-use fanout_core::model::{DeliveryPolicy, Offset, Partition, StartOffsets, StartPosition};
-use fanout_core::registry::{Entry, SubscriptionSpec, TopicSpec};
+use fanout_core::model::{DeliveryPolicy, Offset, Partition};
 use fanout_core::shard::ShardLimits;
+use fanout_core::testing;
 use fanout_proto::v1::fanout_client::FanoutClient;
 use fanout_proto::v1::subscribe_response::Kind as Reply;
 use futures::future::BoxFuture;
@@ -70,33 +69,7 @@ struct Fixture {
 }
 
 fn t(name: &str) -> TopicName {
-    TopicName::new(name).unwrap()
-}
-
-fn register(shard: &Shard, offset: i64, entry: &Entry) {
-    shard
-        .apply_registry(
-            offset,
-            entry.key().encode().as_bytes(),
-            Some(&entry.encode()),
-        )
-        .unwrap();
-}
-
-fn subscription(delivery: DeliveryPolicy) -> Entry {
-    Entry::Subscription(SubscriptionSpec {
-        topic: t("orders"),
-        name: SubscriptionName::new("billing").unwrap(),
-        start: StartPosition::Earliest,
-        start_timestamp_ms: None,
-        start_offsets: StartOffsets(BTreeMap::from([(0, 0)])),
-        created_at_ms: 1,
-        delivery,
-        paused: false,
-        seeks: BTreeMap::new(),
-        redrive: None,
-        unknown: Default::default(),
-    })
+    testing::topic(name)
 }
 
 impl Fixture {
@@ -108,17 +81,12 @@ impl Fixture {
             ShardLimits::FOR_TESTS.lease_gap,
             CancellationToken::new(),
         ));
-        register(
+        testing::apply(&shard, 0, &testing::topic_entry("orders"));
+        testing::apply(
             &shard,
-            0,
-            &Entry::Topic(TopicSpec {
-                name: t("orders"),
-                created_at_ms: 1,
-                default_start: None,
-                unknown: Default::default(),
-            }),
+            1,
+            &testing::subscription_entry("orders", "billing", &[(0, 0)], delivery),
         );
-        register(&shard, 1, &subscription(delivery));
         let assigned = shard.assign(&t("orders"), 0, 0, 0);
         let writer = assigned.partition.log.writer().unwrap();
         let topic = shard.topic(&t("orders")).unwrap();

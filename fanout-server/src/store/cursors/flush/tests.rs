@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use fanout_core::delivery::{Credits, OffsetRange, StreamId};
 use fanout_core::log::Batch;
-use fanout_core::model::{Record, StartOffsets, StartPosition, SubscriptionName};
-use fanout_core::registry::{Entry, SubscriptionSpec, TopicSpec};
+use fanout_core::model::{Record, SubscriptionName};
 use fanout_core::shard::{CursorUpdate, ShardLimits, SubscriptionRuntime};
+use fanout_core::testing;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 
@@ -53,17 +53,7 @@ impl CursorStore for FakeStore {
 }
 
 fn t(name: &str) -> TopicName {
-    TopicName::new(name).unwrap()
-}
-
-fn register(shard: &Shard, offset: i64, entry: &Entry) {
-    shard
-        .apply_registry(
-            offset,
-            entry.key().encode().as_bytes(),
-            Some(&entry.encode()),
-        )
-        .unwrap();
+    testing::topic(name)
 }
 
 struct Fixture {
@@ -83,32 +73,11 @@ fn fixture() -> Fixture {
 fn fixture_with(limits: ShardLimits) -> Fixture {
     let shard = Arc::new(Shard::new(limits));
     shard.lease().start(Instant::now());
-    register(
-        &shard,
-        0,
-        &Entry::Topic(TopicSpec {
-            name: t("orders"),
-            created_at_ms: 1,
-            default_start: None,
-            unknown: Default::default(),
-        }),
-    );
-    register(
+    testing::apply(&shard, 0, &testing::topic_entry("orders"));
+    testing::apply(
         &shard,
         1,
-        &Entry::Subscription(SubscriptionSpec {
-            topic: t("orders"),
-            name: SubscriptionName::new("billing").unwrap(),
-            start: StartPosition::Earliest,
-            start_timestamp_ms: None,
-            start_offsets: StartOffsets(BTreeMap::from([(0, 0), (1, 0)])),
-            created_at_ms: 1,
-            delivery: Default::default(),
-            paused: false,
-            seeks: BTreeMap::new(),
-            redrive: None,
-            unknown: Default::default(),
-        }),
+        &testing::subscription_entry("orders", "billing", &[(0, 0), (1, 0)], Default::default()),
     );
     for p in [0, 1] {
         let owned = shard.assign(&t("orders"), p, 0, 10).partition;
