@@ -5,6 +5,8 @@
 //! (read-your-writes). Errors are `application/problem+json` with a stable `code` and, when
 //! one field is at fault, its name. Requests need `Authorization: Bearer <token>` unless the
 //! server runs with `--admin-no-auth`; probes (`/healthz`, `/readyz`) and `/metrics` are open.
+//! Every route is declared once, with the role it will require, in its file's `routes()`
+//! ([`routes`]): the router and the OpenAPI document are built from those entries.
 
 mod auth;
 mod error;
