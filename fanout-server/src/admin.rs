@@ -6,7 +6,7 @@
 //! one field is at fault, its name. Requests need `Authorization: Bearer <token>` unless the
 //! server runs with `--admin-no-auth`; probes (`/healthz`, `/readyz`) and `/metrics` are open.
 //! Every route is declared once, with the role it will require, in its file's `routes()`
-//! ([`routes`]): the router and the OpenAPI document are built from those entries.
+//! (`admin/routes.rs`): the router and the OpenAPI document are built from those entries.
 
 mod auth;
 mod error;
@@ -44,7 +44,7 @@ pub use topics::TopicView;
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 << 10;
 
-/// The admin router: every route of [`routes::all`], those that need a role behind the
+/// The admin router: every declared route (`routes::all`), those that need a role behind the
 /// bearer token; the OpenAPI document at `/openapi.json` and its browser at `/docs`.
 pub fn router(state: AdminState) -> Router {
     let routes = routes::all();
