@@ -19,17 +19,17 @@ pub fn topic(name: &str) -> TopicName {
     TopicName::new(name).expect("a valid topic name")
 }
 
-/// A topic registered at time 1.
+/// A topic registered at time 0.
 pub fn topic_entry(name: &str) -> Entry {
     Entry::Topic(TopicSpec {
         name: topic(name),
-        created_at_ms: 1,
+        created_at_ms: 0,
         default_start: None,
         unknown: Default::default(),
     })
 }
 
-/// A subscription created at time 1, starting at `starts` (per partition), delivered by
+/// A subscription created at time 0 (its incarnation), starting at `starts` (per partition), delivered by
 /// `delivery`.
 ///
 /// # Panics
@@ -46,7 +46,7 @@ pub fn subscription_entry(
         start: StartPosition::Earliest,
         start_timestamp_ms: None,
         start_offsets: StartOffsets(starts.iter().copied().collect::<BTreeMap<_, _>>()),
-        created_at_ms: 1,
+        created_at_ms: 0,
         delivery,
         paused: false,
         seeks: BTreeMap::new(),

@@ -49,13 +49,12 @@ pub const MAX_BODY_BYTES: usize = 64 << 10;
 pub fn router(state: AdminState) -> Router {
     let routes = routes::all();
     let doc = openapi::document(&routes);
-    let (open, guarded): (Vec<&Route>, Vec<&Route>) =
-        routes.iter().partition(|r| r.access == Access::Open);
+    let (open, guarded): (Vec<Route>, Vec<Route>) =
+        routes.into_iter().partition(|r| r.access == Access::Open);
+    let route = |router: Router<AdminState>, r: Route| router.route(&r.path, r.handler);
     let api = guarded
         .into_iter()
-        .fold(Router::new(), |router, r| {
-            router.route(&r.path, r.handler())
-        })
+        .fold(Router::new(), route)
         .fallback(|| async { ApiError::not_found("no_such_route", "no such endpoint") })
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(
@@ -63,9 +62,7 @@ pub fn router(state: AdminState) -> Router {
             auth::authenticate,
         ));
     open.into_iter()
-        .fold(Router::new(), |router, r| {
-            router.route(&r.path, r.handler())
-        })
+        .fold(Router::new(), route)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
         .merge(api)
         .method_not_allowed_fallback(method_not_allowed)

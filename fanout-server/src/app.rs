@@ -21,7 +21,7 @@ use crate::config::{Config, ConfigError};
 use crate::deadletter::{DeadLetters, Redriver};
 use crate::grpc::{self, FanoutService, StreamControl, StreamLimits};
 use crate::ingest::{self, Ingest, IngestSettings};
-use crate::kafka::{self, KafkaSettings};
+use crate::kafka;
 use crate::membership::{self, ShardInfo};
 use crate::store::cursors::{CursorTail, CursorWriter, Flusher};
 use crate::store::registry::RegistryWriter;
@@ -83,7 +83,7 @@ pub async fn run(
 /// Settings the running shard needs beyond its parts.
 #[derive(Debug)]
 struct RunSettings {
-    kafka: KafkaSettings,
+    /// The ingest's, and every other Kafka client's (`ingest.kafka`).
     ingest: IngestSettings,
     catch_up_readers: usize,
     cursor_flush_interval: Duration,
@@ -171,7 +171,6 @@ impl App {
                 lease_gap: cfg.lease_gap(),
                 drain_timeout: cfg.drain_timeout,
                 stream_limits: cfg.stream_limits(),
-                kafka,
             },
             listeners,
             me,
@@ -220,7 +219,7 @@ impl App {
 
         // 1. Durable state: stored cursors (followed for the shard's life), the registry.
         let cursors = CursorTail::start(
-            &settings.kafka,
+            &settings.ingest.kafka,
             shard.clone(),
             tasks,
             background.clone(),
@@ -229,7 +228,7 @@ impl App {
         .await?;
         let (loaded_tx, mut loaded) = watch::channel(false);
         tasks.spawn(store::registry::tail(
-            store::registry::open_reader(&settings.kafka)?,
+            store::registry::open_reader(&settings.ingest.kafka)?,
             shard.clone(),
             loaded_tx,
             background.clone(),
@@ -253,7 +252,7 @@ impl App {
             &me,
         )?;
         ingest::catchup::start(
-            &settings.kafka,
+            &settings.ingest.kafka,
             &shard,
             settings.catch_up_readers,
             tasks,
@@ -274,7 +273,7 @@ impl App {
         // The admin API's view of Kafka, and the long-lived clients nothing polls: their
         // statistics are served here.
         let admin_kafka = Arc::new(
-            kafka::metadata_client(&settings.kafka)
+            kafka::metadata_client(&settings.ingest.kafka)
                 .map_err(StoreError::kafka("metadata client"))?,
         );
         tasks.spawn(kafka::stats::serve_unpolled(
@@ -303,7 +302,7 @@ impl App {
             ready: ready_rx,
             metrics,
             info: me,
-            cluster: Arc::from(settings.kafka.cluster.as_str()),
+            cluster: Arc::from(settings.ingest.kafka.cluster.as_str()),
             token,
             kafka_seen: Arc::default(),
             redrive_lock: Arc::default(),

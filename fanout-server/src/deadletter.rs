@@ -115,66 +115,6 @@ impl DeadLetters {
             producer: kafka::producer(cfg, "dead-letters")?,
         })
     }
-
-    /// Publishes `letter` (a record of `subscription`) to `to`, waiting for Kafka's ack.
-    pub async fn publish(
-        &self,
-        to: &TopicName,
-        subscription: &SubscriptionKey,
-        incarnation: i64,
-        letter: &DeadLetter,
-    ) -> Result<(), KafkaError> {
-        let Some(r) = letter.chunk.records().first() else {
-            return Ok(());
-        };
-        let mut hs = OwnedHeaders::new_with_capacity(r.headers.len() + 7);
-        // A record dead-lettered before (its topic is a dead-letter topic itself) carries
-        // older `fanout.dlq.*` headers: only the new ones describe it now.
-        for h in r
-            .headers
-            .iter()
-            .filter(|h| !h.key.starts_with("fanout.dlq."))
-        {
-            hs = hs.insert(Header {
-                key: &h.key,
-                value: h.value.as_deref(),
-            });
-        }
-        let attempts = letter.attempts.to_string();
-        let partition = r.partition.to_string();
-        let offset = r.offset.to_string();
-        let sub = subscription.name.to_string();
-        let created = incarnation.to_string();
-        for (key, value) in [
-            (headers::SUBSCRIPTION_CREATED, created.as_str()),
-            (headers::REASON, letter.why.as_str()),
-            (headers::ATTEMPTS, attempts.as_str()),
-            (headers::SUBSCRIPTION, sub.as_str()),
-            (headers::SOURCE_TOPIC, subscription.topic.as_str()),
-            (headers::SOURCE_PARTITION, partition.as_str()),
-            (headers::SOURCE_OFFSET, offset.as_str()),
-        ] {
-            hs = hs.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(to.as_str()).headers(hs);
-        if let Some(k) = &r.key {
-            record = record.key(k.as_ref());
-        }
-        if let Some(v) = &r.value {
-            record = record.payload(v.as_ref());
-        }
-        if let Some((t, _)) = r.timestamp {
-            record = record.timestamp(t);
-        }
-        self.producer
-            .send(record, Timeout::After(PUBLISH_TIMEOUT))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
-    }
 }
 
 impl DeadLetterSink for DeadLetters {
@@ -185,13 +125,59 @@ impl DeadLetterSink for DeadLetters {
         incarnation: i64,
         letter: &'a DeadLetter,
     ) -> BoxFuture<'a, Result<(), KafkaError>> {
-        Box::pin(DeadLetters::publish(
-            self,
-            to,
-            subscription,
-            incarnation,
-            letter,
-        ))
+        Box::pin(async move {
+            let Some(r) = letter.chunk.records().first() else {
+                return Ok(());
+            };
+            let mut hs = OwnedHeaders::new_with_capacity(r.headers.len() + 7);
+            // A record dead-lettered before (its topic is a dead-letter topic itself) carries
+            // older `fanout.dlq.*` headers: only the new ones describe it now.
+            for h in r
+                .headers
+                .iter()
+                .filter(|h| !h.key.starts_with("fanout.dlq."))
+            {
+                hs = hs.insert(Header {
+                    key: &h.key,
+                    value: h.value.as_deref(),
+                });
+            }
+            let attempts = letter.attempts.to_string();
+            let partition = r.partition.to_string();
+            let offset = r.offset.to_string();
+            let sub = subscription.name.to_string();
+            let created = incarnation.to_string();
+            for (key, value) in [
+                (headers::SUBSCRIPTION_CREATED, created.as_str()),
+                (headers::REASON, letter.why.as_str()),
+                (headers::ATTEMPTS, attempts.as_str()),
+                (headers::SUBSCRIPTION, sub.as_str()),
+                (headers::SOURCE_TOPIC, subscription.topic.as_str()),
+                (headers::SOURCE_PARTITION, partition.as_str()),
+                (headers::SOURCE_OFFSET, offset.as_str()),
+            ] {
+                hs = hs.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(to.as_str()).headers(hs);
+            if let Some(k) = &r.key {
+                record = record.key(k.as_ref());
+            }
+            if let Some(v) = &r.value {
+                record = record.payload(v.as_ref());
+            }
+            if let Some((t, _)) = r.timestamp {
+                record = record.timestamp(t);
+            }
+            self.producer
+                .send(record, Timeout::After(PUBLISH_TIMEOUT))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        })
     }
 }
 

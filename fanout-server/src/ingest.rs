@@ -520,8 +520,8 @@ impl Ingest {
         };
         let cfg = &settings.kafka;
         let session_ms = settings.session_timeout.as_millis();
-        let mut settings = kafka::base(cfg, "ingest");
-        settings
+        let mut client = kafka::base(cfg, "ingest");
+        client
             .set("session.timeout.ms", session_ms.to_string())
             .set(
                 "heartbeat.interval.ms",
@@ -530,8 +530,8 @@ impl Ingest {
             .set("topic.metadata.refresh.interval.ms", "10000")
             // Prefetch per partition, on top of the window budget.
             .set("queued.max.messages.kbytes", "16384");
-        kafka::operator_options(cfg, &mut settings);
-        let consumer: IngestConsumer = settings
+        kafka::operator_options(cfg, &mut client);
+        let consumer: IngestConsumer = client
             // Names the shard in the group's member list (`GET /v1/shards`).
             .set("client.id", crate::membership::client_id(&cfg.cluster, me))
             // The bound every rebalance callback stays below (drain, barrier, watermarks).

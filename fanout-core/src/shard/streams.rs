@@ -8,7 +8,6 @@ use std::time::Instant;
 use super::{CatchUpJob, Shard, SubscriptionRuntime, TopicRuntime};
 use crate::delivery::{CatchUpStart, StreamId, Take, TakeLimits};
 
-// Logged in the caller's span (the stream's: it names the subscription).
 impl Shard {
     /// The next records for `stream` of `sub`, within its credits and `limits`. Nothing
     /// while the lease is not live: a shard that was stopped may have lost its partitions
@@ -33,6 +32,7 @@ impl Shard {
         take
     }
 
+    /// Logs in the caller's span (the stream's: it names the subscription).
     fn start_catch_up(
         &self,
         topic: &Arc<TopicRuntime>,

@@ -6,8 +6,9 @@ use bytes::Bytes;
 use super::*;
 use crate::delivery::{Credits, OffsetRange};
 use crate::log::Batch;
-use crate::model::{Record, StartOffsets, StartPosition};
-use crate::registry::{Change, Entry, TopicSpec};
+use crate::model::Record;
+use crate::registry::{Change, Entry};
+use crate::testing::{self, topic_entry};
 
 const LIMITS: ShardLimits = ShardLimits::FOR_TESTS;
 
@@ -19,42 +20,15 @@ fn credits(records: usize) -> Credits {
 }
 
 fn t(name: &str) -> TopicName {
-    TopicName::new(name).unwrap()
+    testing::topic(name)
 }
 
 fn register(shard: &Shard, offset: i64, entry: Entry) -> Option<Change> {
-    shard
-        .apply_registry(
-            offset,
-            entry.key().encode().as_bytes(),
-            Some(&entry.encode()),
-        )
-        .unwrap()
-}
-
-fn topic_entry(name: &str) -> Entry {
-    Entry::Topic(TopicSpec {
-        name: t(name),
-        created_at_ms: 0,
-        default_start: None,
-        unknown: Default::default(),
-    })
+    testing::apply(shard, offset, &entry)
 }
 
 fn sub_entry(topic: &str, name: &str, starts: &[(Partition, Offset)]) -> Entry {
-    Entry::Subscription(SubscriptionSpec {
-        topic: t(topic),
-        name: SubscriptionName::new(name).unwrap(),
-        start: StartPosition::Earliest,
-        start_timestamp_ms: None,
-        start_offsets: StartOffsets(starts.iter().copied().collect::<BTreeMap<_, _>>()),
-        created_at_ms: 0,
-        delivery: Default::default(),
-        paused: false,
-        seeks: Default::default(),
-        redrive: None,
-        unknown: Default::default(),
-    })
+    testing::subscription_entry(topic, name, starts, Default::default())
 }
 
 fn append(owned: &OwnedPartition, offsets: std::ops::Range<Offset>) {

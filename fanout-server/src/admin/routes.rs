@@ -4,7 +4,7 @@
 //! one entry in its file's `routes()` plus its handler.
 
 use axum::routing::MethodRouter;
-use utoipa::openapi::path::{Operation, PathItem, Paths};
+use utoipa::openapi::path::{PathItem, Paths};
 use utoipa::openapi::{RefOr, schema::Schema};
 use utoipa_axum::router::UtoipaMethodRouter;
 
@@ -44,39 +44,31 @@ impl Access {
 pub struct Route {
     /// Who may call it.
     pub access: Access,
+    /// Its method (`GET`, `POST`, ...).
+    pub method: &'static str,
     /// The path, in axum's and OpenAPI's syntax alike (`/v1/topics/{topic}`).
     pub path: String,
-    /// The OpenAPI item holding the route's one operation.
+    /// The OpenAPI item holding the route's one operation, its role on it.
     item: PathItem,
     /// The schemas its operation refers to.
     schemas: Vec<(String, RefOr<Schema>)>,
     /// The handler, for the route's method.
-    handler: MethodRouter<AdminState>,
+    pub handler: MethodRouter<AdminState>,
 }
 
 impl std::fmt::Debug for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Route")
             .field("access", &self.access)
-            .field("method", &self.method())
+            .field("method", &self.method)
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
 }
 
-/// The methods an OpenAPI item can hold, with its operation for each.
-fn operations(item: &mut PathItem) -> [(&'static str, &mut Option<Operation>); 5] {
-    [
-        ("GET", &mut item.get),
-        ("POST", &mut item.post),
-        ("PUT", &mut item.put),
-        ("PATCH", &mut item.patch),
-        ("DELETE", &mut item.delete),
-    ]
-}
-
 impl Route {
-    /// A route of one handler (`utoipa_axum::routes!(handler)`) that `access` may call.
+    /// A route of one handler (`utoipa_axum::routes!(handler)`) that `access` may call. Its
+    /// operation says so (`x-fanout-role`).
     ///
     /// # Panics
     /// If the handler's `#[utoipa::path]` does not name exactly one method and path (a
@@ -86,36 +78,33 @@ impl Route {
         let (Some((path, mut item)), None) = (items.next(), items.next()) else {
             panic!("an admin route is one handler on one path");
         };
-        let methods = operations(&mut item)
+        let method = {
+            let mut operations = [
+                ("GET", &mut item.get),
+                ("POST", &mut item.post),
+                ("PUT", &mut item.put),
+                ("PATCH", &mut item.patch),
+                ("DELETE", &mut item.delete),
+            ]
             .into_iter()
-            .filter(|(_, op)| op.is_some())
-            .count();
-        assert_eq!(methods, 1, "the admin route {path} has one method");
+            .filter_map(|(method, op)| Some((method, op.as_mut()?)));
+            let (Some((method, operation)), None) = (operations.next(), operations.next()) else {
+                panic!("the admin route {path} has one method");
+            };
+            operation
+                .extensions
+                .get_or_insert_default()
+                .insert(ROLE_EXTENSION.to_owned(), access.as_str().into());
+            method
+        };
         Self {
             access,
+            method,
             path,
             item,
             schemas,
             handler,
         }
-    }
-
-    /// The route's method (`GET`, `POST`, ...).
-    pub fn method(&self) -> &'static str {
-        let mut item = self.item.clone();
-        operations(&mut item)
-            .into_iter()
-            .find(|(_, op)| op.is_some())
-            .map_or("?", |(m, _)| m)
-    }
-
-    /// The route's operation in `item` (the document's item for its path).
-    pub fn operation_mut<'a>(&self, item: &'a mut PathItem) -> Option<&'a mut Operation> {
-        let method = self.method();
-        operations(item)
-            .into_iter()
-            .find(|(m, _)| *m == method)
-            .and_then(|(_, op)| op.as_mut())
     }
 
     /// The route as OpenAPI paths (one path, one operation).
@@ -127,11 +116,6 @@ impl Route {
 
     pub fn schemas(&self) -> &[(String, RefOr<Schema>)] {
         &self.schemas
-    }
-
-    /// The handler, to route.
-    pub fn handler(&self) -> MethodRouter<AdminState> {
-        self.handler.clone()
     }
 }
 

@@ -938,7 +938,7 @@ async fn every_route_is_declared_once_with_its_role_and_documented() {
     api.setup().await;
     let mut declared: Vec<String> = routes::all()
         .iter()
-        .map(|r| format!("{} {}", r.method(), r.path))
+        .map(|r| format!("{} {}", r.method, r.path))
         .collect();
     declared.sort();
     let before = declared.len();
@@ -978,6 +978,86 @@ async fn every_route_is_declared_once_with_its_role_and_documented() {
     let sub = "/v1/topics/{topic}/subscriptions/{name}";
     assert_eq!(role(&format!("{sub}/seek"), "post"), "operator");
     assert_eq!(role(sub, "patch"), "admin");
+}
+
+/// Every path of a declared route but the probes refuses a request without the token, or
+/// with a wrong one (another token, a prefix of it, it with a byte more, another scheme),
+/// whatever the method, before any handler runs: 401, and the registry is unchanged
+/// (bodies that would write if they got through).
+#[tokio::test]
+async fn every_route_but_the_probes_refuses_a_missing_or_wrong_token_and_changes_nothing() {
+    let token = "0123456789abcdef0123";
+    let api = api_with_token(Some(token));
+    for (path, body) in [
+        ("/v1/topics", json!({"name": "orders"})),
+        (
+            "/v1/topics/orders/subscriptions",
+            json!({"name": "billing", "start": "earliest"}),
+        ),
+    ] {
+        let body = Some(("application/json", serde_json::to_vec(&body).unwrap()));
+        let r = api.send(Method::POST, path, body, Some(token)).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let before = api.registry();
+    let mut paths: Vec<String> = routes::all()
+        .into_iter()
+        .filter(|r| r.access != Access::Open)
+        .map(|r| r.path)
+        .collect();
+    paths.sort();
+    paths.dedup();
+    let mut refused = 0;
+    for path in &paths {
+        let uri = path
+            .replace("{topic}", "orders")
+            .replace("{name}", "billing");
+        let body = json!({"name": "other", "paused": true, "to": "latest", "max_attempts": 3});
+        let body = serde_json::to_vec(&body).unwrap();
+        // Every method, not only the routed ones: a 405 must not answer before the token.
+        for method in [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::HEAD,
+            Method::OPTIONS,
+        ] {
+            let authorizations = [
+                None,
+                Some("Bearer 0123456789abcdef0124".to_owned()),
+                Some(format!("Bearer {}", &token[..10])),
+                Some(format!("Basic {token}")),
+                Some(format!("Bearer {token}x")),
+            ];
+            for authorization in authorizations {
+                let mut req = HttpRequest::builder()
+                    .method(method.clone())
+                    .uri(&uri)
+                    .header("content-type", "application/json");
+                if let Some(a) = &authorization {
+                    req = req.header("authorization", a);
+                }
+                let req = req.body(HttpBody::from(body.clone())).unwrap();
+                let reply = api.router.clone().oneshot(req).await.unwrap();
+                assert_eq!(
+                    reply.status().as_u16(),
+                    401,
+                    "{method} {uri} with {authorization:?}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(paths.len(), 12, "the /v1 paths: {paths:?}");
+    assert_eq!(refused, 12 * 7 * 5);
+    assert_eq!(
+        api.registry(),
+        before,
+        "a refused request changed the registry"
+    );
+    assert!(api.redrive.asked.lock().is_empty(), "a refused redrive ran");
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fanout_client::{Discovery, Subscriber, SubscriberConfig};
 use fanout_core::model::{SubscriptionKey, SubscriptionName, TopicName};
 use fanout_core::shard::CursorUpdate;
-use fanout_server::store::cursors::CursorWriter;
+use fanout_server::store::cursors::{CursorStore, CursorWriter, Membership};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
@@ -330,7 +330,12 @@ async fn a_cursor_transaction_of_an_old_group_generation_is_refused() {
 
     // The zombie's write: refused, and nothing of it visible.
     let refused = writer
-        .write(&[update(7)], &offsets(7), Some(old), valid.clone())
+        .write(
+            &[update(7)],
+            &offsets(7),
+            Membership::of(old),
+            valid.clone(),
+        )
         .await;
     assert!(
         refused.is_err(),
@@ -344,7 +349,7 @@ async fn a_cursor_transaction_of_an_old_group_generation_is_refused() {
     // The member's current metadata: committed and visible.
     let current = first.group_metadata().unwrap();
     writer
-        .write(&[update(9)], &offsets(9), Some(current), valid)
+        .write(&[update(9)], &offsets(9), Membership::of(current), valid)
         .await
         .expect("a current member's transaction commits");
     assert_eq!(

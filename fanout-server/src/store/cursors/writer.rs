@@ -70,24 +70,6 @@ pub trait CursorStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
-impl CursorStore for CursorWriter {
-    fn write<'a>(
-        &'a self,
-        updates: &'a [CursorUpdate],
-        offsets: &'a [(TopicName, Partition, Offset)],
-        membership: Membership,
-        still_valid: Arc<dyn Fn() -> bool + Send + Sync>,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(CursorWriter::write(
-            self,
-            updates,
-            offsets,
-            membership.0,
-            still_valid,
-        ))
-    }
-}
-
 /// Writes cursor records, together with the shard group's offsets, in Kafka transactions.
 ///
 /// A transaction that fails is aborted. One whose outcome stays unknown (a commit or abort
@@ -248,47 +230,6 @@ impl CursorWriter {
         Ok(self.producer.lock().clone())
     }
 
-    /// Writes every update and commits `offsets` for the shard group in one transaction;
-    /// returns once Kafka committed it. Kafka checks `group` (the shard's group metadata,
-    /// taken before the updates were): a shard that is no longer the member it was (a
-    /// zombie) has the whole transaction refused. `still_valid` is asked just before the
-    /// commit: false aborts it (the process was stopped, or a partition moved, meanwhile).
-    pub async fn write(
-        &self,
-        updates: &[CursorUpdate],
-        offsets: &[(TopicName, Partition, Offset)],
-        group: Option<ConsumerGroupMetadata>,
-        still_valid: Arc<dyn Fn() -> bool + Send + Sync>,
-    ) -> Result<(), StoreError> {
-        let producer = self.producer().await?;
-        let result = self
-            .transact(&producer, updates, offsets, group, still_valid)
-            .await;
-        let Err(mut failed) = result else {
-            self.fresh.store(false, Ordering::Release);
-            return Ok(());
-        };
-        crate::telemetry::metrics::cursor_transaction_aborted();
-        if !failed.broken {
-            let p = producer.clone();
-            if let Err(e) =
-                blocking(move || with_retries(|| p.abort_transaction(TXN_CALL_TIMEOUT))).await
-            {
-                tracing::warn!(error = %e, "a cursor transaction could not be aborted");
-                failed.broken = true;
-                failed.fenced |= failure(&e) == Failure::Fatal;
-            }
-        }
-        if failed.broken {
-            self.broken.store(true, Ordering::Release);
-        }
-        if failed.fenced && self.fresh.load(Ordering::Acquire) {
-            self.dead.store(true, Ordering::Release);
-            return Err(StoreError::Fenced(failed.error.to_string()));
-        }
-        Err(failed.error)
-    }
-
     async fn transact(
         &self,
         producer: &TxnProducer,
@@ -365,5 +306,51 @@ impl CursorWriter {
         })
         .await
         .map_err(|_| Failed::kafka("committing a cursor transaction", KafkaError::Canceled))?
+    }
+}
+
+impl CursorStore for CursorWriter {
+    /// Writes every update and commits `offsets` for the shard group in one transaction;
+    /// returns once Kafka committed it. Kafka checks `membership` (the shard's group metadata,
+    /// taken before the updates were): a shard that is no longer the member it was (a
+    /// zombie) has the whole transaction refused. `still_valid` is asked just before the
+    /// commit: false aborts it (the process was stopped, or a partition moved, meanwhile).
+    fn write<'a>(
+        &'a self,
+        updates: &'a [CursorUpdate],
+        offsets: &'a [(TopicName, Partition, Offset)],
+        membership: Membership,
+        still_valid: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let group = membership.0;
+        Box::pin(async move {
+            let producer = self.producer().await?;
+            let result = self
+                .transact(&producer, updates, offsets, group, still_valid)
+                .await;
+            let Err(mut failed) = result else {
+                self.fresh.store(false, Ordering::Release);
+                return Ok(());
+            };
+            crate::telemetry::metrics::cursor_transaction_aborted();
+            if !failed.broken {
+                let p = producer.clone();
+                if let Err(e) =
+                    blocking(move || with_retries(|| p.abort_transaction(TXN_CALL_TIMEOUT))).await
+                {
+                    tracing::warn!(error = %e, "a cursor transaction could not be aborted");
+                    failed.broken = true;
+                    failed.fenced |= failure(&e) == Failure::Fatal;
+                }
+            }
+            if failed.broken {
+                self.broken.store(true, Ordering::Release);
+            }
+            if failed.fenced && self.fresh.load(Ordering::Acquire) {
+                self.dead.store(true, Ordering::Release);
+                return Err(StoreError::Fenced(failed.error.to_string()));
+            }
+            Err(failed.error)
+        })
     }
 }
